@@ -1,0 +1,121 @@
+/**
+ * The request's way through the appliance. Only this file knows the order:
+ *
+ *   route -> method -> raw body (capped) -> SigV4 over those bytes -> JSON + field checks
+ *   -> service (AAD, IV, CDIV, round trip) -> HSM -> JSON response; one request-log record in a finally.
+ *
+ * Load-balancer probes (spec "Load balancer health checks") are plain GETs, unauthenticated, that
+ * never touch the HSM: liveness says the process serves; readiness reports the cached deep check.
+ */
+import express from 'express';
+import helmet from 'helmet';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { KeyStoreRegistry } from './auth/key-stores';
+import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
+import type { Config } from './config/schema';
+import { XksError, toXksError } from './errors/xks-error';
+import { readRawBody } from './http/body';
+import { sendError, sendJson } from './http/respond';
+import type { AppLogger } from './log/logger';
+import type { RequestLog, RequestRecord } from './log/request-log';
+import type { HealthMonitor } from './xks/health-monitor';
+import { parseDecrypt, parseEncrypt, parseJsonBody, parseRequestMetadata } from './xks/requests';
+import { resolveRoute, type Route } from './xks/routes';
+import type { HsmTiming, XksService } from './xks/service';
+
+export interface AppDeps {
+  config: Readonly<Config>;
+  registry: KeyStoreRegistry;
+  service: XksService;
+  health: HealthMonitor;
+  requestLog: RequestLog;
+  log: AppLogger;
+  /** Clock for SigV4 date checks; injectable for tests. */
+  now?: () => number;
+}
+
+/** Liveness and readiness, for the main app and the optional plain-HTTP probe listener. */
+export function addProbeRoutes(app: express.Express, deps: Pick<AppDeps, 'config' | 'health'>): void {
+  const { livePath, readyPath } = deps.config.healthEndpoints;
+  app.get(livePath, (_req, res) => sendJson(res, 200, { status: 'ok' }));
+  app.get(readyPath, (_req, res) => {
+    const h = deps.health.cached();
+    const ready = h !== undefined && h.status !== 'UNAVAILABLE';
+    sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', hsm: h?.status ?? 'UNKNOWN', checkedAt: h ? new Date(h.checkedAt).toISOString() : null });
+  });
+}
+
+export function buildApp(deps: AppDeps): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.use(helmet());
+  addProbeRoutes(app, deps);
+  const handle = xksHandler(deps);
+  app.use((req, res) => handle(req, res));
+  // Nothing should reach here (the handler catches everything), but never answer with HTML.
+  app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    deps.log.error('unhandled error in request pipeline', { error: err instanceof Error ? err.message : String(err) });
+    sendError(res, toXksError(err));
+  });
+  return app;
+}
+
+export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl?: string }, res: ServerResponse) => Promise<void> {
+  const { config, registry, service, requestLog, log } = deps;
+  const now = deps.now ?? Date.now;
+  const keyCache = new SigningKeyCache();
+  const limits = config.limits;
+  const sigv4Opts = { clockSkewSeconds: config.sigv4.clockSkewSeconds };
+
+  return async (req, res) => {
+    const started = process.hrtime.bigint();
+    const url = req.originalUrl ?? req.url ?? '/';
+    const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
+    const timing: HsmTiming = { hsmMs: 0 };
+    try {
+      const q = url.indexOf('?');
+      const route: Route = resolveRoute(registry, q < 0 ? url : url.slice(0, q));
+      record.api = route.api;
+      record.keyStore = route.keyStore.name;
+      record.externalKeyId = route.externalKeyId;
+      // Spec: a GET on an API URI MUST be rejected with 405; so is any other non-POST method.
+      if (req.method !== 'POST') throw new XksError('MethodNotAllowed', undefined, `method ${req.method}`);
+      const body = await readRawBody(req, config.server.maxBodyBytes);
+      const caller = verifySigV4({ method: req.method, url, rawHeaders: req.rawHeaders, body }, route.keyStore, { ...sigv4Opts, now: now() }, keyCache);
+      record.accessKeyId = caller.accessKeyId;
+      const json = parseJsonBody(body);
+      const md = parseRequestMetadata(json, route.api);
+      Object.assign(record, md);
+      const result = await dispatch(service, route, json, limits, timing);
+      sendJson(res, 200, result);
+    } catch (e) {
+      const err = toXksError(e);
+      record.outcome = 'error';
+      record.errorName = err.errorName;
+      record.status = err.status;
+      record.reason = err.detail;
+      if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
+      sendError(res, err);
+    } finally {
+      record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
+      if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
+      requestLog.write(record);
+    }
+  };
+}
+
+function dispatch(service: XksService, route: Route, json: Record<string, unknown>, limits: Config['limits'], t: HsmTiming): Promise<unknown> {
+  const ks = route.keyStore;
+  const id = route.externalKeyId!;
+  switch (route.api) {
+    case 'GetHealthStatus':
+      return service.getHealthStatus(t);
+    case 'GetKeyMetadata':
+      return service.getKeyMetadata(ks, id, t);
+    case 'Encrypt':
+      return service.encrypt(ks, id, parseEncrypt(json, limits), t);
+    case 'Decrypt':
+      return service.decrypt(ks, id, parseDecrypt(json, limits), t);
+  }
+}

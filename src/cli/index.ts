@@ -1,0 +1,176 @@
+#!/usr/bin/env node
+/**
+ * xks-proxy: the operator CLI.
+ *   serve                         run the proxy
+ *   keys create|list              AES keys in the token
+ *   credentials new|list          SigV4 credentials of a key store, and the KMS proxy configuration JSON
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, configPathFrom, loadConfig, type LoadedConfig } from '../config/load';
+import { readSecret } from '../config/secrets';
+import { createKey, listKeys } from '../hsm/key-admin';
+import { StartupError, startProxy } from '../main';
+import { VERSION } from '../version';
+import { listCredentials, newCredential } from './credentials';
+
+const USAGE: Record<string, string> = {
+  main: `xks-proxy ${VERSION}: an AWS KMS External Key Store proxy over PKCS#11
+
+Usage: xks-proxy <command> [options]
+
+Commands:
+  serve          run the proxy
+  keys           create and list keys in the HSM token
+  credentials    create and list SigV4 credentials of a key store
+
+Every command takes --config FILE (default: $XKS_CONFIG, else config/softhsm.yaml) and --help.`,
+  serve: `Usage: xks-proxy serve [--config FILE]
+
+Runs the proxy: opens the HSM (refuses to start if the module, token, PIN or health key is wrong),
+then serves the XKS API. SIGTERM or SIGINT stop it gracefully.`,
+  keys: `Usage:
+  xks-proxy keys create --label LABEL [--usage encrypt-decrypt|encrypt|decrypt|none] [--bits 256] [--config FILE]
+  xks-proxy keys list [--json] [--config FILE]
+
+create: generates an AES key inside the token (non-extractable, sensitive) with the given label and
+        allowed usage (default encrypt-decrypt, 256 bits). Refuses a label that already exists.
+list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
+        the key stores and externalKeyIds that use it.`,
+  credentials: `Usage:
+  xks-proxy credentials new --key-store NAME [--out FILE] [--config FILE]
+  xks-proxy credentials list [--config FILE]
+
+new:  makes a spec-conformant access key id and secret for the key store, stores the secret in the
+      key store's credentialsDir (mode 0600; the running proxy picks it up without a restart) and
+      prints the KMS console proxy configuration JSON (or writes it to --out, mode 0600).
+list: the access key ids of every key store (never the secrets).`,
+};
+
+type Flags = Record<string, string | boolean | undefined>;
+
+function parse(argv: string[], options: Record<string, { type: 'string' | 'boolean' }>): { flags: Flags; positionals: string[] } {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ...options, config: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  return { flags: values as Flags, positionals };
+}
+
+function load(flags: Flags): LoadedConfig {
+  return loadConfig(configPathFrom(flags.config as string | undefined));
+}
+
+function hsmPin(loaded: LoadedConfig): string {
+  return readSecret(loaded.config.hsm.pin);
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { flags } = parse(argv, {});
+  if (flags.help) return help('serve');
+  const proxy = await startProxy(load(flags));
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      process.stderr.write(`received ${sig}, shutting down\n`);
+      void proxy.close().then(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}
+
+async function keys(argv: string[]): Promise<number> {
+  const { flags, positionals } = parse(argv, { label: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' } });
+  const sub = positionals[0];
+  if (flags.help || !sub) return help('keys', !flags.help);
+  const loaded = load(flags);
+  if (sub === 'create') {
+    const label = flags.label as string | undefined;
+    if (!label) return usageError('keys', '--label is required');
+    const usage = (flags.usage as string | undefined) ?? 'encrypt-decrypt';
+    if (!['encrypt-decrypt', 'encrypt', 'decrypt', 'none'].includes(usage)) return usageError('keys', `unknown --usage ${usage}`);
+    const bits = Number(flags.bits ?? 256);
+    if (bits !== 128 && bits !== 192 && bits !== 256) return usageError('keys', '--bits must be 128, 192 or 256');
+    await createKey(loaded.config.hsm, hsmPin(loaded), { label, usage: usage as 'encrypt-decrypt', bits });
+    process.stdout.write(`created AES-${bits} key "${label}" (usage ${usage}) in token "${loaded.config.hsm.tokenLabel}"\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    const found = await listKeys(loaded.config.hsm, hsmPin(loaded));
+    const rows = found.map((k) => ({
+      label: k.label,
+      keySpec: k.keySpec,
+      keyUsage: k.keyUsage,
+      usedBy: loaded.config.keyStores.flatMap((ks) => ks.keys.filter((e) => (e.label ?? e.externalKeyId) === k.label).map((e) => ({ keyStore: ks.name, externalKeyId: e.externalKeyId, keyStatus: e.enabled ? 'ENABLED' : 'DISABLED' }))),
+    }));
+    if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+    else for (const r of rows) process.stdout.write(`${r.label}\t${r.keySpec}\t${r.keyUsage.join(',') || '-'}\t${r.usedBy.map((u) => `${u.keyStore}/${u.externalKeyId} ${u.keyStatus}`).join('; ') || '(not in any key store)'}\n`);
+    return 0;
+  }
+  return usageError('keys', `unknown subcommand ${sub}`);
+}
+
+async function credentials(argv: string[]): Promise<number> {
+  const { flags, positionals } = parse(argv, { 'key-store': { type: 'string' }, out: { type: 'string' } });
+  const sub = positionals[0];
+  if (flags.help || !sub) return help('credentials', !flags.help);
+  const loaded = load(flags);
+  if (sub === 'new') {
+    const name = flags['key-store'] as string | undefined;
+    if (!name) return usageError('credentials', '--key-store is required');
+    const out = newCredential(loaded.config, name, flags.out as string | undefined);
+    process.stderr.write(`new credential ${out.accessKeyId} for key store "${name}" stored in ${out.secretFile}\n`);
+    if (!flags.out) process.stdout.write(out.kmsConfigJson + '\n');
+    else process.stderr.write(`KMS proxy configuration written to ${flags.out}\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    for (const row of listCredentials(loaded.config)) process.stdout.write(`${row.keyStore}\t${row.uriPath}\t${row.accessKeyIds.join(',') || '(none)'}\n`);
+    return 0;
+  }
+  return usageError('credentials', `unknown subcommand ${sub}`);
+}
+
+function help(topic: string, asError = false): number {
+  (asError ? process.stderr : process.stdout).write(USAGE[topic] + '\n');
+  return asError ? 2 : 0;
+}
+
+function usageError(topic: string, msg: string): number {
+  process.stderr.write(`error: ${msg}\n\n${USAGE[topic]}\n`);
+  return 2;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials };
+  if (cmd === '--version' || cmd === 'version') {
+    process.stdout.write(VERSION + '\n');
+    return 0;
+  }
+  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') return help('main', !cmd);
+  const run = commands[cmd];
+  if (!run) return usageError('main', `unknown command ${cmd}`);
+  try {
+    return await run(rest);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(e.message + '\n');
+      return 2;
+    }
+    if (e instanceof StartupError || e instanceof Error) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? 2 : 1;
+    }
+    process.stderr.write(`error: ${String(e)}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

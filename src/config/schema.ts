@@ -1,0 +1,205 @@
+/**
+ * The configuration schema: every option, its default and its bounds, in one place.
+ * Validated once at start-up (load.ts), every problem reported with its path, then frozen.
+ * PINs and SigV4 secrets never appear here as values: only where to read them (env var or file).
+ */
+import { z } from 'zod';
+
+/** A secret is read from an environment variable or a file, never written into the config. */
+export const SecretSource = z
+  .object({
+    env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name').optional(),
+    file: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((s) => (s.env === undefined) !== (s.file === undefined), {
+    message: 'give exactly one of "env" or "file"',
+  });
+export type SecretSource = z.infer<typeof SecretSource>;
+
+/** Spec Appendix A: access key id is 20-30 characters of A-Z and 2-7. */
+export const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
+/** Spec Appendix A: secret is 43-64 characters of A-Za-z0-9+/= (>= 256 bits of entropy). */
+export const SECRET_RE = /^[A-Za-z0-9+/=]{43,64}$/;
+/** Spec "API operations": externalKeyId is 1-128 characters of A-Za-z0-9.-_ */
+export const EXTERNAL_KEY_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+/** Spec: XksProxyUriPath (prefix + /kms/xks/v1) is at most 128 characters of a-zA-Z0-9/-_ */
+export const XKS_API_SUFFIX = '/kms/xks/v1';
+const PATH_PREFIX_RE = /^(\/[A-Za-z0-9_-]+)*$/;
+
+const Credential = z
+  .object({
+    accessKeyId: z.string().regex(ACCESS_KEY_ID_RE, 'must be 20-30 characters of A-Z and 2-7 (spec Appendix A)'),
+    secret: SecretSource,
+  })
+  .strict();
+
+const ExternalKey = z
+  .object({
+    externalKeyId: z.string().regex(EXTERNAL_KEY_ID_RE, 'must be 1-128 characters of A-Za-z0-9.-_'),
+    /** CKA_LABEL of the key in the token; defaults to externalKeyId. */
+    label: z.string().min(1).max(256).optional(),
+    /** An operator-disabled key: GetKeyMetadata says DISABLED, Encrypt/Decrypt say InvalidStateException. */
+    enabled: z.boolean().default(true),
+  })
+  .strict();
+
+const KeyStore = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of A-Za-z0-9_-'),
+    /** "" or "/a/b": the part of XksProxyUriPath before /kms/xks/v1. */
+    pathPrefix: z
+      .string()
+      .regex(PATH_PREFIX_RE, 'must be empty or "/segment[/segment...]" of A-Za-z0-9_-')
+      .refine((p) => (p + XKS_API_SUFFIX).length <= 128, 'with /kms/xks/v1 appended it must be at most 128 characters'),
+    /** Inline credentials (secret from env or file). */
+    credentials: z.array(Credential).default([]),
+    /**
+     * A folder of <ACCESSKEYID>.secret files, one credential each, re-read while the proxy runs so
+     * that credentials can be added and removed without a restart (spec "SigV4 credentials rotation").
+     */
+    credentialsDir: z.string().min(1).optional(),
+    keys: z.array(ExternalKey).default([]),
+  })
+  .strict();
+export type KeyStoreConfig = z.infer<typeof KeyStore>;
+
+export const HsmConfig = z
+  .object({
+    /** Path of the PKCS#11 module (.so). */
+    module: z.string().min(1),
+    /** Environment variables the module reads (e.g. SOFTHSM2_CONF), set before it is loaded. */
+    moduleEnv: z.record(z.string(), z.string()).default({}),
+    /** The token is found by label, never by slot index (SoftHSM renumbers slots). */
+    tokenLabel: z.string().min(1).max(32),
+    pin: SecretSource,
+    pool: z
+      .object({
+        size: z.number().int().min(1).max(256).default(4),
+        acquireTimeoutMs: z.number().int().min(1).max(60000).default(100),
+      })
+      .strict()
+      .default({ size: 4, acquireTimeoutMs: 100 }),
+    /** The dedicated key of the deep health check (never a customer key). */
+    healthKeyLabel: z.string().min(1).default('xks-health'),
+    /** How the GCM IV is produced. SoftHSM2 and most HSMs accept a proxy-supplied IV. */
+    ivMode: z.enum(['proxy']).default('proxy'),
+  })
+  .strict();
+export type HsmConfig = z.infer<typeof HsmConfig>;
+
+const Tls = z
+  .object({
+    certFile: z.string().min(1),
+    keyFile: z.string().min(1),
+  })
+  .strict();
+
+export const ConfigSchema = z
+  .object({
+    server: z
+      .object({
+        host: z.string().min(1).default('0.0.0.0'),
+        port: z.number().int().min(0).max(65535).default(8443),
+        tls: Tls.optional(),
+        /** Plain HTTP only when the operator asks for it (a TLS-terminating load balancer in front). */
+        plainHttp: z.boolean().default(false),
+        /** The body is refused before it is buffered past this many bytes. */
+        maxBodyBytes: z.number().int().min(32768).max(1048576).default(65536),
+        headersTimeoutMs: z.number().int().min(100).max(120000).default(5000),
+        requestTimeoutMs: z.number().int().min(100).max(300000).default(10000),
+        keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
+      })
+      .strict(),
+    /** Unauthenticated load-balancer checks: on the main port, and optionally on a plain port. */
+    healthEndpoints: z
+      .object({
+        livePath: z.string().startsWith('/').default('/healthz/live'),
+        readyPath: z.string().startsWith('/').default('/healthz/ready'),
+        plainPort: z.number().int().min(0).max(65535).optional(),
+        plainHost: z.string().min(1).default('127.0.0.1'),
+      })
+      .strict()
+      .default({ livePath: '/healthz/live', readyPath: '/healthz/ready', plainHost: '127.0.0.1' }),
+    health: z
+      .object({
+        /** Spec GetHealthStatus: a cached result MUST NOT be older than one minute. */
+        intervalMs: z.number().int().min(1000).max(50000).default(15000),
+        /** A deep check slower than this reports DEGRADED. */
+        degradedAboveMs: z.number().int().min(1).max(250).default(100),
+      })
+      .strict()
+      .default({ intervalMs: 15000, degradedAboveMs: 100 }),
+    hsm: HsmConfig,
+    proxy: z
+      .object({
+        vendor: z.string().min(1).max(128).default('XKS Appliance'),
+        model: z.string().min(1).max(128).default('XKS Appliance Proxy'),
+        fleetSize: z.number().int().min(1).max(1000).default(1),
+      })
+      .strict()
+      .default({ vendor: 'XKS Appliance', model: 'XKS Appliance Proxy', fleetSize: 1 }),
+    limits: z
+      .object({
+        /** Spec: at least 4300 bytes MUST be accepted; beyond this, UnsupportedOperationException. */
+        maxPlaintextBytes: z.number().int().min(4300).max(65536).default(4300),
+        /** Spec: at least 8192 bytes MUST be accepted. */
+        maxAadBytes: z.number().int().min(8192).max(65536).default(8192),
+      })
+      .strict()
+      .default({ maxPlaintextBytes: 4300, maxAadBytes: 8192 }),
+    sigv4: z
+      .object({
+        /** Spec Appendix A: requests more than 5 minutes off the proxy clock fail. */
+        clockSkewSeconds: z.number().int().min(1).max(900).default(300),
+        /** How often credentialsDir folders are re-read. */
+        reloadIntervalMs: z.number().int().min(100).max(600000).default(5000),
+      })
+      .strict()
+      .default({ clockSkewSeconds: 300, reloadIntervalMs: 5000 }),
+    keyStores: z.array(KeyStore).min(1),
+    log: z
+      .object({
+        level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+        /** The per-request JSON lines: to stdout and/or a file. */
+        requestLogFile: z.string().min(1).optional(),
+        requestLogStdout: z.boolean().default(true),
+      })
+      .strict()
+      .default({ level: 'info', requestLogStdout: true }),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    if (!c.server.plainHttp && !c.server.tls) {
+      ctx.addIssue({ code: 'custom', path: ['server', 'tls'], message: 'required unless server.plainHttp is true' });
+    }
+    const prefixes = new Map<string, number>();
+    const akids = new Map<string, string>();
+    const names = new Set<string>();
+    c.keyStores.forEach((ks, i) => {
+      if (names.has(ks.name)) ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'name'], message: `duplicate key store name "${ks.name}"` });
+      names.add(ks.name);
+      const prev = prefixes.get(ks.pathPrefix);
+      if (prev !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'pathPrefix'], message: `same prefix as keyStores.${prev}` });
+      }
+      prefixes.set(ks.pathPrefix, i);
+      if (ks.credentials.length === 0 && ks.credentialsDir === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['keyStores', i], message: 'needs "credentials" or "credentialsDir"' });
+      }
+      ks.credentials.forEach((cr, j) => {
+        const other = akids.get(cr.accessKeyId);
+        if (other !== undefined) {
+          ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'credentials', j, 'accessKeyId'], message: `already used by key store "${other}": an access key id names exactly one secret` });
+        }
+        akids.set(cr.accessKeyId, ks.name);
+      });
+      const ids = new Set<string>();
+      ks.keys.forEach((k, j) => {
+        if (ids.has(k.externalKeyId)) ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'keys', j, 'externalKeyId'], message: 'duplicate externalKeyId' });
+        ids.add(k.externalKeyId);
+      });
+    });
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;

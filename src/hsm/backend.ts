@@ -1,0 +1,57 @@
+/**
+ * The interface between the XKS service and a key manager. Only src/hsm/pkcs11-backend.ts knows
+ * PKCS#11; everything above talks to this interface, so tests can hand the service a
+ * fault-injecting backend next to the real one.
+ *
+ * Every method either resolves or rejects with an XksError (src/errors): no PKCS#11 error escapes
+ * src/hsm/.
+ */
+
+/** Spec GetKeyMetadata keyUsage values a PKCS#11 key can have (at most ten). */
+export type KeyUsage = 'ENCRYPT' | 'DECRYPT' | 'WRAP' | 'UNWRAP' | 'SIGN' | 'VERIFY' | 'DERIVE';
+
+export interface KeyInfo {
+  /** The HSM label the key was found by. */
+  label: string;
+  /** 'AES_256' for a valid XKS key; otherwise a description such as 'AES_128' or 'GENERIC_SECRET'. */
+  keySpec: string;
+  keyUsage: KeyUsage[];
+}
+
+export interface GcmEncryptResult {
+  ciphertext: Buffer;
+  iv: Buffer;
+  tag: Buffer;
+}
+
+export interface TokenInfo {
+  /** e.g. "SoftHSM project" (CK_TOKEN_INFO.manufacturerID, trimmed). */
+  manufacturer: string;
+  /** e.g. "SoftHSM v2" plus hardware/firmware versions. */
+  model: string;
+  /** CK_TOKEN_INFO.serialNumber, trimmed. */
+  serialNumber: string;
+  label: string;
+}
+
+export interface PoolStats {
+  size: number;
+  inUse: number;
+  waiters: number;
+}
+
+export interface HsmBackend {
+  /** Looks the key up (cached by label); KeyNotFoundException if absent. */
+  describeKey(label: string): Promise<KeyInfo>;
+  /**
+   * AES-256-GCM inside the HSM with a fresh 12-byte IV and a 128-bit tag. `aad` is the full AAD
+   * the spec's construction produced (src/xks/aad.ts), passed through as is.
+   * InvalidKeyUsageException if the key may not encrypt.
+   */
+  encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<GcmEncryptResult>;
+  /** InvalidCiphertextException on any authentication failure, with no further detail. */
+  decrypt(label: string, ciphertext: Buffer, iv: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer>;
+  tokenInfo(): TokenInfo;
+  poolStats(): PoolStats;
+  close(): Promise<void>;
+}

@@ -1,0 +1,93 @@
+/**
+ * Listeners. HTTPS by default: TLS 1.2 and 1.3 only, with the spec's cipher suites first
+ * (spec "API content type": TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256,
+ * ECDHE-RSA/ECDSA-AES256-GCM-SHA384), forward-secret suites only; HTTP/1.1 with keep-alive.
+ * Plain HTTP only when the operator sets server.plainHttp (a TLS-terminating load balancer).
+ */
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { RequestListener } from 'node:http';
+import type { Config } from '../config/schema';
+
+export const TLS_CIPHERS = [
+  // TLS 1.3
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'TLS_AES_128_GCM_SHA256',
+  // TLS 1.2, ECDHE only
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+].join(':');
+
+const BAD_REQUEST = JSON.stringify({ errorName: 'ValidationException', errorMessage: 'Malformed HTTP request.' });
+
+export function tlsOptions(tls: NonNullable<Config['server']['tls']>): https.ServerOptions {
+  return {
+    cert: fs.readFileSync(tls.certFile),
+    key: fs.readFileSync(tls.keyFile),
+    minVersion: 'TLSv1.2',
+    maxVersion: 'TLSv1.3',
+    ciphers: TLS_CIPHERS,
+    honorCipherOrder: true,
+  };
+}
+
+export function createMainServer(server: Config['server'], handler: RequestListener): http.Server {
+  const common: http.ServerOptions = {
+    headersTimeout: server.headersTimeoutMs,
+    requestTimeout: server.requestTimeoutMs,
+    keepAliveTimeout: server.keepAliveTimeoutMs,
+    maxHeaderSize: 16384,
+  };
+  const s = server.plainHttp || !server.tls
+    ? http.createServer(common, handler)
+    : https.createServer({ ...common, ...tlsOptions(server.tls) }, handler);
+  hardenClientErrors(s);
+  return s;
+}
+
+export function createPlainServer(handler: RequestListener): http.Server {
+  const s = http.createServer({ headersTimeout: 5000, requestTimeout: 10000 }, handler);
+  hardenClientErrors(s);
+  return s;
+}
+
+/** A malformed request gets a JSON 400 (never an HTML page), and never crashes the process. */
+function hardenClientErrors(s: http.Server): void {
+  s.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(BAD_REQUEST)}\r\nConnection: close\r\n\r\n${BAD_REQUEST}`);
+  });
+}
+
+export function listen(s: http.Server, port: number, host: string): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    s.once('error', reject);
+    s.listen(port, host, () => {
+      s.off('error', reject);
+      resolve(s.address() as AddressInfo);
+    });
+  });
+}
+
+export function closeServer(s: http.Server, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => s.closeAllConnections(), graceMs);
+    t.unref();
+    s.close(() => {
+      clearTimeout(t);
+      resolve();
+    });
+    s.closeIdleConnections();
+  });
+}

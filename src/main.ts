@@ -1,0 +1,121 @@
+/**
+ * Composition root: load config -> open the HSM (refuse to start if module, token, PIN or health
+ * key is wrong) -> first deep health check -> build the app -> listen. Signals: SIGTERM/SIGINT
+ * stop accepting, finish in-flight requests, close the HSM.
+ */
+import type http from 'node:http';
+import express from 'express';
+import { addProbeRoutes, buildApp } from './app';
+import { KeyStoreRegistry } from './auth/key-stores';
+import { type LoadedConfig } from './config/load';
+import { readSecret } from './config/secrets';
+import type { Config } from './config/schema';
+import type { HsmBackend } from './hsm/backend';
+import { openPkcs11Backend } from './hsm/pkcs11-backend';
+import { createAppLogger, type AppLogger } from './log/logger';
+import { createRequestLog, type RequestLog } from './log/request-log';
+import { closeServer, createMainServer, createPlainServer, listen } from './http/server';
+import { VERSION } from './version';
+import { HealthMonitor } from './xks/health-monitor';
+import { XksService } from './xks/service';
+
+export interface StartOptions {
+  log?: AppLogger;
+  requestLog?: RequestLog;
+  /** Use this backend instead of opening the configured PKCS#11 module (fault injection in tests). */
+  hsm?: HsmBackend;
+  env?: NodeJS.ProcessEnv;
+  now?: () => number;
+}
+
+export interface RunningProxy {
+  port: number;
+  plainPort: number | undefined;
+  registry: KeyStoreRegistry;
+  health: HealthMonitor;
+  hsm: HsmBackend;
+  close(graceMs?: number): Promise<void>;
+}
+
+export class StartupError extends Error {}
+
+/** Open the configured PKCS#11 module; every failure becomes a StartupError an operator can act on. */
+async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log: AppLogger): Promise<HsmBackend> {
+  let pin: string;
+  try {
+    pin = readSecret(cfg.pin, env);
+  } catch (e) {
+    throw new StartupError(`HSM PIN: ${(e as Error).message}`);
+  }
+  try {
+    return await openPkcs11Backend(cfg, pin, log);
+  } catch (e) {
+    throw new StartupError(`HSM: ${(e as Error).message}`);
+  }
+}
+
+export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}): Promise<RunningProxy> {
+  const { config } = loaded;
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? createAppLogger(config.log.level);
+  const hsm: HsmBackend = opts.hsm ?? (await openConfiguredHsm(config.hsm, env, log));
+  const health = new HealthMonitor(hsm, { healthKeyLabel: config.hsm.healthKeyLabel, intervalMs: config.health.intervalMs, degradedAboveMs: config.health.degradedAboveMs }, log);
+  const first = await health.check();
+  if (first.status === 'UNAVAILABLE') {
+    await hsm.close();
+    throw new StartupError(`HSM: the deep health check with key "${config.hsm.healthKeyLabel}" failed (${first.detail}). Create it with: xks-proxy keys create --label ${config.hsm.healthKeyLabel}`);
+  }
+  const registry = new KeyStoreRegistry(config, log, env);
+  const requestLog = opts.requestLog ?? createRequestLog({ stdout: config.log.requestLogStdout, file: config.log.requestLogFile });
+  const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
+  const app = buildApp({ config, registry, service, health, requestLog, log, ...(opts.now ? { now: opts.now } : {}) });
+
+  const servers: http.Server[] = [];
+  let port: number;
+  let plainPort: number | undefined;
+  try {
+    const main = createMainServer(config.server, app);
+    servers.push(main);
+    port = (await listen(main, config.server.port, config.server.host)).port;
+    if (config.healthEndpoints.plainPort !== undefined) {
+      const probes = express();
+      probes.disable('x-powered-by');
+      addProbeRoutes(probes, { config, health });
+      const plain = createPlainServer(probes);
+      servers.push(plain);
+      plainPort = (await listen(plain, config.healthEndpoints.plainPort, config.healthEndpoints.plainHost)).port;
+    }
+  } catch (e) {
+    await Promise.all(servers.map((s) => closeServer(s, 0)));
+    await hsm.close();
+    throw new StartupError(`listen: ${(e as Error).message}`);
+  }
+  health.start();
+  registry.startReloading(config.sigv4.reloadIntervalMs);
+  log.info('xks proxy listening', {
+    port,
+    plainPort,
+    tls: !config.server.plainHttp,
+    keyStores: registry.all().map((k) => ({ name: k.name, uriPath: k.uriPath, keys: k.keyList().length, credentials: k.accessKeyIds().length })),
+    version: VERSION,
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    plainPort,
+    registry,
+    health,
+    hsm,
+    close(graceMs = 10_000) {
+      closing ??= (async () => {
+        health.stop();
+        registry.stopReloading();
+        await Promise.all(servers.map((s) => closeServer(s, graceMs)));
+        await hsm.close();
+        if (!opts.requestLog) await requestLog.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,141 @@
+/**
+ * The four XKS operations over the HsmBackend interface (spec "API operations").
+ * Knows nothing of HTTP or SigV4; receives already-validated inputs.
+ */
+import type { KeyStore, ExternalKeyEntry } from '../auth/key-stores';
+import { XksError } from '../errors/xks-error';
+import type { HsmBackend } from '../hsm/backend';
+import type { AppLogger } from '../log/logger';
+import { buildGcmAad } from './aad';
+import { computeCdiv } from './cdiv';
+import type { HealthMonitor } from './health-monitor';
+import type { DecryptInput, EncryptInput } from './requests';
+
+export interface ProxyIdentity {
+  vendor: string;
+  /** Product name and version, e.g. "XKS Appliance Proxy 0.1.0". */
+  model: string;
+  fleetSize: number;
+}
+
+export interface KeyMetadataResponse {
+  keySpec: string;
+  keyUsage: string[];
+  keyStatus: 'ENABLED' | 'DISABLED';
+}
+
+export interface EncryptResponse {
+  ciphertext: string;
+  initializationVector: string;
+  authenticationTag: string;
+  ciphertextDataIntegrityValue?: string;
+}
+
+export interface HealthResponse {
+  xksProxyFleetSize: number;
+  xksProxyVendor: string;
+  xksProxyModel: string;
+  ekmVendor: string;
+  ekmFleetDetails: { id: string; model: string; healthStatus: string }[];
+}
+
+/** Times spent inside the HSM, for the request log. */
+export interface HsmTiming {
+  hsmMs: number;
+}
+
+export class XksService {
+  constructor(
+    private readonly hsm: HsmBackend,
+    private readonly health: HealthMonitor,
+    private readonly identity: ProxyIdentity,
+    private readonly log: AppLogger,
+  ) {}
+
+  /** Spec: only keys of this key store exist for its callers; others are KeyNotFoundException. */
+  private key(ks: KeyStore, externalKeyId: string): ExternalKeyEntry {
+    const k = ks.key(externalKeyId);
+    if (!k) throw new XksError('KeyNotFoundException', undefined, `no key ${externalKeyId} in key store ${ks.name}`);
+    return k;
+  }
+
+  private usableKey(ks: KeyStore, externalKeyId: string): ExternalKeyEntry {
+    const k = this.key(ks, externalKeyId);
+    if (!k.enabled) throw new XksError('InvalidStateException', 'The external key is disabled.', `key ${externalKeyId} is disabled by configuration`);
+    return k;
+  }
+
+  private async timed<T>(t: HsmTiming, f: () => Promise<T>): Promise<T> {
+    const start = process.hrtime.bigint();
+    try {
+      return await f();
+    } finally {
+      t.hsmMs += Number(process.hrtime.bigint() - start) / 1e6;
+    }
+  }
+
+  async getKeyMetadata(ks: KeyStore, externalKeyId: string, t: HsmTiming): Promise<KeyMetadataResponse> {
+    const k = this.key(ks, externalKeyId);
+    const info = await this.timed(t, () => this.hsm.describeKey(k.label));
+    return { keySpec: info.keySpec, keyUsage: info.keyUsage.slice(0, 10), keyStatus: k.enabled ? 'ENABLED' : 'DISABLED' };
+  }
+
+  async encrypt(ks: KeyStore, externalKeyId: string, input: EncryptInput, t: HsmTiming): Promise<EncryptResponse> {
+    const k = this.usableKey(ks, externalKeyId);
+    // We return no ciphertextMetadata, so the GCM AAD is uint16be(len(aad)) || aad || 0x00.
+    const gcmAad = buildGcmAad(input.aad, undefined);
+    const out = await this.timed(t, () => this.hsm.encrypt(k.label, input.plaintext, gcmAad));
+    const response: EncryptResponse = {
+      ciphertext: out.ciphertext.toString('base64'),
+      initializationVector: out.iv.toString('base64'),
+      authenticationTag: out.tag.toString('base64'),
+    };
+    if (input.cdivRequested) {
+      // Spec Appendix C: compute the CDIV first, then prove the output decrypts, so that a bit
+      // flip after this point cannot produce a CDIV that vouches for a corrupt ciphertext.
+      response.ciphertextDataIntegrityValue = computeCdiv({ aad: input.aad, iv: out.iv, ciphertext: out.ciphertext, tag: out.tag });
+      await this.proveRoundTrip(k, input.plaintext, out.ciphertext, out.iv, out.tag, gcmAad, t);
+    }
+    return response;
+  }
+
+  private async proveRoundTrip(k: ExternalKeyEntry, plaintext: Buffer, ct: Buffer, iv: Buffer, tag: Buffer, aad: Buffer, t: HsmTiming): Promise<void> {
+    let back: Buffer;
+    try {
+      back = await this.timed(t, () => this.hsm.decrypt(k.label, ct, iv, tag, aad));
+    } catch (e) {
+      if (e instanceof XksError && e.errorName === 'InvalidKeyUsageException') {
+        // An encrypt-only key cannot prove the round trip; the operator chose that usage.
+        this.log.debug('CDIV round trip skipped: key may not decrypt', { label: k.label });
+        return;
+      }
+      throw new XksError('InternalException', undefined, `CDIV round trip failed: ${e instanceof XksError ? e.errorName : 'error'}`);
+    }
+    if (!back.equals(plaintext)) throw new XksError('InternalException', undefined, 'CDIV round trip returned different plaintext');
+  }
+
+  async decrypt(ks: KeyStore, externalKeyId: string, input: DecryptInput, t: HsmTiming): Promise<{ plaintext: string }> {
+    const k = this.usableKey(ks, externalKeyId);
+    const gcmAad = buildGcmAad(input.aad, input.ciphertextMetadata);
+    const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, gcmAad));
+    return { plaintext: plaintext.toString('base64') };
+  }
+
+  /**
+   * Spec GetHealthStatus. A 200 answer should mean the next crypto call will work, so when the
+   * HSM is UNAVAILABLE we answer InternalException (KMS: "cannot communicate with the external
+   * key manager") rather than a 200 that KMS would read as healthy.
+   */
+  async getHealthStatus(t: HsmTiming): Promise<HealthResponse> {
+    const h = await this.timed(t, () => this.health.current());
+    if (h.status === 'UNAVAILABLE') throw new XksError('InternalException', 'The external key manager is unavailable.', h.detail);
+    const token = this.hsm.tokenInfo();
+    return {
+      xksProxyFleetSize: this.identity.fleetSize,
+      xksProxyVendor: this.identity.vendor,
+      xksProxyModel: this.identity.model,
+      ekmVendor: token.manufacturer || 'unknown',
+      ekmFleetDetails: [{ id: token.serialNumber || token.label, model: token.model || 'unknown', healthStatus: h.status }],
+    };
+  }
+}
