@@ -1,0 +1,729 @@
+/**
+ * The PKCS#11 backend: XKS operations as AES-256-GCM inside the HSM, through pkcs11js.
+ *
+ * Together with key-admin.ts (the operator CLI's key commands, which reuse the helpers exported
+ * here) this is the only code in src/ that calls pkcs11js; ckr-table.ts reads its constants.
+ * Nothing PKCS#11 leaves this file: every failure becomes an XksError whose detail (log only) names
+ * the CKR code and function, never data or the PIN.
+ *
+ * HSM discipline (design.md):
+ * - the token is found by its label, never by slot index (SoftHSM2 renumbers slots);
+ * - C_Initialize with CKF_OS_LOCKING_OK; RW serial sessions in a bounded pool (session-pool.ts);
+ * - every encrypt gets a fresh 12-byte IV from the proxy and an explicit 128-bit tag: SoftHSM2
+ *   silently accepts an empty IV (IV reuse) and odd tag sizes;
+ * - one table (ckr-table.ts) decides, per CKR code, the XKS error and whether the session is kept,
+ *   dropped, the key handle refreshed or the module re-initialised; the operation is retried at
+ *   most once after a recovery.
+ *
+ * The pkcs11js calls are the synchronous ones (measured faster than the *Async variants for these
+ * small payloads); the methods are still async so that the interface does not depend on that.
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import * as pkcs11js from 'pkcs11js';
+import type { HsmConfig } from '../config/schema';
+import { XksError } from '../errors/xks-error';
+import type { AppLogger } from '../log/logger';
+import type { GcmEncryptResult, HsmBackend, KeyInfo, KeyUsage, PoolStats, TokenInfo } from './backend';
+import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
+import { SessionPool, type Lease } from './session-pool';
+
+/** GCM parameters: a 96-bit IV is the one NIST SP 800-38D recommends; the tag is always 128 bits. */
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
+const TAG_BITS = TAG_BYTES * 8;
+
+// CK_STATE values (PKCS#11 2.40 section 5.7); pkcs11js does not export them.
+const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
+
+/* ------------------------------------------------------------------------------------------------
+ * The loaded module, shared per process.
+ *
+ * A PKCS#11 library is a process-wide singleton whatever we do: dlopen returns the same instance,
+ * and C_Initialize/C_Finalize/C_Login state belongs to the process, not to a pkcs11js object. So the
+ * module is loaded once per path and reference counted: C_Finalize runs when its last user (a
+ * backend, a key-admin command) lets go, and not under another user's feet.
+ * ---------------------------------------------------------------------------------------------- */
+
+interface LoadedModule {
+  readonly pkcs11: pkcs11js.PKCS11;
+  readonly path: string;
+  users: number;
+}
+
+const loadedModules = new Map<string, LoadedModule>();
+
+export interface ModuleRef {
+  readonly pkcs11: pkcs11js.PKCS11;
+  readonly path: string;
+  /** true if nobody else in this process holds the module. */
+  soleUser(): boolean;
+  /** Lets go of the module; the last user finalises and unloads it. Idempotent. */
+  release(): void;
+}
+
+/** C_Initialize, tolerating a module that someone in this process has initialised already. */
+function initializeModule(p: pkcs11js.PKCS11): void {
+  try {
+    p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (e) {
+    if (ckrCode(e) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw e;
+  }
+}
+
+function describeEnv(env: Record<string, string>): string {
+  const entries = Object.entries(env);
+  return entries.length === 0 ? '' : ` (module environment: ${entries.map(([k, v]) => `${k}=${v}`).join(', ')})`;
+}
+
+/**
+ * Loads (once per process) and initialises the PKCS#11 module. cfg.moduleEnv entries are put into
+ * process.env first: modules such as SoftHSM2 read them at C_Initialize. Throws a plain Error with
+ * an operator message when the module cannot be loaded or initialised.
+ */
+export function acquireModule(cfg: Pick<HsmConfig, 'module' | 'moduleEnv'>): ModuleRef {
+  for (const [k, v] of Object.entries(cfg.moduleEnv)) process.env[k] = v;
+  const modPath = path.resolve(cfg.module);
+  let entry = loadedModules.get(modPath);
+  if (!entry) {
+    const p = new pkcs11js.PKCS11();
+    try {
+      p.load(modPath);
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      throw new Error(`Cannot load the PKCS#11 module "${modPath}" (hsm.module): ${why}`);
+    }
+    entry = { pkcs11: p, path: modPath, users: 0 };
+    loadedModules.set(modPath, entry);
+  }
+  try {
+    initializeModule(entry.pkcs11);
+  } catch (e) {
+    if (entry.users === 0) {
+      loadedModules.delete(modPath);
+      entry.pkcs11.close();
+    }
+    const code = ckrCode(e);
+    const why = code !== undefined ? ckrName(code) : e instanceof Error ? e.message : String(e);
+    throw new Error(
+      `The PKCS#11 module "${modPath}" failed to initialise (${why})${describeEnv(cfg.moduleEnv)}. ` +
+        'For SoftHSM2, check that SOFTHSM2_CONF names a readable softhsm2.conf whose directories.tokendir exists.',
+    );
+  }
+  entry.users++;
+  const held = entry;
+  let released = false;
+  return {
+    pkcs11: held.pkcs11,
+    path: held.path,
+    soleUser: () => held.users === 1,
+    release: () => {
+      if (released) return;
+      released = true;
+      held.users--;
+      if (held.users > 0) return;
+      loadedModules.delete(held.path);
+      try {
+        held.pkcs11.C_Finalize();
+      } catch {
+        // Already finalised (by someone else in this process): nothing left to do.
+      }
+      held.pkcs11.close();
+    },
+  };
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Token, session and key helpers, shared with key-admin.ts.
+ * ---------------------------------------------------------------------------------------------- */
+
+export interface FoundToken {
+  slot: pkcs11js.Handle | undefined;
+  info: pkcs11js.TokenInfo | undefined;
+  /** Labels of all initialised tokens seen (for the operator message). */
+  labels: string[];
+  /** How many tokens carry the wanted label (more than one is a configuration error). */
+  matches: number;
+}
+
+/** Finds the slot whose token label (trimmed) equals `label`. Never by slot index. */
+export function findToken(p: pkcs11js.PKCS11, label: string): FoundToken {
+  const found: FoundToken = { slot: undefined, info: undefined, labels: [], matches: 0 };
+  for (const slot of p.C_GetSlotList(true)) {
+    let info: pkcs11js.TokenInfo;
+    try {
+      info = p.C_GetTokenInfo(slot);
+    } catch {
+      continue; // a token vanishing while we look is not our token
+    }
+    if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue; // SoftHSM2's free slot
+    const l = info.label.trim();
+    found.labels.push(l);
+    if (l === label) {
+      found.matches++;
+      found.slot = slot;
+      found.info = info;
+    }
+  }
+  return found;
+}
+
+export function noTokenMessage(cfg: Pick<HsmConfig, 'module' | 'moduleEnv' | 'tokenLabel'>, t: FoundToken): string {
+  if (t.matches > 1) {
+    return `${t.matches} tokens are labelled "${cfg.tokenLabel}" in PKCS#11 module "${cfg.module}"; token labels must be unique.`;
+  }
+  const seen = t.labels.length === 0 ? 'no initialised token at all' : `tokens found: ${t.labels.map((l) => `"${l}"`).join(', ')}`;
+  return `No token labelled "${cfg.tokenLabel}" (hsm.tokenLabel) in PKCS#11 module "${cfg.module}"${describeEnv(cfg.moduleEnv)}; ${seen}.`;
+}
+
+export function toTokenInfo(info: pkcs11js.TokenInfo): TokenInfo {
+  const v = (x: pkcs11js.Version) => `${x.major}.${x.minor}`;
+  return {
+    manufacturer: info.manufacturerID.trim(),
+    model: `${info.model.trim()} (hardware ${v(info.hardwareVersion)}, firmware ${v(info.firmwareVersion)})`,
+    serialNumber: info.serialNumber.trim(),
+    label: info.label.trim(),
+  };
+}
+
+/**
+ * Opens an RW serial session and makes sure the user is logged in. Login state belongs to the
+ * application and token, not to the session, so C_Login runs only if this session is not already
+ * a user session (the first session, or after the token logged out because all sessions closed).
+ */
+export function openUserSession(p: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin: string): pkcs11js.Handle {
+  const session = p.C_OpenSession(slot, pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION);
+  try {
+    const state = p.C_GetSessionInfo(session).state;
+    if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
+      try {
+        p.C_Login(session, pkcs11js.CKU_USER, pin);
+      } catch (e) {
+        if (ckrCode(e) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw e;
+      }
+    }
+  } catch (e) {
+    try {
+      p.C_CloseSession(session);
+    } catch {
+      // the login error is the one worth reporting
+    }
+    throw e;
+  }
+  return session;
+}
+
+/** Operator message for a failed session open/login at start-up. Never contains the PIN. */
+export function loginFailureMessage(tokenLabel: string, err: unknown): string {
+  const code = ckrCode(err);
+  const head = `Cannot log in to token "${tokenLabel}"`;
+  switch (code) {
+    case pkcs11js.CKR_PIN_INCORRECT:
+      return `${head}: the PIN is incorrect (CKR_PIN_INCORRECT). Check the secret named by hsm.pin.`;
+    case pkcs11js.CKR_PIN_LOCKED:
+      return `${head}: the user PIN is locked (CKR_PIN_LOCKED); the token's security officer must unlock or reset it.`;
+    case pkcs11js.CKR_PIN_EXPIRED:
+      return `${head}: the user PIN has expired (CKR_PIN_EXPIRED); set a new one.`;
+    case pkcs11js.CKR_PIN_INVALID:
+    case pkcs11js.CKR_PIN_LEN_RANGE:
+      return `${head}: the PIN has invalid characters or length (${ckrName(code)}). Check the secret named by hsm.pin.`;
+    case pkcs11js.CKR_USER_PIN_NOT_INITIALIZED:
+      return `${head}: the token's user PIN was never initialised (CKR_USER_PIN_NOT_INITIALIZED).`;
+    case undefined: {
+      const why = err instanceof XksError ? `${err.errorName}${err.detail ? ': ' + err.detail : ''}` : err instanceof Error ? err.name : String(err);
+      return `${head}: ${why}`;
+    }
+    default:
+      return `${head}: ${ckrName(code)}.`;
+  }
+}
+
+/**
+ * Handles of the secret keys labelled `label` (all secret keys if `label` is undefined), at most
+ * `max`. The search is always finalised, or the session would refuse the next C_FindObjectsInit.
+ */
+export function findSecretKeys(p: pkcs11js.PKCS11, session: pkcs11js.Handle, label: string | undefined, max = 1000): pkcs11js.Handle[] {
+  const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }];
+  if (label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: label });
+  p.C_FindObjectsInit(session, template);
+  const handles: pkcs11js.Handle[] = [];
+  let failed = true;
+  try {
+    while (handles.length < max) {
+      const batch = p.C_FindObjects(session, Math.min(100, max - handles.length));
+      handles.push(...batch);
+      if (batch.length === 0) break;
+    }
+    failed = false;
+  } finally {
+    try {
+      p.C_FindObjectsFinal(session);
+    } catch (e) {
+      if (!failed) throw e; // else the first error is the one that matters
+    }
+  }
+  return handles;
+}
+
+const LITTLE_ENDIAN = os.endianness() === 'LE';
+
+/** A CK_ULONG attribute value (native size and byte order). */
+function readUlong(b: Buffer): number {
+  if (b.length === 8) return Number(LITTLE_ENDIAN ? b.readBigUInt64LE() : b.readBigUInt64BE());
+  if (b.length === 4) return LITTLE_ENDIAN ? b.readUInt32LE() : b.readUInt32BE();
+  throw new Error(`unexpected CK_ULONG attribute size ${b.length}`);
+}
+
+/** Spec GetKeyMetadata keyUsage order; the spec allows at most ten values. */
+const USAGE_ATTRIBUTES: readonly [KeyUsage, number][] = [
+  ['ENCRYPT', pkcs11js.CKA_ENCRYPT],
+  ['DECRYPT', pkcs11js.CKA_DECRYPT],
+  ['WRAP', pkcs11js.CKA_WRAP],
+  ['UNWRAP', pkcs11js.CKA_UNWRAP],
+  ['SIGN', pkcs11js.CKA_SIGN],
+  ['VERIFY', pkcs11js.CKA_VERIFY],
+  ['DERIVE', pkcs11js.CKA_DERIVE],
+];
+const MAX_KEY_USAGES = 10;
+
+export function keySpecOf(keyType: number, valueLen: number | undefined): string {
+  if (keyType === pkcs11js.CKK_AES) {
+    switch (valueLen) {
+      case 32:
+        return 'AES_256';
+      case 24:
+        return 'AES_192';
+      case 16:
+        return 'AES_128';
+      default:
+        return 'UNSUPPORTED';
+    }
+  }
+  if (keyType === pkcs11js.CKK_GENERIC_SECRET) return 'GENERIC_SECRET';
+  return 'UNSUPPORTED';
+}
+
+/**
+ * Reads a secret key's KeyInfo: CKA_KEY_TYPE + CKA_VALUE_LEN -> keySpec ('AES_256' is the only
+ * spec an XKS key may have), the usage flags -> keyUsage. `label` is read from CKA_LABEL when not
+ * given. Shared by the backend (describeKey, key cache) and key-admin (listKeys).
+ */
+export function readKeyInfo(p: pkcs11js.PKCS11, session: pkcs11js.Handle, handle: pkcs11js.Handle, label?: string): KeyInfo {
+  const types = [pkcs11js.CKA_KEY_TYPE, ...USAGE_ATTRIBUTES.map(([, t]) => t)];
+  if (label === undefined) types.push(pkcs11js.CKA_LABEL);
+  const values = new Map<number, Buffer>();
+  for (const a of p.C_GetAttributeValue(session, handle, types.map((type) => ({ type })))) values.set(a.type, a.value);
+  // CKA_VALUE_LEN is not defined for every secret key type (DES keys): read it on its own.
+  let valueLen: number | undefined;
+  try {
+    const [v] = p.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE_LEN }]);
+    if (v) valueLen = readUlong(v.value);
+  } catch (e) {
+    if (ckrCode(e) !== pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID) throw e;
+  }
+  const keyType = readUlong(values.get(pkcs11js.CKA_KEY_TYPE) ?? Buffer.alloc(0));
+  const keyUsage = USAGE_ATTRIBUTES.filter(([, t]) => (values.get(t)?.[0] ?? 0) !== 0)
+    .map(([u]) => u)
+    .slice(0, MAX_KEY_USAGES);
+  return {
+    label: label ?? (values.get(pkcs11js.CKA_LABEL) ?? Buffer.alloc(0)).toString('utf8'),
+    keySpec: keySpecOf(keyType, valueLen),
+    keyUsage,
+  };
+}
+
+/**
+ * For short operator commands (key-admin.ts): load the module, find the token, open a logged-in
+ * session, run `fn`, close everything. Errors are plain Errors with operator messages. If a backend
+ * in this process already holds the token, its login is shared (PKCS#11 login is per process).
+ */
+export async function withTokenSession<R>(
+  cfg: Pick<HsmConfig, 'module' | 'moduleEnv' | 'tokenLabel'>,
+  pin: string,
+  fn: (p: pkcs11js.PKCS11, session: pkcs11js.Handle) => R,
+): Promise<R> {
+  const mod = acquireModule(cfg);
+  try {
+    const p = mod.pkcs11;
+    const token = findToken(p, cfg.tokenLabel);
+    if (token.slot === undefined || token.matches !== 1) throw new Error(noTokenMessage(cfg, token));
+    let session: pkcs11js.Handle;
+    try {
+      session = openUserSession(p, token.slot, pin);
+    } catch (e) {
+      throw new Error(loginFailureMessage(cfg.tokenLabel, e));
+    }
+    try {
+      return fn(p, session);
+    } finally {
+      // Closing our last session on the token logs it out (PKCS#11), unless a backend in this
+      // process still has sessions there: an explicit C_Logout would log that backend out too.
+      try {
+        p.C_CloseSession(session);
+      } catch {
+        // nothing to do
+      }
+    }
+  } finally {
+    mod.release();
+  }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * The backend.
+ * ---------------------------------------------------------------------------------------------- */
+
+interface PooledSession {
+  readonly handle: pkcs11js.Handle;
+  /** Module generation the session was opened in (see Pkcs11Backend.generation). */
+  readonly generation: number;
+  /** The HSM says the handle is no longer valid: never pass it to C_CloseSession. */
+  gone: boolean;
+}
+
+interface CachedKey {
+  handle: pkcs11js.Handle;
+  info: KeyInfo;
+}
+
+/** A step marker so that a failure is classified by what was running (find vs decrypt). */
+interface Step {
+  op: Pkcs11Op;
+}
+
+export class Pkcs11Backend implements HsmBackend {
+  private readonly p: pkcs11js.PKCS11;
+  private readonly pool: SessionPool<PooledSession>;
+  /** label -> key handle and attributes; cleared whenever handles may have become invalid. */
+  private readonly keys = new Map<string, CachedKey>();
+  /**
+   * Bumped at every re-initialisation. Session handles are numbered again after C_Initialize, so
+   * a session from an older generation must never be passed to C_CloseSession: it could close a
+   * new session that happens to have the same number.
+   */
+  private generation = 0;
+  private needsReinit = false;
+  private closed = false;
+  private info: TokenInfo;
+  /** The PIN is kept for re-login after recovery; a #private field is invisible to inspect/JSON. */
+  readonly #pin: string;
+
+  private constructor(
+    private readonly module: ModuleRef,
+    private slot: pkcs11js.Handle,
+    tokenInfo: pkcs11js.TokenInfo,
+    private readonly cfg: HsmConfig,
+    pin: string,
+    private readonly log: AppLogger,
+  ) {
+    this.p = module.pkcs11;
+    this.info = toTokenInfo(tokenInfo);
+    this.#pin = pin;
+    this.pool = new SessionPool<PooledSession>({
+      size: cfg.pool.size,
+      acquireTimeoutMs: cfg.pool.acquireTimeoutMs,
+      create: () => ({ handle: openUserSession(this.p, this.slot, this.#pin), generation: this.generation, gone: false }),
+      destroy: (s) => {
+        if (s.gone || s.generation !== this.generation) return;
+        this.p.C_CloseSession(s.handle);
+      },
+    });
+  }
+
+  /** See openPkcs11Backend. */
+  static async open(cfg: HsmConfig, pin: string, log: AppLogger): Promise<Pkcs11Backend> {
+    const mod = acquireModule(cfg);
+    try {
+      const token = findToken(mod.pkcs11, cfg.tokenLabel);
+      if (token.slot === undefined || token.info === undefined || token.matches !== 1) {
+        throw new Error(noTokenMessage(cfg, token));
+      }
+      const backend = new Pkcs11Backend(mod, token.slot, token.info, cfg, pin, log);
+      // Open one session and log in now: a wrong PIN must stop the start-up, not the first request.
+      try {
+        const lease = await backend.pool.acquire();
+        backend.pool.release(lease);
+      } catch (e) {
+        await backend.pool.drain();
+        throw new Error(loginFailureMessage(cfg.tokenLabel, e));
+      }
+      log.info('HSM backend open', {
+        module: mod.path,
+        tokenLabel: cfg.tokenLabel,
+        manufacturer: backend.info.manufacturer,
+        model: backend.info.model,
+        serialNumber: backend.info.serialNumber,
+        poolSize: cfg.pool.size,
+      });
+      return backend;
+    } catch (e) {
+      mod.release();
+      throw e;
+    }
+  }
+
+  async describeKey(label: string): Promise<KeyInfo> {
+    // Metadata calls are rare and operators expect a changed key to show: find the key and read
+    // its attributes every time (and refresh the cache with what we read).
+    return this.withSession(label, (s) => {
+      const entry = this.lookupKey(s, label);
+      this.keys.set(label, entry);
+      return { ...entry.info, keyUsage: [...entry.info.keyUsage] };
+    });
+  }
+
+  async encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<GcmEncryptResult> {
+    if (plaintext.length === 0) {
+      // SoftHSM2 answers CKR_ARGUMENTS_BAD for an empty input and leaves the operation active.
+      throw new XksError('ValidationException', undefined, 'empty plaintext');
+    }
+    return this.withSession(label, (s, step) => {
+      const key = this.cachedKey(s, label);
+      requireUsage(key.info, 'ENCRYPT');
+      // A fresh IV for every call, retries included (design.md: never let the HSM default it).
+      const iv = randomBytes(IV_BYTES);
+      step.op = 'encrypt';
+      this.p.C_EncryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
+      const out = this.p.C_Encrypt(s.handle, plaintext, Buffer.alloc(plaintext.length + TAG_BYTES));
+      if (out.length !== plaintext.length + TAG_BYTES) {
+        throw new XksError('InternalException', undefined, `C_Encrypt returned ${out.length} bytes for ${plaintext.length}`);
+      }
+      return {
+        ciphertext: Buffer.from(out.subarray(0, plaintext.length)),
+        iv,
+        tag: Buffer.from(out.subarray(plaintext.length)),
+      };
+    });
+  }
+
+  async decrypt(label: string, ciphertext: Buffer, iv: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer> {
+    // Spec "Decrypt": the IV is 12 or 16 bytes, the tag 16. Anything else cannot authenticate.
+    if (iv.length !== 12 && iv.length !== 16) {
+      throw new XksError('InvalidCiphertextException', undefined, `IV of ${iv.length} bytes`);
+    }
+    if (tag.length !== TAG_BYTES) {
+      throw new XksError('InvalidCiphertextException', undefined, `tag of ${tag.length} bytes`);
+    }
+    return this.withSession(label, (s, step) => {
+      const key = this.cachedKey(s, label);
+      requireUsage(key.info, 'DECRYPT');
+      step.op = 'decrypt';
+      this.p.C_DecryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
+      // The output buffer must hold ciphertext+tag: SoftHSM2 sizes the check on the whole input,
+      // and CKR_BUFFER_TOO_SMALL would leave the operation active.
+      const out = this.p.C_Decrypt(s.handle, Buffer.concat([ciphertext, tag]), Buffer.alloc(ciphertext.length + TAG_BYTES));
+      if (out.length !== ciphertext.length) {
+        throw new XksError('InternalException', undefined, `C_Decrypt returned ${out.length} bytes for ${ciphertext.length}`);
+      }
+      return Buffer.from(out);
+    });
+  }
+
+  tokenInfo(): TokenInfo {
+    return { ...this.info };
+  }
+
+  poolStats(): PoolStats {
+    return this.pool.stats();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Log out only if no one else in this process uses the module: the login is shared.
+    if (this.module.soleUser() && !this.needsReinit) {
+      try {
+        const lease = await this.acquireCurrent();
+        try {
+          if (lease.resource.generation === this.generation) this.p.C_Logout(lease.resource.handle);
+        } catch {
+          // not logged in any more: fine
+        }
+        this.pool.release(lease);
+      } catch {
+        // no session to log out with: closing the sessions / C_Finalize logs out anyway
+      }
+    }
+    await this.pool.drain();
+    this.keys.clear();
+    this.module.release();
+    this.log.info('HSM backend closed', { tokenLabel: this.cfg.tokenLabel });
+  }
+
+  /* ---------------------------------------------------------------------------------------------- */
+
+  /**
+   * Runs `fn` with a pooled session. On a PKCS#11 error, ckr-table decides; for drop, reinit and
+   * refresh-handle the recovery runs and `fn` is tried once more (with a new IV, session, handle).
+   * XksErrors thrown by `fn` (usage refusals, key not found) pass through untouched.
+   */
+  private async withSession<R>(label: string, fn: (s: PooledSession, step: Step) => R): Promise<R> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.closed) throw new XksError('InternalException', undefined, 'HSM backend is closed');
+      if (this.needsReinit) this.reinitialise();
+      const generation = this.generation;
+      const step: Step = { op: 'login' }; // a failure while acquiring is opening a session + login
+      let lease: Lease<PooledSession> | undefined;
+      try {
+        lease = await this.acquireCurrent();
+        step.op = 'find';
+        const result = fn(lease.resource, step);
+        this.pool.release(lease);
+        return result;
+      } catch (e) {
+        if (e instanceof XksError) {
+          if (lease) this.pool.release(lease);
+          throw e;
+        }
+        const d = classifyPkcs11Error(e, step.op);
+        if (lease) {
+          if (isSessionGone(d)) lease.resource.gone = true;
+          // 'refresh-handle' is about the key, not the session: the session goes back to the pool.
+          this.pool.release(lease, { drop: d.action === 'drop' || d.action === 'reinit' });
+        }
+        const retry = d.retry && attempt === 0 && !this.closed;
+        this.log.warn('HSM call failed', {
+          keyLabel: label,
+          op: step.op,
+          detail: d.detail,
+          errorName: d.errorName,
+          action: d.action,
+          retry,
+        });
+        this.recover(d, label, retry, generation);
+        if (!retry) throw new XksError(d.errorName, undefined, d.detail);
+      }
+    }
+  }
+
+  /**
+   * A pooled session of the current generation. A session opened before a re-initialisation (e.g.
+   * handed to a queued caller just before it) has a dead handle whose number may now belong to a
+   * new session: it is dropped without C_CloseSession and another one taken.
+   */
+  private async acquireCurrent(): Promise<Lease<PooledSession>> {
+    for (let i = 0; ; i++) {
+      const lease = await this.pool.acquire();
+      if (lease.resource.generation === this.generation || i > this.cfg.pool.size) return lease;
+      this.pool.release(lease, { drop: true });
+    }
+  }
+
+  /**
+   * Applies the table's action. The cheap ones always run; re-initialisation runs now only if the
+   * operation is going to be retried, else it is left for the next call (needsReinit), so that a
+   * failing HSM is not hammered twice within one request.
+   */
+  private recover(d: CkrDecision, label: string, retrying: boolean, attemptGeneration: number): void {
+    // The module was re-initialised since this attempt began (by a concurrent call that hit the
+    // same fault first): everything is fresh already, and another C_Finalize would pull the new
+    // sessions from under the calls now using them. Just retry.
+    if (attemptGeneration !== this.generation) return;
+    switch (d.action) {
+      case 'keep':
+        return;
+      case 'drop':
+        // A dead session rarely comes alone (C_CloseAllSessions, token reset): drop the idle ones
+        // too. And SoftHSM2 releases token object handles when the last session on the token
+        // closes, so cached key handles may be stale now: find keys again.
+        this.pool.discardIdle();
+        this.keys.clear();
+        return;
+      case 'refresh-handle':
+        this.keys.delete(label);
+        return;
+      case 'reinit':
+        this.needsReinit = true;
+        if (retrying) this.reinitialise();
+        return;
+    }
+  }
+
+  /**
+   * C_Finalize + C_Initialize + find the token by label again (slot ids may have changed); sessions
+   * are opened (and the user logged in) lazily by the pool. Throws an XksError if the token cannot
+   * be reached; needsReinit stays set so that the next call tries again: no restart needed.
+   */
+  private reinitialise(): void {
+    this.needsReinit = true;
+    this.generation++;
+    this.keys.clear();
+    this.pool.discardIdle(); // stale generation: dropped without C_CloseSession
+    try {
+      this.p.C_Finalize();
+    } catch {
+      // already finalised, e.g. by another user of the module in this process
+    }
+    try {
+      initializeModule(this.p);
+      const token = findToken(this.p, this.cfg.tokenLabel);
+      if (token.slot === undefined || token.info === undefined || token.matches !== 1) {
+        throw new XksError('InternalException', undefined, `re-initialisation: token "${this.cfg.tokenLabel}" not found (${token.matches} matches)`);
+      }
+      this.slot = token.slot;
+      this.info = toTokenInfo(token.info);
+    } catch (e) {
+      if (e instanceof XksError) throw e;
+      throw new XksError('InternalException', undefined, `re-initialisation failed: ${classifyPkcs11Error(e, 'other').detail}`);
+    }
+    this.needsReinit = false;
+    this.log.warn('PKCS#11 module re-initialised', { module: this.module.path, tokenLabel: this.cfg.tokenLabel, generation: this.generation });
+  }
+
+  /** The cached key, or a lookup (which then fills the cache). */
+  private cachedKey(s: PooledSession, label: string): CachedKey {
+    const hit = this.keys.get(label);
+    if (hit) return hit;
+    const entry = this.lookupKey(s, label);
+    this.keys.set(label, entry);
+    return entry;
+  }
+
+  private lookupKey(s: PooledSession, label: string): CachedKey {
+    const handles = findSecretKeys(this.p, s.handle, label, 2);
+    if (handles.length === 0) {
+      this.keys.delete(label);
+      throw new XksError('KeyNotFoundException', undefined, `no secret key labelled "${label}" in token "${this.cfg.tokenLabel}"`);
+    }
+    if (handles.length > 1) {
+      this.keys.delete(label);
+      throw new XksError('InternalException', undefined, 'ambiguous label');
+    }
+    const handle = handles[0]!;
+    return { handle, info: readKeyInfo(this.p, s.handle, handle, label) };
+  }
+}
+
+/** Refuses, before any HSM call, a key that is not AES-256 or lacks the usage flag. */
+function requireUsage(info: KeyInfo, usage: 'ENCRYPT' | 'DECRYPT'): void {
+  if (info.keySpec !== 'AES_256') {
+    throw new XksError('InvalidKeyUsageException', undefined, `key spec ${info.keySpec}, AES_256 required`);
+  }
+  if (!info.keyUsage.includes(usage)) {
+    throw new XksError('InvalidKeyUsageException', undefined, `key lacks ${usage}`);
+  }
+}
+
+function gcmMechanism(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
+  // The PKCS#11 v2.40 CK_GCM_PARAMS layout (with ulIvBits), the one current modules expect.
+  const parameter: pkcs11js.AesGCM = { type: pkcs11js.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, tagBits: TAG_BITS };
+  if (aad.length > 0) parameter.aad = aad;
+  return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
+}
+
+/** Session-level errors: the handle is dead, so it must not be passed to C_CloseSession. */
+function isSessionGone(d: CkrDecision): boolean {
+  return d.code === pkcs11js.CKR_SESSION_HANDLE_INVALID || d.code === pkcs11js.CKR_SESSION_CLOSED;
+}
+
+/**
+ * Opens the HSM: loads cfg.module (after putting cfg.moduleEnv into process.env), initialises it,
+ * finds the token labelled cfg.tokenLabel, opens a session and logs in with `pin`. Fails with a plain
+ * Error whose message tells the operator what is wrong (module path, labels found, PIN refused);
+ * the PIN itself never appears in a message or a log line.
+ */
+export async function openPkcs11Backend(cfg: HsmConfig, pin: string, log: AppLogger): Promise<Pkcs11Backend> {
+  return Pkcs11Backend.open(cfg, pin, log);
+}
