@@ -1,0 +1,161 @@
+/**
+ * Start-up refuses a broken HSM set-up with a clear message; a failing HSM at run time gives the
+ * spec's errors and never crashes the process. Fault injection wraps the real backend.
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseConfig } from '../../src/config/load';
+import { XksError } from '../../src/errors/xks-error';
+import type { HsmBackend } from '../../src/hsm/backend';
+import { createKey } from '../../src/hsm/key-admin';
+import { openPkcs11Backend } from '../../src/hsm/pkcs11-backend';
+import { createSilentLogger } from '../../src/log/logger';
+import { StartupError, startProxy } from '../../src/main';
+import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../helpers/proxy-harness';
+import { createTestToken, type TestToken } from '../helpers/softhsm-token';
+
+/** The real backend, with a switch that makes every HSM call fail the way we choose. */
+class FaultInjectingBackend implements HsmBackend {
+  fault: (() => never) | undefined;
+  constructor(private readonly real: HsmBackend) {}
+  private guard(): void {
+    if (this.fault) this.fault();
+  }
+  async describeKey(label: string) {
+    this.guard();
+    return this.real.describeKey(label);
+  }
+  async encrypt(label: string, p: Buffer, aad: Buffer) {
+    this.guard();
+    return this.real.encrypt(label, p, aad);
+  }
+  async decrypt(label: string, c: Buffer, iv: Buffer, tag: Buffer, aad: Buffer) {
+    this.guard();
+    return this.real.decrypt(label, c, iv, tag, aad);
+  }
+  tokenInfo() {
+    return this.real.tokenInfo();
+  }
+  poolStats() {
+    return this.real.poolStats();
+  }
+  close() {
+    return this.real.close();
+  }
+}
+
+describe('start-up checks and HSM faults', () => {
+  let token: TestToken;
+  before(async () => {
+    token = createTestToken({ label: 'xks-faults-it' });
+    await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
+    await createKey(token.hsmConfig, token.pin, { label: 'k1', usage: 'encrypt-decrypt' });
+  });
+  after(() => token?.cleanup());
+
+  const configWith = (hsm: Record<string, unknown>) =>
+    parseConfig(
+      {
+        server: { host: '127.0.0.1', port: 0, plainHttp: true },
+        hsm: { ...token.hsmConfig, pin: { file: token.pinFile }, ...hsm },
+        keyStores: [{ name: 'a', pathPrefix: '/a', credentials: [{ accessKeyId: 'AAAAAAAAAAAAAAAAAAAA', secret: { env: 'NOPE' } }] }],
+        log: { requestLogStdout: false },
+      },
+      '/tmp/xks-test.yaml',
+      {},
+    );
+
+  async function startupError(hsm: Record<string, unknown>): Promise<string> {
+    try {
+      const p = await startProxy(configWith(hsm), { log: createSilentLogger() });
+      await p.close();
+    } catch (e) {
+      expect(e).to.be.instanceOf(StartupError);
+      return (e as Error).message;
+    }
+    return expect.fail('start-up should have failed') as never;
+  }
+
+  it('refuses a wrong PIN without printing it', async () => {
+    const pinFile = path.join(token.dir, 'wrong-pin');
+    fs.writeFileSync(pinFile, 'wrong-pin-987654\n', { mode: 0o600 });
+    const msg = await startupError({ pin: { file: pinFile } });
+    expect(msg).to.match(/PIN/i);
+    expect(msg).not.to.include('wrong-pin-987654');
+  });
+
+  it('refuses a missing PIN file and an unset PIN variable', async () => {
+    expect(await startupError({ pin: { file: path.join(token.dir, 'absent') } })).to.match(/cannot read secret file .*absent \(ENOENT\)/);
+    expect(await startupError({ pin: { env: 'XKS_TEST_UNSET_PIN_VAR' } })).to.match(/XKS_TEST_UNSET_PIN_VAR is not set/);
+  });
+
+  it('refuses an unknown token label and lists the ones it found', async () => {
+    expect(await startupError({ tokenLabel: 'no-such-token' })).to.match(/no-such-token/);
+  });
+
+  it('refuses a module that cannot be loaded', async () => {
+    expect(await startupError({ module: '/nonexistent/libpkcs11.so' })).to.match(/\/nonexistent\/libpkcs11\.so/);
+  });
+
+  it('refuses to start without a working health key, and says how to create it', async () => {
+    expect(await startupError({ healthKeyLabel: 'no-health-key' })).to.match(/keys create --label no-health-key/);
+  });
+
+  describe('with an HSM that starts failing', () => {
+    let h: Harness;
+    let faulty: FaultInjectingBackend;
+    let cred: Credential;
+    before(async () => {
+      const real = await openPkcs11Backend({ ...token.hsmConfig }, token.pin, createSilentLogger());
+      faulty = new FaultInjectingBackend(real);
+      const credDir = path.join(token.dir, 'creds');
+      cred = writeCredential(credDir);
+      h = await startHarness({ hsm: { ...token.hsmConfig, pin: { file: token.pinFile } }, keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: credDir, keys: [{ externalKeyId: 'k1' }] }] }, { hsm: faulty });
+    });
+    after(async () => {
+      faulty.fault = undefined;
+      await h?.close();
+    });
+
+    const encryptBody = { requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: 'Encrypt', kmsRequestId: 'r' }, plaintext: 'eA==', encryptionAlgorithm: 'AES_GCM' };
+
+    it('a dependency timeout is 503 DependencyTimeoutException', async () => {
+      faulty.fault = () => {
+        throw new XksError('DependencyTimeoutException', undefined, 'injected');
+      };
+      const r = await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred });
+      expect(r.status).to.equal(503);
+      expect(r.json.errorName).to.equal('DependencyTimeoutException');
+    });
+
+    it('an unexpected error is 500 InternalException without internal detail, and the process keeps serving', async () => {
+      faulty.fault = () => {
+        throw new TypeError('internal secret detail /var/lib/something');
+      };
+      const r = await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred });
+      expect(r.status).to.equal(500);
+      expect(r.json.errorName).to.equal('InternalException');
+      expect(r.text).not.to.include('internal secret detail');
+      faulty.fault = undefined;
+      expect((await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred })).status).to.equal(200);
+    });
+
+    it('an unavailable HSM makes GetHealthStatus InternalException and readiness 503, and both recover', async () => {
+      faulty.fault = () => {
+        throw new XksError('InternalException', undefined, 'injected: token removed');
+      };
+      expect((await h.proxy.health.check()).status).to.equal('UNAVAILABLE');
+      const health = { requestMetadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } };
+      const r = await xksCall(h, '/a/kms/xks/v1/health', health, { cred });
+      expect(r.status).to.equal(500);
+      expect(r.json.errorName).to.equal('InternalException');
+      expect((await rawRequest(h, { method: 'GET', path: '/healthz/ready' })).status).to.equal(503);
+      expect((await rawRequest(h, { method: 'GET', path: '/healthz/live' })).status).to.equal(200);
+      faulty.fault = undefined;
+      expect((await h.proxy.health.check()).status).to.equal('ACTIVE');
+      expect((await xksCall(h, '/a/kms/xks/v1/health', health, { cred })).status).to.equal(200);
+      expect((await rawRequest(h, { method: 'GET', path: '/healthz/ready' })).status).to.equal(200);
+    });
+  });
+});
