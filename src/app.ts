@@ -11,6 +11,7 @@ import express from 'express';
 import helmet from 'helmet';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { KeyStoreRegistry } from './auth/key-stores';
+import { OPEN_GATE, type AccessGate, type GateTicket } from './control/access-gate';
 import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
 import type { Config } from './config/schema';
 import { XksError, toXksError } from './errors/xks-error';
@@ -30,6 +31,8 @@ export interface AppDeps {
   health: HealthMonitor;
   requestLog: RequestLog;
   log: AppLogger;
+  /** Kill switch, key blocking and allowlists; everything passes when absent. */
+  gate?: AccessGate;
   /** Clock for SigV4 date checks; injectable for tests. */
   now?: () => number;
 }
@@ -63,6 +66,7 @@ export function buildApp(deps: AppDeps): express.Express {
 
 export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl?: string }, res: ServerResponse) => Promise<void> {
   const { config, registry, service, requestLog, log } = deps;
+  const gate = deps.gate ?? OPEN_GATE;
   const now = deps.now ?? Date.now;
   const keyCache = new SigningKeyCache();
   const limits = config.limits;
@@ -73,6 +77,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
     const url = req.originalUrl ?? req.url ?? '/';
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
+    let ticket: GateTicket | undefined;
     try {
       const q = url.indexOf('?');
       const route: Route = resolveRoute(registry, q < 0 ? url : url.slice(0, q));
@@ -87,7 +92,10 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
       const json = parseJsonBody(body);
       const md = parseRequestMetadata(json, route.api);
       Object.assign(record, md);
-      const result = await dispatch(service, route, json, limits, timing);
+      // Kill switch, key blocking, allowlists: after authentication, before any HSM call.
+      ticket = gate.enter({ keyStore: route.keyStore.name, api: route.api, externalKeyId: route.externalKeyId, metadata: md });
+      record.allowedBy = ticket.allowedBy;
+      const result = await dispatch(service, route, json, limits, timing, ticket.keyBlocked);
       sendJson(res, 200, result);
     } catch (e) {
       const err = toXksError(e);
@@ -95,9 +103,11 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
       record.errorName = err.errorName;
       record.status = err.status;
       record.reason = err.detail;
+      record.policyStatement = err.statement;
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
       sendError(res, err);
     } finally {
+      ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
       requestLog.write(record);
@@ -105,14 +115,14 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
   };
 }
 
-function dispatch(service: XksService, route: Route, json: Record<string, unknown>, limits: Config['limits'], t: HsmTiming): Promise<unknown> {
+function dispatch(service: XksService, route: Route, json: Record<string, unknown>, limits: Config['limits'], t: HsmTiming, keyBlocked: boolean): Promise<unknown> {
   const ks = route.keyStore;
   const id = route.externalKeyId!;
   switch (route.api) {
     case 'GetHealthStatus':
       return service.getHealthStatus(t);
     case 'GetKeyMetadata':
-      return service.getKeyMetadata(ks, id, t);
+      return service.getKeyMetadata(ks, id, t, keyBlocked);
     case 'Encrypt':
       return service.encrypt(ks, id, parseEncrypt(json, limits), t);
     case 'Decrypt':

@@ -52,6 +52,8 @@ export class XksError extends Error {
   readonly detail: string | undefined;
   /** Set when the request body was left unread: the response must close the connection. */
   closeConnection = false;
+  /** For AccessDeniedException: the policy statement responsible (spec "Authorization": log it). */
+  statement: string | undefined;
 
   constructor(errorName: ErrorName, publicMessage?: string, detail?: string) {
     super(sanitizeMessage(publicMessage ?? DEFAULT_MESSAGE[errorName]));

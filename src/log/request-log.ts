@@ -24,6 +24,10 @@ export interface RequestRecord {
   accessKeyId?: string | undefined;
   outcome: 'ok' | 'error';
   errorName?: string | undefined;
+  /** The allowlist statement that denied the request (spec "Authorization"). */
+  policyStatement?: string | undefined;
+  /** The allowlist statement that allowed it. */
+  allowedBy?: string | undefined;
   /** Log-safe internal reason of an error (e.g. why SigV4 failed). */
   reason?: string | undefined;
   status: number;

@@ -74,10 +74,11 @@ export class XksService {
     }
   }
 
-  async getKeyMetadata(ks: KeyStore, externalKeyId: string, t: HsmTiming): Promise<KeyMetadataResponse> {
+  /** keyBlocked: the operator blocked this key (kill switch at key scope): report it DISABLED. */
+  async getKeyMetadata(ks: KeyStore, externalKeyId: string, t: HsmTiming, keyBlocked = false): Promise<KeyMetadataResponse> {
     const k = this.key(ks, externalKeyId);
     const info = await this.timed(t, () => this.hsm.describeKey(k.label));
-    return { keySpec: info.keySpec, keyUsage: info.keyUsage.slice(0, 10), keyStatus: k.enabled ? 'ENABLED' : 'DISABLED' };
+    return { keySpec: info.keySpec, keyUsage: info.keyUsage.slice(0, 10), keyStatus: k.enabled && !keyBlocked ? 'ENABLED' : 'DISABLED' };
   }
 
   async encrypt(ks: KeyStore, externalKeyId: string, input: EncryptInput, t: HsmTiming): Promise<EncryptResponse> {
