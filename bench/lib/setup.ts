@@ -1,0 +1,113 @@
+/**
+ * A self-contained benchmark target: a fresh SoftHSM2 token with its keys, a TLS certificate, a
+ * SigV4 credential and a config file in a temp folder, and the real proxy started as a child
+ * process (`xks-proxy serve`), as it runs in production.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createKey } from '../../src/hsm/key-admin';
+import type { HsmConfig } from '../../src/config/schema';
+import { makeTlsCert, writeCredential, type Credential } from '../../test/helpers/proxy-harness';
+import { createTestToken, type TestToken } from '../../test/helpers/softhsm-token';
+
+export const BENCH_KEY = 'bench-key';
+export const KEY_STORE_PREFIX = '/bench';
+
+export interface BenchTarget {
+  port: number;
+  cred: Credential;
+  certFile: string;
+  hsmConfig: HsmConfig;
+  pin: string;
+  pid: number;
+  /** Resident set size of the proxy process(es), in MiB, from /proc. */
+  rssMiB(): number;
+  stop(): Promise<void>;
+}
+
+export interface TargetOptions {
+  /** Extra YAML lines appended to the generated config (e.g. tuning under test). */
+  extraConfig?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Node options for the proxy process, e.g. ['--cpu-prof']. */
+  nodeArgs?: string[];
+}
+
+export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget & { token: TestToken }> {
+  const token = createTestToken();
+  await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
+  await createKey(token.hsmConfig, token.pin, { label: BENCH_KEY, usage: 'encrypt-decrypt' });
+  const { certFile, keyFile } = makeTlsCert(token.dir);
+  const cred = writeCredential(path.join(token.dir, 'creds'));
+  const configFile = path.join(token.dir, 'bench.yaml');
+  fs.writeFileSync(
+    configFile,
+    [
+      `server: { host: 127.0.0.1, port: 0, tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} } }`,
+      'hsm:',
+      `  module: ${token.module}`,
+      `  moduleEnv: { SOFTHSM2_CONF: ${JSON.stringify(token.confPath)} }`,
+      `  tokenLabel: ${token.tokenLabel}`,
+      `  pin: { file: ${JSON.stringify(token.pinFile)} }`,
+      'keyStores:',
+      '  - name: bench',
+      `    pathPrefix: ${KEY_STORE_PREFIX}`,
+      '    credentialsDir: ./creds',
+      `    keys: [{ externalKeyId: ${BENCH_KEY} }]`,
+      `log: { level: info, requestLogStdout: false, requestLogFile: ${JSON.stringify(path.join(token.dir, 'requests.log'))} }`,
+      ...(opts.extraConfig ?? []),
+    ].join('\n'),
+  );
+  const cli = path.resolve(__dirname, '../../src/cli/index.js');
+  const child: ChildProcess = spawn(process.execPath, [...(opts.nodeArgs ?? []), cli, 'serve', '--config', configFile], { env: { ...process.env, ...(opts.env ?? {}) }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stderr!.on('data', (c: Buffer) => {
+      stderr += c.toString();
+      const m = /"port":(\d+)[^\n]*xks proxy listening|xks proxy listening[^\n]*"port":(\d+)/.exec(stderr);
+      if (m) resolve(Number(m[1] ?? m[2]));
+    });
+    child.once('exit', (code) => reject(new Error(`proxy exited with ${code}: ${stderr.slice(-2000)}`)));
+    setTimeout(() => reject(new Error(`proxy did not report listening within 30 s: ${stderr.slice(-2000)}`)), 30_000).unref();
+  });
+  const pid = child.pid!;
+  return {
+    token,
+    port,
+    cred,
+    certFile,
+    hsmConfig: token.hsmConfig,
+    pin: token.pin,
+    pid,
+    rssMiB: () => processTreeRssMiB(pid),
+    async stop() {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGTERM');
+      await exited;
+      token.cleanup();
+    },
+  };
+}
+
+/** RSS of a process and its direct children (cluster workers), from /proc. */
+export function processTreeRssMiB(pid: number): number {
+  const rss = (p: number): number => {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'));
+      return m ? Number(m[1]) / 1024 : 0;
+    } catch {
+      return 0;
+    }
+  };
+  let total = rss(pid);
+  try {
+    for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+      const children = fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim();
+      for (const c of children ? children.split(/\s+/) : []) total += rss(Number(c));
+    }
+  } catch {
+    /* process gone */
+  }
+  return Math.round(total * 10) / 10;
+}

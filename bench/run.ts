@@ -1,0 +1,115 @@
+/**
+ * npm run bench: drives the real proxy (a child process on a fresh SoftHSM2 token) over HTTPS with
+ * keep-alive and pre-signed, fully valid SigV4 requests, and measures in the same run the raw
+ * in-process SoftHSM2 encrypt rate, to print the proxy/raw ratio. Prints a table, writes JSON.
+ *
+ *   npm run bench -- [--workloads encrypt32,decrypt32,mixed,encrypt4300,metadata,encrypt32-cdiv]
+ *                    [--duration 10] [--connections 32] [--rate 1800] [--generator auto|wrk|undici]
+ *                    [--out bench/results/NAME.json]
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { Pool } from 'undici';
+import { closedLoop, openLoop, type LoadResult } from './lib/load-undici';
+import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
+import { rawEncryptRate } from './lib/raw-hsm';
+import { BENCH_KEY, KEY_STORE_PREFIX, startTarget } from './lib/setup';
+import { WORKLOADS, prepare, type PreparedRequest, type WorkloadName } from './lib/workloads';
+import { VERSION } from '../src/version';
+import os from 'node:os';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      workloads: { type: 'string', default: 'encrypt32,decrypt32,mixed,encrypt4300,metadata,encrypt32-cdiv' },
+      duration: { type: 'string', default: '10' },
+      connections: { type: 'string', default: '32' },
+      rate: { type: 'string', default: '1800' },
+      generator: { type: 'string', default: 'auto' },
+      'raw-seconds': { type: 'string', default: '3' },
+      out: { type: 'string' },
+    },
+  });
+  const durationMs = Number(values.duration) * 1000;
+  const connections = Number(values.connections);
+  const workloads = values.workloads!.split(',') as WorkloadName[];
+  for (const w of workloads) if (!(w in WORKLOADS)) throw new Error(`unknown workload ${w}`);
+  const useWrk = values.generator === 'wrk' || (values.generator === 'auto' && wrkAvailable());
+
+  const target = await startTarget();
+  const ca = fs.readFileSync(target.certFile);
+  const origin = `https://localhost:${target.port}`;
+  const t = { host: `localhost:${target.port}`, prefix: KEY_STORE_PREFIX, keyId: BENCH_KEY, cred: target.cred };
+  const setupPool = new Pool(origin, { connections: 4, connect: { ca, servername: 'localhost' } });
+  const encryptVia = async (r: PreparedRequest) => {
+    const res = await setupPool.request({ path: r.path, method: 'POST', headers: r.headers, body: r.body });
+    const json = (await res.body.json()) as { ciphertext: string; initializationVector: string; authenticationTag: string };
+    if (res.statusCode !== 200) throw new Error(`setup encrypt failed: ${res.statusCode} ${JSON.stringify(json)}`);
+    return { ciphertext: json.ciphertext, initializationVector: json.initializationVector, authenticationTag: json.authenticationTag };
+  };
+
+  const results: { workload: WorkloadName; description: string; result: LoadResult; rssMiBUnderLoad: number }[] = [];
+  let rateResult: LoadResult | undefined;
+  let raw: { opsPerSecond: number; ops: number } | undefined;
+  const rssIdle = target.rssMiB();
+  try {
+    raw = await rawEncryptRate(target.hsmConfig, target.pin, BENCH_KEY, Number(values['raw-seconds']) * 1000);
+    process.stderr.write(`raw in-process SoftHSM2 encrypt (32 B): ${raw.opsPerSecond} ops/s on one core\n`);
+    for (const w of workloads) {
+      const requests = await prepare(t, w, 4000, encryptVia);
+      let rss = 0;
+      const sampler = setTimeout(() => (rss = target.rssMiB()), durationMs / 2);
+      const result = useWrk
+        ? await wrkClosedLoop({ port: target.port, host: t.host, requests, connections, threads: 1, durationMs })
+        : await closedLoop({ origin, ca, requests, connections, durationMs });
+      clearTimeout(sampler);
+      results.push({ workload: w, description: WORKLOADS[w], result, rssMiBUnderLoad: rss });
+      process.stderr.write(`${w}: ${result.rps} req/s, p99 ${result.latencyMs.p99} ms, errors ${JSON.stringify(result.errors)}\n`);
+    }
+    const rateRequests = await prepare(t, 'encrypt32', 4000, encryptVia);
+    rateResult = await openLoop({ origin, ca, requests: rateRequests, connections, durationMs, rate: Number(values.rate) });
+    process.stderr.write(`encrypt32 at an offered ${values.rate} req/s: p99 ${rateResult.latencyMs.p99} ms, errors ${JSON.stringify(rateResult.errors)}\n`);
+  } finally {
+    await setupPool.close();
+    await target.stop();
+  }
+
+  const enc = results.find((r) => r.workload === 'encrypt32');
+  const report = {
+    version: VERSION,
+    date: new Date().toISOString(),
+    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, memGiB: Math.round(os.totalmem() / 2 ** 30) },
+    generator: useWrk ? 'wrk (closed loop), undici (fixed rate)' : 'undici',
+    durationS: durationMs / 1000,
+    connections,
+    rawSoftHsmEncryptOpsPerSecond: raw?.opsPerSecond,
+    proxyToRawRatio: enc && raw ? Math.round((enc.result.rps / raw.opsPerSecond) * 100) / 100 : undefined,
+    rssMiB: { idle: rssIdle, underLoad: Math.max(0, ...results.map((r) => r.rssMiBUnderLoad)) },
+    workloads: results,
+    fixedRate: rateResult,
+  };
+  const out = values.out ?? path.join('bench', 'results', `bench-${report.date.replace(/[:.]/g, '-')}.json`);
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, JSON.stringify(report, null, 2) + '\n');
+
+  const row = (cols: (string | number)[]) => cols.map((c, i) => String(c).padEnd(i === 0 ? 16 : 11)).join('');
+  console.log(`\nxks-proxy ${VERSION} on ${report.machine.cpus} cores (${report.machine.model}), ${report.generator}, ${connections} connections, ${durationMs / 1000} s each\n`);
+  console.log(row(['workload', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms', 'errors']));
+  for (const r of results) {
+    const e = Object.values(r.result.errors).reduce((a, b) => a + b, 0);
+    console.log(row([r.workload, r.result.rps, r.result.latencyMs.p50, r.result.latencyMs.p90, r.result.latencyMs.p99, r.result.latencyMs.max, e]));
+  }
+  if (rateResult) {
+    const e = Object.values(rateResult.errors).reduce((a, b) => a + b, 0);
+    console.log(row([`@${rateResult.offeredRps}/s enc32`, rateResult.rps, rateResult.latencyMs.p50, rateResult.latencyMs.p90, rateResult.latencyMs.p99, rateResult.latencyMs.max, e]));
+  }
+  console.log(`\nraw SoftHSM2 encrypt, one core in-process: ${raw?.opsPerSecond} ops/s; proxy/raw (encrypt32): ${report.proxyToRawRatio}`);
+  console.log(`proxy RSS: ${report.rssMiB.idle} MiB idle, ${report.rssMiB.underLoad} MiB under load`);
+  console.log(`results: ${out}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exitCode = 1;
+});
