@@ -26,6 +26,9 @@ KMS_JSON="$DATA/kms-proxy-config-$KEY_STORE.json"
 PID_FILE="$DATA/proxy.pid"
 LOG_FILE="$DATA/logs/proxy.log"
 PORT="${XKS_PORT:-8443}"
+METRICS_PORT="${XKS_METRICS_PORT:-9464}"
+AUDIT_KEY="$DATA/audit/keys/audit-signing.jwk"
+AUDIT_PUB="$DATA/audit/keys/audit-signing.pub.jwk"
 READY_TRIES=60 # x 0.5 s
 
 say() { printf '==> %s\n' "$*"; }
@@ -221,6 +224,31 @@ else
   chmod 644 "$CERT"
 fi
 
+# --- 7b. audit signing key -------------------------------------------------------------------
+
+# Signs the audit log's checkpoints; the public half is what an auditor verifies with.
+if [ -e "$AUDIT_KEY" ]; then
+  say "audit signing key exists ($AUDIT_KEY)"
+else
+  say "creating the audit signing key pair in data/audit/keys"
+  xks audit keygen --private "$AUDIT_KEY" --public "$AUDIT_PUB" >/dev/null
+fi
+
+# --- 7c. admin operators ---------------------------------------------------------------------
+
+# Two demo operators (lifting a kill switch needs two distinct approvals); their public keys go into
+# the JWKS file the admin API trusts. The private keys stay in data/admin/ (mode 0600).
+ADMIN_DIR="$DATA/admin"
+mkdir -p "$ADMIN_DIR"
+for op in demo-operator-1 demo-operator-2; do
+  if [ -e "$ADMIN_DIR/$op.private.jwk.json" ]; then
+    say "admin operator key \"$op\" exists"
+  else
+    say "creating admin operator key \"$op\" in data/admin"
+    xks operator keygen --name "$op" --out-dir "$ADMIN_DIR" --jwks "$ADMIN_DIR/operators.jwks.json"
+  fi
+done
+
 # --- 8. SigV4 credential ----------------------------------------------------------------------
 
 # JSON field of the KMS proxy configuration file.
@@ -306,6 +334,7 @@ EOF
 
 stop_proxy
 export XKS__SERVER__PORT="$PORT"
+export XKS__METRICS__PORT="$METRICS_PORT"
 
 # Something else on the port (a proxy started with --foreground, another program) would answer the
 # readiness probe and the demo call in place of the proxy started here.
@@ -364,4 +393,9 @@ The proxy is running in the background (pid $pid, log $LOG_FILE).
   Stop it:                   scripts/quickstart.sh stop
   Run it in the foreground:  scripts/quickstart.sh --foreground
   Other port:                XKS_PORT=9443 scripts/quickstart.sh
+  Metrics (Prometheus):      curl http://127.0.0.1:$METRICS_PORT/metrics
+  Kill switch state:         node dist/src/cli/index.js killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
+                             (engage / approve-lift: docs/runbook-kill-switch.md)
+  Verify the audit log:      node dist/src/cli/index.js audit verify --public-key $AUDIT_PUB $DATA/audit
+                             (exit 3 while the proxy runs: the newest records await the next checkpoint)
 EOF

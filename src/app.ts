@@ -19,6 +19,7 @@ import { readRawBody } from './http/body';
 import { sendError, sendJson } from './http/respond';
 import type { AppLogger } from './log/logger';
 import type { RequestLog, RequestRecord } from './log/request-log';
+import { NOOP_METER, type Meter } from './metrics/meter';
 import type { HealthMonitor } from './xks/health-monitor';
 import { parseDecrypt, parseEncrypt, parseJsonBody, parseRequestMetadata } from './xks/requests';
 import { resolveRoute, type Route } from './xks/routes';
@@ -33,6 +34,8 @@ export interface AppDeps {
   log: AppLogger;
   /** Kill switch, key blocking and allowlists; everything passes when absent. */
   gate?: AccessGate;
+  /** Request metrics; none when absent. */
+  meter?: Meter;
   /** Clock for SigV4 date checks; injectable for tests. */
   now?: () => number;
 }
@@ -67,6 +70,7 @@ export function buildApp(deps: AppDeps): express.Express {
 export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl?: string }, res: ServerResponse) => Promise<void> {
   const { config, registry, service, requestLog, log } = deps;
   const gate = deps.gate ?? OPEN_GATE;
+  const meter = deps.meter ?? NOOP_METER;
   const now = deps.now ?? Date.now;
   const keyCache = new SigningKeyCache();
   const limits = config.limits;
@@ -110,6 +114,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
       ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
+      meter.requestCompleted(record);
       requestLog.write(record);
     }
   };

@@ -13,7 +13,17 @@ import type { Config } from './config/schema';
 import type { HsmBackend } from './hsm/backend';
 import { openPkcs11Backend } from './hsm/pkcs11-backend';
 import { createAppLogger, type AppLogger } from './log/logger';
-import { createRequestLog, type RequestLog } from './log/request-log';
+import type { RequestLog } from './log/request-log';
+import type { AuditSink } from './audit/records';
+import { asAuditSink, openRequestOrAuditLog } from './audit/sink';
+import { METRICS_PATH, createMetricsServer, metricsHandler } from './metrics/http';
+import { auditAdminActions, type AdminActionSink } from './admin/actions';
+import type { ControlPlane } from './control/control-plane';
+import { startControl, type RunningControl } from './control/start';
+import { MeteredBackend } from './metrics/metered-backend';
+import { PromMeter } from './metrics/prom-meter';
+import { proxySources } from './metrics/sources';
+import { controlStateFromScopes } from './metrics/meter';
 import { closeServer, createMainServer, createPlainServer, listen } from './http/server';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
@@ -22,15 +32,28 @@ import { XksService } from './xks/service';
 export interface StartOptions {
   log?: AppLogger;
   requestLog?: RequestLog;
+  /** Metrics registry to use (default: a new one per proxy). */
+  meter?: PromMeter;
   /** Use this backend instead of opening the configured PKCS#11 module (fault injection in tests). */
   hsm?: HsmBackend;
   env?: NodeJS.ProcessEnv;
   now?: () => number;
+  /** Where admin actions go (default: the audit stream). */
+  onAdminAction?: AdminActionSink;
 }
 
 export interface RunningProxy {
   port: number;
   plainPort: number | undefined;
+  /** The dedicated /metrics listener (metrics.port), when configured. */
+  metricsPort: number | undefined;
+  meter: PromMeter;
+  /** Where admin actions are recorded (the audit log, or the application log without one). */
+  audit: AuditSink;
+  /** Kill switch and allowlists (absent without a `control` config section). */
+  control: ControlPlane | undefined;
+  /** The admin API listener, when control.admin is enabled. */
+  adminPort: number | undefined;
   registry: KeyStoreRegistry;
   health: HealthMonitor;
   hsm: HsmBackend;
@@ -58,7 +81,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const { config } = loaded;
   const env = opts.env ?? process.env;
   const log = opts.log ?? createAppLogger(config.log.level);
-  const hsm: HsmBackend = opts.hsm ?? (await openConfiguredHsm(config.hsm, env, log));
+  const meter = opts.meter ?? new PromMeter({ keyIdLabels: config.metrics.keyIdLabels });
+  const hsm: HsmBackend = new MeteredBackend(opts.hsm ?? (await openConfiguredHsm(config.hsm, env, log)), meter);
   const health = new HealthMonitor(hsm, { healthKeyLabel: config.hsm.healthKeyLabel, intervalMs: config.health.intervalMs, degradedAboveMs: config.health.degradedAboveMs }, log);
   const first = await health.check();
   if (first.status === 'UNAVAILABLE') {
@@ -66,15 +90,34 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`HSM: the deep health check with key "${config.hsm.healthKeyLabel}" failed (${first.detail}). Create it with: xks-proxy keys create --label ${config.hsm.healthKeyLabel}`);
   }
   const registry = new KeyStoreRegistry(config, log, env);
-  const requestLog = opts.requestLog ?? createRequestLog({ stdout: config.log.requestLogStdout, file: config.log.requestLogFile });
+  let requestLog: RequestLog;
+  try {
+    requestLog = opts.requestLog ?? openRequestOrAuditLog(config, log);
+  } catch (e) {
+    await hsm.close();
+    throw new StartupError(`audit log: ${(e as Error).message}`);
+  }
+  const audit = asAuditSink(requestLog, log);
+  meter.bind(proxySources({ config, registry, hsm, health, requestLog }));
   const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
-  const app = buildApp({ config, registry, service, health, requestLog, log, ...(opts.now ? { now: opts.now } : {}) });
+  let control: RunningControl;
+  try {
+    control = await startControl(config, registry, log, { onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+  } catch (e) {
+    await hsm.close();
+    if (!opts.requestLog) await requestLog.close();
+    throw new StartupError(`control: ${(e as Error).message}`);
+  }
+  const plane = control.control;
+  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.publicState().blocks.map((b) => b.scope)));
+  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, ...(opts.now ? { now: opts.now } : {}) });
 
   const servers: http.Server[] = [];
   let port: number;
   let plainPort: number | undefined;
+  let metricsPort: number | undefined;
   try {
-    const main = createMainServer(config.server, app);
+    const main = createMainServer(config.server, app, (subject, remoteAddress) => log.warn('mTLS client refused: subject not allowed', { subject, remoteAddress }));
     servers.push(main);
     port = (await listen(main, config.server.port, config.server.host)).port;
     if (config.healthEndpoints.plainPort !== undefined) {
@@ -85,9 +128,16 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
       servers.push(plain);
       plainPort = (await listen(plain, config.healthEndpoints.plainPort, config.healthEndpoints.plainHost)).port;
     }
+    if (config.metrics.port !== undefined) {
+      const metrics = createMetricsServer(meter);
+      servers.push(metrics);
+      metricsPort = (await listen(metrics, config.metrics.port, config.metrics.host)).port;
+    }
   } catch (e) {
     await Promise.all(servers.map((s) => closeServer(s, 0)));
+    await control.close(0);
     await hsm.close();
+    if (!opts.requestLog) await requestLog.close();
     throw new StartupError(`listen: ${(e as Error).message}`);
   }
   health.start();
@@ -95,6 +145,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   log.info('xks proxy listening', {
     port,
     plainPort,
+    metricsPort,
     tls: !config.server.plainHttp,
     keyStores: registry.all().map((k) => ({ name: k.name, uriPath: k.uriPath, keys: k.keyList().length, credentials: k.accessKeyIds().length })),
     version: VERSION,
@@ -104,6 +155,11 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   return {
     port,
     plainPort,
+    metricsPort,
+    meter,
+    audit,
+    control: control.control,
+    adminPort: control.adminPort,
     registry,
     health,
     hsm,
@@ -112,6 +168,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
         health.stop();
         registry.stopReloading();
         await Promise.all(servers.map((s) => closeServer(s, graceMs)));
+        await control.close(Math.min(graceMs, 1000));
         await hsm.close();
         if (!opts.requestLog) await requestLog.close();
       })();

@@ -144,6 +144,11 @@ function hmac(key: Buffer | string, data: string): Buffer {
   return crypto.createHmac('sha256', key).update(data).digest();
 }
 
+/** SigV4 key derivation: HMAC chain over date, region, service and "aws4_request". */
+export function deriveSigningKey(secret: string, date: string, region: string, service: string): Buffer {
+  return hmac(hmac(hmac(hmac('AWS4' + secret, date), region), service), 'aws4_request');
+}
+
 /**
  * Derived signing keys, cached per access key id, date and region: the four-HMAC chain is done
  * once a day per credential and region instead of on every request. An entry remembers the
@@ -157,7 +162,7 @@ export class SigningKeyCache {
     const id = `${accessKeyId}/${date}/${region}/${service}`;
     const hit = this.entries.get(id);
     if (hit && hit.secret === secret) return hit.key;
-    const key = hmac(hmac(hmac(hmac('AWS4' + secret, date), region), service), 'aws4_request');
+    const key = deriveSigningKey(secret, date, region, service);
     if (this.entries.size >= this.maxEntries) this.entries.clear();
     this.entries.set(id, { secret, key });
     return key;
@@ -170,7 +175,82 @@ export function parseAmzDate(v: string): number {
   if (!m) return NaN;
   const t = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
   // Reject dates that Date.UTC silently normalises (e.g. month 13).
-  return new Date(t).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '') === v ? t : NaN;
+  return formatAmzDate(new Date(t)) === v ? t : NaN;
+}
+
+export interface SignatureInput {
+  method: string;
+  /** Path plus optional ?query, as sent. */
+  url: string;
+  /** Header values by lower-case name. */
+  headers: ReadonlyMap<string, readonly string[]>;
+  /** Sorted, lower-case. */
+  signedHeaders: readonly string[];
+  body: Buffer;
+  amzDate: string;
+  scope: { date: string; region: string; service: string };
+  signingKey: Buffer;
+}
+
+/**
+ * The SigV4 signature (hex) of a request: canonical request, string to sign, HMAC with the derived
+ * key. The one implementation both the verifier and our own signer (the conformance checker) use.
+ */
+export function computeSignature(i: SignatureInput): string {
+  const q = i.url.indexOf('?');
+  const path = q < 0 ? i.url : i.url.slice(0, q);
+  const query = q < 0 ? '' : i.url.slice(q + 1);
+  const canonicalHeaders = i.signedHeaders.map((name) => {
+    const values = i.headers.get(name);
+    if (!values) fail(`signed header ${name} is missing`);
+    return `${name}:${canonicalHeaderValue([...values])}\n`;
+  });
+  const canonicalRequest = [
+    i.method.toUpperCase(),
+    canonicalUri(path),
+    canonicalQuery(query),
+    canonicalHeaders.join(''),
+    i.signedHeaders.join(';'),
+    sha256Hex(i.body),
+  ].join('\n');
+  const scope = `${i.scope.date}/${i.scope.region}/${i.scope.service}/aws4_request`;
+  const stringToSign = [SIGV4_ALGORITHM, i.amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
+  return hmac(i.signingKey, stringToSign).toString('hex');
+}
+
+/** X-Amz-Date format of a time: yyyymmddThhmmssZ. */
+export function formatAmzDate(t: Date): string {
+  return t.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+}
+
+export interface SignRequestInput {
+  method: string;
+  url: string;
+  host: string;
+  body: Buffer;
+  accessKeyId: string;
+  secret: string;
+  region: string;
+  service?: string;
+  date?: Date;
+  /** Extra headers to send and sign (lower-case names), e.g. content-type. */
+  headers?: Record<string, string>;
+}
+
+/** Sign a request the way KMS does (host and x-amz-date signed, plus any extra headers). */
+export function signRequest(r: SignRequestInput): Record<string, string> {
+  const amzDate = formatAmzDate(r.date ?? new Date());
+  const service = r.service ?? XKS_SERVICE;
+  const all: Record<string, string> = { ...(r.headers ?? {}), host: r.host, 'x-amz-date': amzDate };
+  const names = Object.keys(all).map((n) => n.toLowerCase()).sort();
+  const headers = new Map(Object.entries(all).map(([k, v]) => [k.toLowerCase(), [v]]));
+  const date = amzDate.slice(0, 8);
+  const signingKey = deriveSigningKey(r.secret, date, r.region, service);
+  const signature = computeSignature({ method: r.method, url: r.url, headers, signedHeaders: names, body: r.body, amzDate, scope: { date, region: r.region, service }, signingKey });
+  return {
+    ...all,
+    authorization: `${SIGV4_ALGORITHM} Credential=${r.accessKeyId}/${date}/${r.region}/${service}/aws4_request, SignedHeaders=${names.join(';')}, Signature=${signature}`,
+  };
 }
 
 /**
@@ -208,26 +288,17 @@ export function verifySigV4(
     fail(owner ? `access key id belongs to key store "${owner}", not to this URI's key store` : 'unknown access key id');
   }
 
-  const q = req.url.indexOf('?');
-  const path = q < 0 ? req.url : req.url.slice(0, q);
-  const query = q < 0 ? '' : req.url.slice(q + 1);
-  const canonicalHeaders = auth.signedHeaders.map((name) => {
-    const values = headers.get(name);
-    if (!values) fail(`signed header ${name} is missing`);
-    return `${name}:${canonicalHeaderValue(values)}\n`;
+  const signature = computeSignature({
+    method: req.method,
+    url: req.url,
+    headers,
+    signedHeaders: auth.signedHeaders,
+    body: req.body,
+    amzDate,
+    scope: { date: auth.date, region: auth.region, service: auth.service },
+    signingKey: keyCache.get(auth.accessKeyId, secret, auth.date, auth.region, auth.service),
   });
-  const canonicalRequest = [
-    req.method.toUpperCase(),
-    canonicalUri(path),
-    canonicalQuery(query),
-    canonicalHeaders.join(''),
-    auth.signedHeaders.join(';'),
-    sha256Hex(req.body),
-  ].join('\n');
-  const scope = `${auth.date}/${auth.region}/${auth.service}/aws4_request`;
-  const stringToSign = [SIGV4_ALGORITHM, amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
-  const key = keyCache.get(auth.accessKeyId, secret, auth.date, auth.region, auth.service);
-  const expected = Buffer.from(hmac(key, stringToSign).toString('hex'), 'latin1');
+  const expected = Buffer.from(signature, 'latin1');
   const given = Buffer.from(auth.signature, 'latin1');
   // Both are 64 hex characters (checked when parsing), so the comparison is constant-time.
   if (!crypto.timingSafeEqual(expected, given)) fail('signature does not match');

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ACCESS_KEY_ID_RE, SECRET_RE, XKS_API_SUFFIX, type Config } from '../config/schema';
 import { SECRET_FILE_SUFFIX } from '../auth/key-stores';
+import { fsyncDir } from '../util/durable-fs';
 
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
@@ -44,6 +45,7 @@ export function newCredential(config: Readonly<Config>, keyStoreName: string, ou
   const tmp = `${secretFile}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, secret + '\n', { mode: 0o600, flag: 'wx' });
   fs.renameSync(tmp, secretFile);
+  fsyncDir(ks.credentialsDir);
   const kmsConfigJson = JSON.stringify(kmsProxyConfiguration(ks.pathPrefix, accessKeyId, secret), null, 2);
   if (outFile) fs.writeFileSync(outFile, kmsConfigJson + '\n', { mode: 0o600 });
   return { accessKeyId, secretFile, kmsConfigJson };

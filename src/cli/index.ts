@@ -12,6 +12,9 @@ import { createKey, listKeys } from '../hsm/key-admin';
 import { StartupError, startProxy } from '../main';
 import { VERSION } from '../version';
 import { listCredentials, newCredential } from './credentials';
+import { CHECK_USAGE, checkCommand } from './check';
+import { AUDIT_USAGE, auditCommand } from './audit-commands';
+import { killswitchCommand, operatorCommand, policyCommand } from './control-commands';
 
 const USAGE: Record<string, string> = {
   main: `xks-proxy ${VERSION}: an AWS KMS External Key Store proxy over PKCS#11
@@ -22,6 +25,11 @@ Commands:
   serve          run the proxy
   keys           create and list keys in the HSM token
   credentials    create and list SigV4 credentials of a key store
+  audit          audit signing key, and verification of the audit log
+  operator       operator key pairs and admin API tokens
+  killswitch     show, engage and lift the kill switch (and the emergency local engage, repair)
+  policy         the proxy's allowlists per key store
+  check          conformance and latency check of any XKS proxy (ours or another)
 
 Every command takes --config FILE (default: $XKS_CONFIG, else config/softhsm.yaml) and --help.`,
   serve: `Usage: xks-proxy serve [--config FILE]
@@ -36,6 +44,8 @@ create: generates an AES key inside the token (non-extractable, sensitive) with 
         allowed usage (default encrypt-decrypt, 256 bits). Refuses a label that already exists.
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
         the key stores and externalKeyIds that use it.`,
+  audit: AUDIT_USAGE,
+  check: CHECK_USAGE,
   credentials: `Usage:
   xks-proxy credentials new --key-store NAME [--out FILE] [--config FILE]
   xks-proxy credentials list [--config FILE]
@@ -145,7 +155,7 @@ function usageError(topic: string, msg: string): number {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials };
+  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials, audit: auditCommand, operator: operatorCommand, killswitch: killswitchCommand, policy: policyCommand, check: checkCommand };
   if (cmd === '--version' || cmd === 'version') {
     process.stdout.write(VERSION + '\n');
     return 0;

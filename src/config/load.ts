@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ConfigSchema, type Config } from './schema';
+import { CONTROL_CONFIG_KEYS, resolveControlPaths } from '../control/config';
 
 export const ENV_PREFIX = 'XKS__';
 export const DEFAULT_CONFIG_PATH = 'config/softhsm.yaml';
@@ -114,7 +115,9 @@ const KNOWN_KEYS = [
   'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'proxy', 'vendor', 'model', 'fleetSize',
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
   'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
-  'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret',
+  'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects',
+  'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes',
+  ...CONTROL_CONFIG_KEYS,
 ];
 
 function parseEnvValue(v: string): unknown {
@@ -132,7 +135,14 @@ function resolvePaths(c: Config, base: string): Config {
   for (const [k, v] of Object.entries(c.hsm.moduleEnv)) moduleEnv[k] = v.startsWith('./') || v.startsWith('../') ? abs(v) : v;
   return {
     ...c,
-    server: { ...c.server, tls: c.server.tls && { certFile: abs(c.server.tls.certFile), keyFile: abs(c.server.tls.keyFile) } },
+    server: {
+      ...c.server,
+      tls: c.server.tls && {
+        certFile: abs(c.server.tls.certFile),
+        keyFile: abs(c.server.tls.keyFile),
+        clientAuth: c.server.tls.clientAuth && { ...c.server.tls.clientAuth, caFile: abs(c.server.tls.clientAuth.caFile) },
+      },
+    },
     hsm: { ...c.hsm, module: c.hsm.module.includes('/') ? abs(c.hsm.module) : c.hsm.module, moduleEnv, pin: absSecret(c.hsm.pin) },
     keyStores: c.keyStores.map((ks) => ({
       ...ks,
@@ -140,6 +150,8 @@ function resolvePaths(c: Config, base: string): Config {
       credentials: ks.credentials.map((cr) => ({ ...cr, secret: absSecret(cr.secret) })),
     })),
     log: { ...c.log, requestLogFile: c.log.requestLogFile === undefined ? undefined : abs(c.log.requestLogFile) },
+    audit: { ...c.audit, file: c.audit.file === undefined ? undefined : abs(c.audit.file), signingKeyFile: c.audit.signingKeyFile === undefined ? undefined : abs(c.audit.signingKeyFile) },
+    control: c.control && resolveControlPaths(c.control, abs),
   };
 }
 

@@ -4,6 +4,9 @@
  * PINs and SigV4 secrets never appear here as values: only where to read them (env var or file).
  */
 import { z } from 'zod';
+import { AUDIT_DEFAULTS, AuditConfig } from '../audit/config';
+import { METRICS_DEFAULTS, MetricsConfig } from '../metrics/config';
+import { ControlConfig } from '../control/config';
 
 /** A secret is read from an environment variable or a file, never written into the config. */
 export const SecretSource = z
@@ -88,10 +91,24 @@ export const HsmConfig = z
   .strict();
 export type HsmConfig = z.infer<typeof HsmConfig>;
 
+/**
+ * mTLS (spec "Authentication": SHOULD support it). KMS presents CN=cks.kms.<region>.amazonaws.com
+ * chained to an Amazon Trust Services CA; any other subject or chain must not get through.
+ */
+const ClientAuth = z
+  .object({
+    /** The trusted root CA(s) for client certificates (PEM). */
+    caFile: z.string().min(1),
+    /** Allowed subject CNs; "*" stands for one DNS label, e.g. "cks.kms.*.amazonaws.com". */
+    allowedSubjects: z.array(z.string().regex(/^[A-Za-z0-9*.-]{1,253}$/, 'must be a host name, "*" for one label')).min(1),
+  })
+  .strict();
+
 const Tls = z
   .object({
     certFile: z.string().min(1),
     keyFile: z.string().min(1),
+    clientAuth: ClientAuth.optional(),
   })
   .strict();
 
@@ -167,6 +184,12 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ level: 'info', requestLogStdout: true }),
+    /** Prometheus metrics (src/metrics/config.ts). */
+    metrics: MetricsConfig.default(METRICS_DEFAULTS),
+    /** The tamper-evident audit log (src/audit/config.ts). */
+    audit: AuditConfig.default(AUDIT_DEFAULTS),
+    /** Kill switch, allowlists and the admin API (src/control/config.ts). Absent: all off. */
+    control: ControlConfig.optional(),
   })
   .strict()
   .superRefine((c, ctx) => {

@@ -35,10 +35,22 @@ export function tlsOptions(tls: NonNullable<Config['server']['tls']>): https.Ser
     maxVersion: 'TLSv1.3',
     ciphers: TLS_CIPHERS,
     honorCipherOrder: true,
+    // mTLS: a client without a certificate chaining to the configured CA (or an expired one) fails
+    // the handshake itself.
+    ...(tls.clientAuth ? { requestCert: true, rejectUnauthorized: true, ca: fs.readFileSync(tls.clientAuth.caFile) } : {}),
   };
 }
 
-export function createMainServer(server: Config['server'], handler: RequestListener): http.Server {
+/** "cks.kms.*.amazonaws.com" -> a matcher where "*" is exactly one DNS label. */
+export function subjectMatcher(patterns: readonly string[]): (cn: string) => boolean {
+  const res = patterns.map((p) => new RegExp('^' + p.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\-]/g, '\\$&')).join('[A-Za-z0-9-]+') + '$', 'i'));
+  return (cn) => res.some((r) => r.test(cn));
+}
+
+/** Called when a client certificate chains to the CA but its subject is not allowed. */
+export type RefusedClient = (subjectCn: string, remoteAddress: string | undefined) => void;
+
+export function createMainServer(server: Config['server'], handler: RequestListener, onRefused?: RefusedClient): http.Server {
   const common: http.ServerOptions = {
     headersTimeout: server.headersTimeoutMs,
     requestTimeout: server.requestTimeoutMs,
@@ -49,6 +61,21 @@ export function createMainServer(server: Config['server'], handler: RequestListe
     ? http.createServer(common, handler)
     : https.createServer({ ...common, ...tlsOptions(server.tls) }, handler);
   hardenClientErrors(s);
+  const clientAuth = server.plainHttp ? undefined : server.tls?.clientAuth;
+  if (clientAuth) {
+    // Spec "Authentication": the proxy MUST refuse a client whose subject is not the configured one.
+    // Node cannot veto a verified chain inside the handshake, so the connection is destroyed the
+    // moment the handshake completes, before any request on it is read.
+    const allowed = subjectMatcher(clientAuth.allowedSubjects);
+    s.on('secureConnection', (socket: import('node:tls').TLSSocket) => {
+      const cn = socket.getPeerCertificate()?.subject?.CN;
+      const name = Array.isArray(cn) ? cn.join(',') : (cn ?? '');
+      if (!socket.authorized || !allowed(name)) {
+        onRefused?.(name, socket.remoteAddress);
+        socket.destroy();
+      }
+    });
+  }
   return s;
 }
 

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import winston from 'winston';
+import { xksFields } from '../audit/records';
 
 export interface RequestRecord {
   time: string;
@@ -40,12 +41,6 @@ export interface RequestLog {
   close(): Promise<void>;
 }
 
-/** Caller-controlled strings are cut so that one request cannot flood the log. */
-const MAX_FIELD = 2048;
-
-function clip(v: string | undefined): string | undefined {
-  return v === undefined || v.length <= MAX_FIELD ? v : v.slice(0, MAX_FIELD) + '...';
-}
 
 export function createRequestLog(opts: { stdout: boolean; file?: string | undefined }): RequestLog {
   const transports: winston.transport[] = [];
@@ -62,18 +57,8 @@ export function createRequestLog(opts: { stdout: boolean; file?: string | undefi
   });
   return {
     write(r: RequestRecord): void {
-      const record: RequestRecord = {
-        ...r,
-        keyStore: r.keyStore,
-        externalKeyId: clip(r.externalKeyId),
-        kmsRequestId: clip(r.kmsRequestId),
-        kmsOperation: clip(r.kmsOperation),
-        awsPrincipalArn: clip(r.awsPrincipalArn),
-        kmsKeyArn: clip(r.kmsKeyArn),
-        kmsViaService: clip(r.kmsViaService),
-        awsSourceVpc: clip(r.awsSourceVpc),
-        awsSourceVpce: clip(r.awsSourceVpce),
-      };
+      // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
+      const record = { time: r.time, ...xksFields(r) };
       logger.info('request', { record });
     },
     close: () =>

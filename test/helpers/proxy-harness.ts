@@ -14,6 +14,7 @@ import { parseConfig } from '../../src/config/load';
 import type { HsmBackend } from '../../src/hsm/backend';
 import { startProxy, type RunningProxy } from '../../src/main';
 import { signedHeaders } from './signer';
+import { collectResponse } from '../../src/util/http-response';
 
 export interface Credential {
   accessKeyId: string;
@@ -60,7 +61,7 @@ export async function startHarness(rawConfig: Record<string, any>, opts: { hsm?:
   const requestLogFile = path.join(dir, 'requests.log');
   const raw = {
     ...rawConfig,
-    server: { host: '127.0.0.1', port: 0, tls: { certFile, keyFile }, ...(rawConfig.server ?? {}) },
+    server: { host: '127.0.0.1', port: 0, ...(rawConfig.server ?? {}), tls: { certFile, keyFile, ...(rawConfig.server?.tls ?? {}) } },
     log: { level: 'debug', requestLogFile, requestLogStdout: false, ...(rawConfig.log ?? {}) },
   };
   let captured = '';
@@ -96,18 +97,7 @@ export function rawRequest(h: Pick<Harness, 'proxy' | 'agent'>, opts: { method?:
     const req = https.request(
       { host: 'localhost', port: opts.port ?? h.proxy.port, method: opts.method ?? 'POST', path: opts.path, headers: opts.headers ?? {}, agent: h.agent },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
+        collectResponse(res).then(resolve, reject);
       },
     );
     req.on('error', reject);

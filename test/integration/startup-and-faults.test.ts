@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseConfig } from '../../src/config/load';
 import { XksError } from '../../src/errors/xks-error';
-import type { HsmBackend } from '../../src/hsm/backend';
+import { DelegatingBackend } from '../../src/hsm/delegating-backend';
 import { createKey } from '../../src/hsm/key-admin';
 import { openPkcs11Backend } from '../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../src/log/logger';
@@ -16,32 +16,22 @@ import { rawRequest, startHarness, writeCredential, xksCall, type Credential, ty
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
 
 /** The real backend, with a switch that makes every HSM call fail the way we choose. */
-class FaultInjectingBackend implements HsmBackend {
+class FaultInjectingBackend extends DelegatingBackend {
   fault: (() => never) | undefined;
-  constructor(private readonly real: HsmBackend) {}
   private guard(): void {
     if (this.fault) this.fault();
   }
-  async describeKey(label: string) {
+  override async describeKey(label: string) {
     this.guard();
-    return this.real.describeKey(label);
+    return super.describeKey(label);
   }
-  async encrypt(label: string, p: Buffer, aad: Buffer) {
+  override async encrypt(label: string, p: Buffer, aad: Buffer) {
     this.guard();
-    return this.real.encrypt(label, p, aad);
+    return super.encrypt(label, p, aad);
   }
-  async decrypt(label: string, c: Buffer, iv: Buffer, tag: Buffer, aad: Buffer) {
+  override async decrypt(label: string, c: Buffer, iv: Buffer, tag: Buffer, aad: Buffer) {
     this.guard();
-    return this.real.decrypt(label, c, iv, tag, aad);
-  }
-  tokenInfo() {
-    return this.real.tokenInfo();
-  }
-  poolStats() {
-    return this.real.poolStats();
-  }
-  close() {
-    return this.real.close();
+    return super.decrypt(label, c, iv, tag, aad);
   }
 }
 

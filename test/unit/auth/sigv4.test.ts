@@ -139,3 +139,15 @@ describe('SigV4 verification (spec Appendix A)', () => {
     expect(canonicalQuery('x=a b')).to.equal('x=a%20b');
   });
 });
+
+describe('our SigV4 signer (used by the conformance checker)', () => {
+  it('produces exactly the Authorization header of the AWS SDK signer', async () => {
+    const { signRequest } = await import('../../../src/auth/sigv4');
+    for (const region of ['us-east-1', 'eu-west-1']) {
+      const sdk = await signedHeaders({ host: HOST, path: PATH, body: BODY, accessKeyId: AKID, secret: SECRET, date: new Date(NOW), region, headers: {} });
+      const ours = signRequest({ method: 'POST', url: PATH, host: HOST, body: Buffer.from(BODY), accessKeyId: AKID, secret: SECRET, region, date: new Date(NOW), headers: { 'content-type': 'application/json', 'x-amz-content-sha256': sdk['x-amz-content-sha256']! } });
+      expect(ours.authorization).to.equal(sdk.authorization);
+      expect(verify(ours).accessKeyId).to.equal(AKID);
+    }
+  });
+});

@@ -1,0 +1,39 @@
+/**
+ * SigV4 credentials of a key store, changed through the admin API (spec "SigV4 credentials
+ * rotation": several credentials at once, changes without restart). Only credentials held in the
+ * key store's credentialsDir can be added or removed here; inline ones live in the config file.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { SECRET_FILE_SUFFIX, type KeyStoreRegistry } from '../auth/key-stores';
+import { newCredential, type KmsProxyConfiguration } from '../cli/credentials';
+import { ACCESS_KEY_ID_RE, type Config } from '../config/schema';
+import { ControlError } from '../control/state-model';
+import { fsyncDir } from '../util/durable-fs';
+
+export function addCredential(config: Readonly<Config>, registry: KeyStoreRegistry, keyStore: string): { accessKeyId: string; kmsProxyConfiguration: KmsProxyConfiguration } {
+  if (!registry.byName(keyStore)) throw new ControlError('invalid', `no key store named "${keyStore}"`);
+  let out: ReturnType<typeof newCredential>;
+  try {
+    out = newCredential(config, keyStore);
+  } catch (e) {
+    throw new ControlError('invalid', (e as Error).message);
+  }
+  // Active at once: the next request signed with it verifies.
+  registry.reload();
+  if (!registry.byName(keyStore)!.accessKeyIds().includes(out.accessKeyId)) throw new Error(`new credential ${out.accessKeyId} was not picked up`);
+  return { accessKeyId: out.accessKeyId, kmsProxyConfiguration: JSON.parse(out.kmsConfigJson) as KmsProxyConfiguration };
+}
+
+export function removeCredential(config: Readonly<Config>, registry: KeyStoreRegistry, keyStore: string, accessKeyId: string): { remaining: string[] } {
+  const ks = registry.byName(keyStore);
+  const cfg = config.keyStores.find((k) => k.name === keyStore);
+  if (!ks || !cfg) throw new ControlError('invalid', `no key store named "${keyStore}"`);
+  if (!ACCESS_KEY_ID_RE.test(accessKeyId) || !ks.accessKeyIds().includes(accessKeyId)) throw new ControlError('not-found', `key store ${keyStore} has no active credential ${accessKeyId}`);
+  if (cfg.credentials.some((c) => c.accessKeyId === accessKeyId) || !cfg.credentialsDir) throw new ControlError('conflict', `credential ${accessKeyId} is defined in the configuration file; remove it there`);
+  if (ks.accessKeyIds().length <= 1) throw new ControlError('conflict', `refusing to remove the last credential of key store ${keyStore}: KMS could no longer connect. Add the new one first.`);
+  fs.rmSync(path.join(cfg.credentialsDir, accessKeyId + SECRET_FILE_SUFFIX));
+  fsyncDir(cfg.credentialsDir);
+  registry.reload();
+  return { remaining: registry.byName(keyStore)!.accessKeyIds() };
+}

@@ -1,0 +1,419 @@
+/**
+ * The control plane: kill switch (proxy, key store, key), key blocking and allowlists, behind the
+ * AccessGate seam of the request path.
+ *
+ * Hot path: enter() reads one immutable in-memory snapshot (Set and Map lookups, policies compiled
+ * once) and registers a ticket; no I/O, no allocation beyond the ticket.
+ *
+ * Durable path: every change is a read-modify-write of the state file under its lock
+ * (state-store.ts); the snapshot is rebuilt from what was written. Changes made by another process
+ * (the emergency CLI) are picked up by fs.watch on the folder, with a periodic stat as fallback;
+ * each reload emits 'reload'.
+ *
+ * Fail closed: a state file that cannot be read or verified (at start or later) blocks everything,
+ * GetHealthStatus included, until a valid file appears (`xks-proxy killswitch repair`). No approval
+ * can lift it.
+ *
+ * Drain: engage() swaps the snapshot first (new requests in scope are refused from then on), then
+ * waits until every ticket in scope issued before the swap has called done(), bounded by
+ * drainTimeoutMs. Once it resolves with drained=true, no HSM operation starts in that scope.
+ */
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import { XksError } from '../errors/xks-error';
+import type { AppLogger } from '../log/logger';
+import type { AccessGate, GateContext, GateTicket } from './access-gate';
+import { CompiledPolicy, validatePolicy, type PolicyDoc } from './policy';
+import { checkScope, keyRef, parseScope } from './scope';
+import {
+  ControlError,
+  applyApproval,
+  applyEngage,
+  applyPolicyDelete,
+  applyPolicySet,
+  checkReason,
+  type Actor,
+  type Block,
+  type HistoryEvent,
+  type StateBody,
+  type StoredPolicy,
+} from './state-model';
+import { STATE_FILE, StateStore, type StoredState } from './state-store';
+
+export interface ControlPlaneOptions {
+  stateDir: string;
+  /** Configured key store names (scopes and policies must name one of them). */
+  keyStores: readonly string[];
+  approvalsRequired: number;
+  approvalWindowMs: number;
+  drainTimeoutMs: number;
+  watchIntervalMs: number;
+  log: AppLogger;
+  now?: () => number;
+}
+
+interface Snapshot {
+  /** Set when the state cannot be trusted: everything is blocked. */
+  failClosed: string | undefined;
+  proxy: Block | undefined;
+  stores: Map<string, Block>;
+  keys: Map<string, Block>;
+  policies: Map<string, CompiledPolicy>;
+  sha256: string;
+  state: StoredState | undefined;
+}
+
+interface LiveTicket {
+  keyStore: string;
+  externalKeyId: string | undefined;
+  waiter: (() => void) | undefined;
+}
+
+export interface EngageResult {
+  scope: string;
+  generation: number;
+  /** True when every operation in scope that had passed the gate before the engage has finished. */
+  drained: boolean;
+  /** Operations in scope still running when drainTimeoutMs ran out (0 when drained). */
+  stillInFlight: number;
+}
+
+export interface ApproveResult {
+  scope: string;
+  lifted: boolean;
+  approvers: string[];
+  required: number;
+  generation: number;
+}
+
+export interface PublicState {
+  failClosed: string | null;
+  generation: number | null;
+  writtenAt: string | null;
+  blocks: Block[];
+  pendingApprovals: { scope: string; operator: string; at: string; reason: string }[];
+  quorum: { approvalsRequired: number; approvalWindowSeconds: number };
+  policies: Record<string, { revision: number; updatedAt: string; updatedBy: string; statements: number; defaultDecision: string }>;
+  history: StateBody['history'];
+  inFlight: number;
+}
+
+const BLOCKED_MESSAGE = 'The external key store is blocked by the proxy operator.';
+const KEY_BLOCKED_MESSAGE = 'The external key is blocked by the proxy operator.';
+
+export class ControlPlane extends EventEmitter implements AccessGate {
+  private snap: Snapshot;
+  private readonly store: StateStore;
+  private readonly live = new Set<LiveTicket>();
+  private readonly now: () => number;
+  private watcher: fs.FSWatcher | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private lastStat = '';
+  private reloadQueued = false;
+  /** In-process serialisation of changes (the file lock serialises processes). */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly opts: ControlPlaneOptions) {
+    super();
+    this.now = opts.now ?? Date.now;
+    this.store = new StateStore(opts.stateDir);
+    this.snap = this.load();
+  }
+
+  /** Creates the state folder and the first state file on a fresh appliance. */
+  static async open(opts: ControlPlaneOptions): Promise<ControlPlane> {
+    const store = new StateStore(opts.stateDir);
+    try {
+      store.ensureDir();
+      await store.initIfFresh((opts.now ?? Date.now)());
+    } catch (e) {
+      opts.log.error('control state folder cannot be initialised; failing closed', { stateDir: opts.stateDir, reason: (e as Error).message });
+    }
+    return new ControlPlane(opts);
+  }
+
+  // ---- hot path ------------------------------------------------------------------------------
+
+  enter(ctx: GateContext): GateTicket {
+    const s = this.snap;
+    if (s.failClosed !== undefined) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `control state unreadable, failing closed: ${s.failClosed}`);
+    if (s.proxy) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, 'kill switch engaged (scope proxy)');
+    if (s.stores.size > 0 && s.stores.has(ctx.keyStore)) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `kill switch engaged (scope keystore:${ctx.keyStore})`);
+    let keyBlocked = false;
+    if (ctx.externalKeyId !== undefined && s.keys.size > 0 && s.keys.has(keyRef(ctx.keyStore, ctx.externalKeyId))) {
+      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope key:${ctx.keyStore}/${ctx.externalKeyId})`);
+      keyBlocked = true;
+    }
+    let allowedBy: string | undefined;
+    if (ctx.api !== 'GetHealthStatus') {
+      // Spec "Authorization": secondary authorization never applies to GetHealthStatus.
+      const policy = s.policies.get(ctx.keyStore);
+      if (policy) {
+        const d = policy.evaluate(ctx);
+        if (!d.allow) {
+          const err = new XksError('AccessDeniedException', undefined, `denied by policy statement ${d.statement} of key store ${ctx.keyStore}`);
+          err.statement = d.statement;
+          throw err;
+        }
+        allowedBy = d.statement;
+      }
+    }
+    const t: LiveTicket = { keyStore: ctx.keyStore, externalKeyId: ctx.externalKeyId, waiter: undefined };
+    this.live.add(t);
+    let open = true;
+    return {
+      keyBlocked,
+      allowedBy,
+      done: () => {
+        if (!open) return;
+        open = false;
+        this.live.delete(t);
+        t.waiter?.();
+      },
+    };
+  }
+
+  // ---- snapshot ------------------------------------------------------------------------------
+
+  private load(): Snapshot {
+    const r = this.store.read();
+    if (r.ok) return this.compile(r.state);
+    const reason = r.fresh ? `${this.store.file} does not exist (the state folder was never initialised)` : r.reason;
+    return failClosedSnapshot(reason);
+  }
+
+  private compile(state: StoredState): Snapshot {
+    const b = state.body;
+    const stores = new Map<string, Block>();
+    const keys = new Map<string, Block>();
+    let proxy: Block | undefined;
+    for (const block of b.blocks) {
+      const sc = parseScope(block.scope);
+      if (sc.kind === 'proxy') proxy = block;
+      else if (sc.kind === 'keystore') stores.set(sc.keyStore, block);
+      else keys.set(keyRef(sc.keyStore, sc.externalKeyId), block);
+    }
+    const policies = new Map<string, CompiledPolicy>();
+    for (const [ks, p] of Object.entries(b.policies)) policies.set(ks, new CompiledPolicy(p.policy));
+    return { failClosed: undefined, proxy, stores, keys, policies, sha256: state.sha256, state };
+  }
+
+  private install(next: Snapshot, origin: string): void {
+    const prev = this.snap;
+    this.snap = next;
+    if (next.failClosed !== undefined && prev.failClosed === undefined) {
+      this.opts.log.error('control state unreadable: every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
+    } else if (next.failClosed === undefined && prev.failClosed !== undefined) {
+      this.opts.log.warn('control state readable again; fail-closed block removed', { generation: next.state?.generation, origin });
+    }
+    this.emit('reload', { origin, failClosed: next.failClosed, generation: next.state?.generation });
+  }
+
+  /** Re-read the state file; installs it when it changed. Returns true when the snapshot changed. */
+  reload(origin = 'reload'): boolean {
+    let next: Snapshot;
+    try {
+      next = this.load();
+    } catch (e) {
+      next = failClosedSnapshot(`cannot load: ${(e as Error).message}`);
+    }
+    const cur = this.snap;
+    if (next.failClosed === undefined && cur.failClosed === undefined && next.sha256 === cur.sha256) return false;
+    if (next.failClosed !== undefined && cur.failClosed === next.failClosed) return false;
+    this.install(next, origin);
+    const events = newEvents(cur.state?.body.history ?? [], next.state?.body.history ?? []).filter((e) => e.by.via === 'local-cli');
+    if (events.length) this.emit('external-change', events);
+    return true;
+  }
+
+  /** fs.watch on the folder (fast path) plus a periodic stat (fallback: network filesystems, missed events). */
+  startWatching(): void {
+    this.stopWatching();
+    const check = (origin: string) => {
+      if (this.reloadQueued) return;
+      this.reloadQueued = true;
+      setImmediate(() => {
+        this.reloadQueued = false;
+        this.reload(origin);
+      });
+    };
+    try {
+      this.watcher = fs.watch(this.opts.stateDir, { persistent: false }, (_ev, name) => {
+        if (name === null || name === STATE_FILE) check('fs.watch');
+      });
+      this.watcher.on('error', (e) => this.opts.log.warn('fs.watch on the control state folder failed; polling only', { reason: e.message }));
+    } catch (e) {
+      this.opts.log.warn('fs.watch unavailable for the control state folder; polling only', { reason: (e as Error).message });
+    }
+    this.lastStat = this.statKey();
+    this.timer = setInterval(() => {
+      const k = this.statKey();
+      if (k !== this.lastStat) {
+        this.lastStat = k;
+        check('poll');
+      }
+    }, this.opts.watchIntervalMs);
+    this.timer.unref();
+  }
+
+  private statKey(): string {
+    try {
+      const st = fs.statSync(this.store.file);
+      return `${st.ino}:${st.size}:${st.mtimeMs}`;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code ?? 'error';
+    }
+  }
+
+  stopWatching(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  close(): void {
+    this.stopWatching();
+  }
+
+  // ---- changes -------------------------------------------------------------------------------
+
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(f, f);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  private refuseIfFailClosed(): void {
+    if (this.snap.failClosed !== undefined) throw new ControlError('fail-closed', `the control state is unreadable and everything is blocked; repair it on the appliance with "xks-proxy killswitch repair" (${this.snap.failClosed})`);
+  }
+
+  private async change<R>(f: (b: StateBody) => { body: StateBody; result: R }, origin: string): Promise<{ state: StoredState; result: R }> {
+    this.refuseIfFailClosed();
+    const out = await this.store.mutate(f, this.now);
+    this.install(this.compile(out.state), origin);
+    this.lastStat = this.statKey();
+    return out;
+  }
+
+  engage(scope: string, by: Actor, reason: string): Promise<EngageResult> {
+    return this.serial(async () => {
+      const canonical = checkScope(scope, this.opts.keyStores);
+      checkReason(reason);
+      const { state } = await this.change((b) => ({ body: applyEngage(b, canonical, by, reason, this.now()), result: undefined }), 'engage');
+      // The new snapshot is installed: enter() refuses the scope from here on, so every live ticket
+      // in scope was issued before the swap. Wait for those.
+      const sc = parseScope(canonical);
+      const pending = [...this.live].filter((t) => (sc.kind === 'proxy' || (t.keyStore === sc.keyStore && (sc.kind === 'keystore' || t.externalKeyId === sc.externalKeyId))));
+      const drained = await this.drain(pending);
+      const stillInFlight = drained ? 0 : pending.filter((t) => this.live.has(t)).length;
+      if (!drained) this.opts.log.warn('kill switch engaged, but operations in scope were still running when the drain timeout ran out', { scope: canonical, stillInFlight });
+      const result = { scope: canonical, generation: state.generation, drained, stillInFlight };
+      this.emit('engaged', result);
+      return result;
+    });
+  }
+
+  private drain(tickets: LiveTicket[]): Promise<boolean> {
+    if (tickets.length === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let left = tickets.length;
+      const timer = setTimeout(() => resolve(false), this.opts.drainTimeoutMs);
+      for (const t of tickets) {
+        t.waiter = () => {
+          if (--left === 0) {
+            clearTimeout(timer);
+            resolve(true);
+          }
+        };
+        // done() may have been called between the filter and here.
+        if (!this.live.has(t)) t.waiter();
+      }
+    });
+  }
+
+  approveLift(scope: string, by: Actor, reason: string): Promise<ApproveResult> {
+    return this.serial(async () => {
+      const canonical = checkScope(scope, this.opts.keyStores);
+      checkReason(reason);
+      const { state, result } = await this.change((b) => {
+        const o = applyApproval(b, canonical, by, reason, this.now(), this.opts.approvalsRequired, this.opts.approvalWindowMs);
+        return { body: o.state, result: o };
+      }, 'approve-lift');
+      return { scope: canonical, lifted: result.lifted, approvers: result.approvers, required: result.required, generation: state.generation };
+    });
+  }
+
+  /** Validated before it replaces anything: an invalid policy is refused with its errors, the old one stays. */
+  setPolicy(keyStore: string, raw: unknown, by: Actor, reason: string): Promise<{ keyStore: string; revision: number; generation: number }> {
+    return this.serial(async () => {
+      this.checkKeyStore(keyStore);
+      checkReason(reason);
+      const v = validatePolicy(raw);
+      if (!v.ok) throw new ControlError('policy-invalid', `policy for key store ${keyStore} is invalid; the policy in force is unchanged`, v.errors);
+      const { state } = await this.change((b) => ({ body: applyPolicySet(b, keyStore, v.policy, by, reason, this.now()), result: undefined }), 'policy-set');
+      return { keyStore, revision: state.body.policies[keyStore]!.revision, generation: state.generation };
+    });
+  }
+
+  deletePolicy(keyStore: string, by: Actor, reason: string): Promise<{ keyStore: string; generation: number }> {
+    return this.serial(async () => {
+      this.checkKeyStore(keyStore);
+      checkReason(reason);
+      const { state } = await this.change((b) => ({ body: applyPolicyDelete(b, keyStore, by, reason, this.now()), result: undefined }), 'policy-delete');
+      return { keyStore, generation: state.generation };
+    });
+  }
+
+  private checkKeyStore(name: string): void {
+    if (!this.opts.keyStores.includes(name)) throw new ControlError('invalid', `no key store named "${name}"`);
+  }
+
+  // ---- reading -------------------------------------------------------------------------------
+
+  policy(keyStore: string): StoredPolicy | undefined {
+    return this.snap.state?.body.policies[keyStore];
+  }
+
+  policyDoc(keyStore: string): PolicyDoc | undefined {
+    return this.policy(keyStore)?.policy;
+  }
+
+  isFailClosed(): boolean {
+    return this.snap.failClosed !== undefined;
+  }
+
+  publicState(): PublicState {
+    const s = this.snap;
+    const body = s.state?.body;
+    const nowMs = this.now();
+    const policies: PublicState['policies'] = {};
+    for (const [ks, p] of Object.entries(body?.policies ?? {})) {
+      policies[ks] = { revision: p.revision, updatedAt: p.updatedAt, updatedBy: p.updatedBy.operator, statements: p.policy.statements.length, defaultDecision: p.policy.defaultDecision };
+    }
+    return {
+      failClosed: s.failClosed ?? null,
+      generation: s.state?.generation ?? null,
+      writtenAt: s.state?.writtenAt ?? null,
+      blocks: body?.blocks ?? [],
+      pendingApprovals: (body?.approvals ?? []).filter((a) => nowMs - a.atMs <= this.opts.approvalWindowMs).map((a) => ({ scope: a.scope, operator: a.by.operator, at: a.at, reason: a.reason })),
+      quorum: { approvalsRequired: this.opts.approvalsRequired, approvalWindowSeconds: Math.round(this.opts.approvalWindowMs / 1000) },
+      policies,
+      history: (body?.history ?? []).slice(-50),
+      inFlight: this.live.size,
+    };
+  }
+}
+
+/** Events of `next` after the last event of `prev` (all of the newest one when prev's is not found). */
+function newEvents(prev: HistoryEvent[], next: HistoryEvent[]): HistoryEvent[] {
+  const last = prev[prev.length - 1];
+  if (!last) return next;
+  const key = JSON.stringify(last);
+  for (let i = next.length - 1; i >= 0; i--) if (JSON.stringify(next[i]) === key) return next.slice(i + 1);
+  return next.slice(-1);
+}
+
+function failClosedSnapshot(reason: string): Snapshot {
+  return { failClosed: reason, proxy: undefined, stores: new Map(), keys: new Map(), policies: new Map(), sha256: '', state: undefined };
+}

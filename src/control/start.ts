@@ -1,0 +1,79 @@
+/**
+ * Builds the control plane and the admin listener from the `control` config section, for the
+ * composition root (main.ts). Without a `control` section the proxy runs with the open gate
+ * (no kill switch, no allowlists, no admin API) and says so in the log.
+ */
+import type { KeyStoreRegistry } from '../auth/key-stores';
+import type { Config } from '../config/schema';
+import type { AppLogger } from '../log/logger';
+import { logAdminActions, type AdminActionRecord, type AdminActionSink } from '../admin/actions';
+import { startAdminServer, type AdminServerDeps, type RunningAdminServer } from '../admin/server';
+import { OPEN_GATE, type AccessGate } from './access-gate';
+import type { ControlConfig } from './config';
+import { ControlPlane } from './control-plane';
+import type { HistoryEvent } from './state-model';
+
+export interface ControlStartOptions {
+  onAdminAction?: AdminActionSink;
+  now?: () => number;
+  extraAdminRoutes?: AdminServerDeps['extraRoutes'];
+}
+
+export interface RunningControl {
+  gate: AccessGate;
+  control: ControlPlane | undefined;
+  adminPort: number | undefined;
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startControl(config: Readonly<Config> & { control?: ControlConfig | undefined }, registry: KeyStoreRegistry, log: AppLogger, opts: ControlStartOptions = {}): Promise<RunningControl> {
+  const c = config.control;
+  if (!c) {
+    log.warn('no "control" section in the configuration: kill switch, key blocking, allowlists and the admin API are off');
+    return { gate: OPEN_GATE, control: undefined, adminPort: undefined, close: async () => undefined };
+  }
+  const onAdminAction = opts.onAdminAction ?? logAdminActions(log);
+  if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch alone');
+  const control = await ControlPlane.open({
+    stateDir: c.stateDir,
+    keyStores: registry.all().map((k) => k.name),
+    approvalsRequired: c.killSwitch.approvalsRequired,
+    approvalWindowMs: c.killSwitch.approvalWindowSeconds * 1000,
+    drainTimeoutMs: c.killSwitch.drainTimeoutMs,
+    watchIntervalMs: c.watchIntervalMs,
+    log,
+    ...(opts.now ? { now: opts.now } : {}),
+  });
+  // Changes made by another process (the emergency CLI) reach the audit trail too.
+  control.on('external-change', (events: HistoryEvent[]) => {
+    for (const e of events) onAdminAction(historyToRecord(e));
+  });
+  control.startWatching();
+  const st = control.publicState();
+  if (st.failClosed) log.error('control state unreadable at start-up: every key store is blocked until it is repaired', { reason: st.failClosed });
+  else log.info('control state loaded', { generation: st.generation, blocks: st.blocks.map((b) => b.scope), policies: Object.keys(st.policies) });
+
+  let admin: RunningAdminServer | undefined;
+  if (c.admin?.enabled) {
+    try {
+      admin = await startAdminServer({ admin: c.admin, config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}) });
+    } catch (e) {
+      control.close();
+      throw e;
+    }
+  }
+  return {
+    gate: control,
+    control,
+    adminPort: admin?.port,
+    async close(graceMs = 1000) {
+      control.close();
+      await admin?.close(graceMs);
+    },
+  };
+}
+
+function historyToRecord(e: HistoryEvent): AdminActionRecord {
+  const action = { engage: 'kill-switch.engage', 'approve-lift': 'kill-switch.approve-lift', lift: 'kill-switch.lift', 'policy-set': 'policy.set', 'policy-delete': 'policy.delete', repair: 'kill-switch.repair' }[e.action];
+  return { time: e.at, operator: e.by.operator, via: e.by.via, action, scope: e.scope, keyStore: e.keyStore, reason: e.reason, outcome: 'ok', detail: [e.detail, e.by.osUser ? `os user ${e.by.osUser}` : undefined].filter(Boolean).join('; ') || undefined };
+}

@@ -1,0 +1,33 @@
+/**
+ * An HsmBackend that forwards every call to another one. Decorators (metering, and fault
+ * injection or counting in tests) extend it and override only what they change.
+ */
+import type { GcmEncryptResult, HsmBackend, KeyInfo, PoolStats, TokenInfo } from './backend';
+
+export class DelegatingBackend implements HsmBackend {
+  constructor(readonly inner: HsmBackend) {}
+
+  describeKey(label: string): Promise<KeyInfo> {
+    return this.inner.describeKey(label);
+  }
+
+  encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<GcmEncryptResult> {
+    return this.inner.encrypt(label, plaintext, aad);
+  }
+
+  decrypt(label: string, ciphertext: Buffer, iv: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer> {
+    return this.inner.decrypt(label, ciphertext, iv, tag, aad);
+  }
+
+  tokenInfo(): TokenInfo {
+    return this.inner.tokenInfo();
+  }
+
+  poolStats(): PoolStats {
+    return this.inner.poolStats();
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * The Prometheus meter (prom-client). Each instance has its own Registry, never prom-client's
+ * global one: tests run several proxies in one process, and a module-level registry would be a
+ * singleton (design.md: no module-level singletons).
+ *
+ * Counters and histograms move on hooks (Meter); everything that is a state rather than an event
+ * (session pool, deep health, kill switch, certificate and credential ages) is read at scrape time
+ * through callbacks, so it is never stale and costs nothing between scrapes.
+ *
+ * Bounded labels only: key store names, API names, error names and HSM operations come from the
+ * configuration or fixed tables; request ids and principals never become labels; externalKeyId
+ * only when metrics.keyIdLabels is on, and then only for keys configured in the key store.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestRecord } from '../log/request-log';
+import type { PoolStats } from '../hsm/backend';
+import type { HealthResult } from '../xks/health-monitor';
+import { VERSION } from '../version';
+import { sigv4FailureReason, type ControlStateProvider, type HsmOperation, type Meter } from './meter';
+
+/** Seconds. Resolves 1..250 ms (KMS gives a proxy call 250 ms in all) and shows what lies beyond. */
+export const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1];
+
+const HEALTH_STATES = ['ACTIVE', 'DEGRADED', 'UNAVAILABLE', 'UNKNOWN'] as const;
+const DAY_MS = 86_400_000;
+
+export interface CredentialAge {
+  keyStore: string;
+  accessKeyId: string;
+  /** When the credential was created (mtime of its secret file). */
+  createdAtMs: number;
+}
+
+/** State read at scrape time. Every field is optional: a missing source emits nothing. */
+export interface MeterSources {
+  /** Configured key store names (bounded label values). */
+  keyStores?: readonly string[];
+  /** Session pool state; `size` is the number of sessions open now (the pool opens them lazily). */
+  pool?: () => PoolStats;
+  /** The configured pool size. */
+  poolMax?: number;
+  /** The cached deep health result (undefined when none or too old: UNKNOWN). */
+  health?: () => HealthResult | undefined;
+  /** The certificate the HTTPS listener serves (read once: that is the one clients see). */
+  tlsCertFile?: string | undefined;
+  credentials?: () => readonly CredentialAge[];
+  /** Whether externalKeyId is configured in the key store (keeps key id labels bounded). */
+  knownKey?: (keyStore: string, externalKeyId: string) => boolean;
+  /** Audit log counters, when the audit log is on. */
+  audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined };
+  now?: () => number;
+}
+
+export interface PromMeterOptions {
+  keyIdLabels?: boolean;
+  /** Process metrics (CPU, memory, event loop lag, GC). Default on. */
+  processMetrics?: boolean;
+}
+
+export class PromMeter implements Meter {
+  readonly registry = new Registry();
+  private readonly keyIdLabels: boolean;
+  private sources: MeterSources = {};
+  private control: ControlStateProvider | undefined;
+  private certNotAfterMs: number | undefined;
+  private readonly requests: Counter<string>;
+  private readonly latency: Histogram<string>;
+  private readonly hsmLatency: Histogram<string>;
+  private readonly sigv4Failures: Counter<string>;
+  private readonly throttledRequests: Counter<string>;
+
+  constructor(opts: PromMeterOptions = {}) {
+    this.keyIdLabels = opts.keyIdLabels ?? false;
+    const registers = [this.registry];
+    const keyLabels = this.keyIdLabels ? ['key_store', 'external_key_id', 'api'] : ['key_store', 'api'];
+    this.requests = new Counter({ name: 'xks_requests_total', help: 'XKS requests by key store, API and outcome (ok or the errorName).', labelNames: [...keyLabels, 'outcome'], registers });
+    this.latency = new Histogram({ name: 'xks_request_duration_seconds', help: 'XKS request processing time, from the first byte to the response (seconds).', labelNames: [...keyLabels, 'outcome'], buckets: LATENCY_BUCKETS, registers });
+    this.hsmLatency = new Histogram({ name: 'xks_hsm_operation_duration_seconds', help: 'Time of one HSM backend call, session wait included (seconds).', labelNames: ['operation', 'outcome'], buckets: LATENCY_BUCKETS, registers });
+    this.sigv4Failures = new Counter({ name: 'xks_sigv4_failures_total', help: 'Requests refused by SigV4 verification, by key store and bounded reason.', labelNames: ['key_store', 'reason'], registers });
+    this.throttledRequests = new Counter({ name: 'xks_throttled_requests_total', help: 'Requests refused with ThrottlingException, by key store.', labelNames: ['key_store'], registers });
+
+    new Gauge({ name: 'xks_build_info', help: 'Version of the proxy (always 1).', labelNames: ['version'], registers }).set({ version: VERSION }, 1);
+    const self = this;
+    new Gauge({
+      name: 'xks_hsm_session_pool', help: 'HSM session pool by state: max (configured size), open (sessions open now), in_use, and waiters (requests waiting for a session).', labelNames: ['state'], registers,
+      collect() {
+        if (self.sources.poolMax !== undefined) this.set({ state: 'max' }, self.sources.poolMax);
+        const p = self.sources.pool?.();
+        if (!p) return;
+        this.set({ state: 'open' }, p.size);
+        this.set({ state: 'in_use' }, p.inUse);
+        this.set({ state: 'waiters' }, p.waiters);
+      },
+    });
+    new Gauge({
+      name: 'xks_health_status', help: 'Deep health status (GetHealthStatus): 1 for the current status, 0 for the others. UNKNOWN: no result younger than 60 s.', labelNames: ['status'], registers,
+      collect() {
+        if (!self.sources.health) return;
+        const h = self.sources.health();
+        const current = h?.status ?? 'UNKNOWN';
+        for (const s of HEALTH_STATES) this.set({ status: s }, s === current ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'xks_health_check_duration_seconds', help: 'Duration of the last deep health check (a real encrypt and decrypt).', registers,
+      collect() {
+        const h = self.sources.health?.();
+        if (h) this.set(h.latencyMs / 1000);
+      },
+    });
+    new Gauge({
+      name: 'xks_kill_switch_engaged', help: 'Kill switch engaged (1) or not (0), by scope: proxy, or key_store with its name.', labelNames: ['scope', 'key_store'], registers,
+      collect() {
+        const c = self.control?.();
+        this.set({ scope: 'proxy', key_store: '' }, c?.proxy ? 1 : 0);
+        const blocked = new Set(c?.keyStores ?? []);
+        for (const ks of self.sources.keyStores ?? []) this.set({ scope: 'key_store', key_store: ks }, blocked.has(ks) ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'xks_blocked_keys', help: 'Number of external keys blocked by the operator, by key store.', labelNames: ['key_store'], registers,
+      collect() {
+        const c = self.control?.();
+        for (const ks of self.sources.keyStores ?? []) this.set({ key_store: ks }, c?.keys[ks] ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'xks_tls_certificate_expiry_days', help: 'Days until the served TLS certificate expires (negative once expired).', registers,
+      collect() {
+        if (self.certNotAfterMs !== undefined) this.set((self.certNotAfterMs - self.now()) / DAY_MS);
+      },
+    });
+    new Gauge({
+      name: 'xks_sigv4_credential_age_days', help: 'Age in days of each active SigV4 credential (from its secret file). Inline env-var credentials are not listed.', labelNames: ['key_store', 'access_key_id'], registers,
+      collect() {
+        this.reset();
+        for (const c of self.sources.credentials?.() ?? []) this.set({ key_store: c.keyStore, access_key_id: c.accessKeyId }, (self.now() - c.createdAtMs) / DAY_MS);
+      },
+    });
+    // Counters kept by the audit log itself, copied at scrape time.
+    new Counter({
+      name: 'xks_audit_records_total', help: 'Audit records written since start.', registers,
+      collect() {
+        const a = self.sources.audit?.();
+        if (!a) return;
+        this.reset();
+        this.inc(a.records);
+      },
+    });
+    new Counter({
+      name: 'xks_audit_write_errors_total', help: 'Audit lines that could not be written since start. Any is a gap in the chain.', registers,
+      collect() {
+        const a = self.sources.audit?.();
+        if (!a) return;
+        this.reset();
+        this.inc(a.writeErrors);
+      },
+    });
+    new Gauge({
+      name: 'xks_audit_last_checkpoint_timestamp_seconds', help: 'Time of the last signed audit checkpoint (Unix seconds).', registers,
+      collect() {
+        const t = self.sources.audit?.()?.lastCheckpointMs;
+        if (t !== undefined) this.set(t / 1000);
+      },
+    });
+    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  private now(): number {
+    return (this.sources.now ?? Date.now)();
+  }
+
+  /** Attach (or replace) the scrape-time sources. */
+  bind(sources: MeterSources): void {
+    this.sources = { ...this.sources, ...sources };
+    if (sources.tlsCertFile !== undefined) this.certNotAfterMs = certificateNotAfter(sources.tlsCertFile);
+  }
+
+  /** The control module reports kill switch and blocked keys through this. */
+  setControlStateProvider(fn: ControlStateProvider | undefined): void {
+    this.control = fn;
+  }
+
+  requestCompleted(r: Readonly<RequestRecord>): void {
+    const keyStore = r.keyStore ?? '';
+    const outcome = r.outcome === 'ok' ? 'ok' : (r.errorName ?? 'error');
+    const labels: Record<string, string> = { key_store: keyStore, api: r.api, outcome };
+    if (this.keyIdLabels) labels.external_key_id = this.keyIdLabel(r);
+    this.requests.inc(labels);
+    this.latency.observe(labels, r.latencyMs / 1000);
+    if (r.errorName === 'AuthenticationFailedException') this.sigv4Failures.inc({ key_store: keyStore, reason: sigv4FailureReason(r.reason) });
+    else if (r.errorName === 'ThrottlingException') this.throttledRequests.inc({ key_store: keyStore });
+  }
+
+  private keyIdLabel(r: Readonly<RequestRecord>): string {
+    if (r.externalKeyId === undefined) return '';
+    const known = r.keyStore !== undefined && (this.sources.knownKey?.(r.keyStore, r.externalKeyId) ?? false);
+    return known ? r.externalKeyId : '_other';
+  }
+
+  hsmOperation(op: HsmOperation, seconds: number, outcome: string): void {
+    this.hsmLatency.observe({ operation: op, outcome }, seconds);
+  }
+
+  /** The exposition text and its content type. */
+  async scrape(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/** notAfter of the first certificate in a PEM file, or undefined when unreadable. */
+export function certificateNotAfter(file: string): number | undefined {
+  try {
+    const t = Date.parse(new crypto.X509Certificate(fs.readFileSync(file)).validTo);
+    return Number.isNaN(t) ? undefined : t;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Allowlist policies (spec "Authorization"): validation before replacement, and evaluation tables.
+ */
+import { expect } from 'chai';
+import { CompiledPolicy, DEFAULT_ALLOW, DEFAULT_DENY, compilePattern, validatePolicy, type PolicyRequest } from '../../../src/control/policy';
+import type { XksApi } from '../../../src/xks/requests';
+
+const ALICE = 'arn:aws:iam::111122223333:user/Alice';
+const ROLE = 'arn:aws:sts::111122223333:assumed-role/AppRole/session-1';
+const OTHER = 'arn:aws:iam::999988887777:user/Mallory';
+const KEY_EU = 'arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+const KEY_US = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+
+function req(over: Partial<PolicyRequest['metadata']> & { api?: XksApi; key?: string } = {}): PolicyRequest {
+  const { api = 'Encrypt', key = 'k1', ...md } = over;
+  return { api, externalKeyId: key, metadata: { kmsRequestId: 'r', kmsOperation: 'Encrypt', awsPrincipalArn: ALICE, kmsKeyArn: KEY_EU, ...md } };
+}
+
+function policy(raw: unknown): CompiledPolicy {
+  const v = validatePolicy(raw);
+  if (!v.ok) throw new Error(v.errors.join('; '));
+  return new CompiledPolicy(v.policy);
+}
+
+describe('allowlist policy', () => {
+  describe('validation', () => {
+    const bad: [string, unknown, RegExp][] = [
+      ['missing defaultDecision', { statements: [] }, /defaultDecision/],
+      ['unknown defaultDecision', { defaultDecision: 'maybe' }, /defaultDecision/],
+      ['statement without sid', { defaultDecision: 'deny', statements: [{ effect: 'allow' }] }, /statements\.0\.sid/],
+      ['duplicate sid', { defaultDecision: 'deny', statements: [{ sid: 'a', effect: 'allow' }, { sid: 'a', effect: 'deny' }] }, /statements\.1\.sid: duplicate sid "a"/],
+      ['bad effect', { defaultDecision: 'deny', statements: [{ sid: 'a', effect: 'permit' }] }, /statements\.0\.effect/],
+      ['misspelt condition', { defaultDecision: 'deny', statements: [{ sid: 'a', effect: 'allow', conditions: { kmsOpration: ['Encrypt'] } }] }, /statements\.0\.conditions/],
+      ['empty pattern list', { defaultDecision: 'deny', statements: [{ sid: 'a', effect: 'allow', conditions: { kmsOperation: [] } }] }, /kmsOperation/],
+      ['empty pattern', { defaultDecision: 'deny', statements: [{ sid: 'a', effect: 'allow', keys: [''] }] }, /keys\.0/],
+      ['unknown top-level field', { defaultDecision: 'deny', version: 2 }, /version|Unrecognized/i],
+      ['sid with spaces', { defaultDecision: 'deny', statements: [{ sid: 'a b', effect: 'allow' }] }, /sid/],
+    ];
+    for (const [name, raw, re] of bad) {
+      it(`rejects ${name}, naming the path`, () => {
+        const v = validatePolicy(raw);
+        expect(v.ok).to.equal(false);
+        if (!v.ok) expect(v.errors.join('\n')).to.match(re);
+      });
+    }
+
+    it('reports every problem at once', () => {
+      const v = validatePolicy({ defaultDecision: 'x', statements: [{ sid: 'a', effect: 'y' }] });
+      expect(v.ok).to.equal(false);
+      if (!v.ok) expect(v.errors).to.have.length(2);
+    });
+
+    it('accepts an unknown kmsOperation value (never a validation error; a rule may name it)', () => {
+      expect(validatePolicy({ defaultDecision: 'allow', statements: [{ sid: 'deny-new', effect: 'deny', conditions: { kmsOperation: ['SomeFutureOperation'] } }] }).ok).to.equal(true);
+    });
+  });
+
+  describe('wildcards', () => {
+    const table: [string, string, boolean][] = [
+      ['arn:aws:iam::111122223333:role/*', 'arn:aws:iam::111122223333:role/App', true],
+      ['arn:aws:iam::111122223333:role/*', 'arn:aws:iam::111122223333:role/a/b/c', true],
+      ['arn:aws:iam::111122223333:role/*', 'arn:aws:iam::111122223333:user/App', false],
+      ['arn:aws:iam::*:user/Alice', ALICE, true],
+      ['arn:aws:iam::11112222333?:user/Alice', ALICE, true],
+      ['arn:aws:iam::1111222233?:user/Alice', ALICE, false],
+      ['Generate*', 'GenerateDataKeyWithoutPlaintext', true],
+      ['Encrypt', 'ReEncryptFrom', false],
+      ['a.b', 'axb', false],
+      ['(x)+[y]', '(x)+[y]', true],
+      ['*', '', true],
+    ];
+    for (const [pattern, value, expected] of table) {
+      it(`${pattern} ${expected ? 'matches' : 'does not match'} ${value || '""'}`, () => expect(compilePattern(pattern).test(value)).to.equal(expected));
+    }
+  });
+
+  describe('evaluation', () => {
+    const p = policy({
+      defaultDecision: 'deny',
+      statements: [
+        { sid: 'AllowAppRoleViaEbs', effect: 'allow', conditions: { awsPrincipalArn: ['arn:aws:sts::111122223333:assumed-role/AppRole/*'], kmsViaService: ['ebs'] } },
+        { sid: 'AllowAliceEu', effect: 'allow', conditions: { awsPrincipalArn: [ALICE], kmsKeyRegion: ['eu-west-1'] } },
+        { sid: 'AllowAccountDescribe', effect: 'allow', conditions: { awsPrincipalAccount: ['111122223333'], kmsOperation: ['DescribeKey', 'CreateKey'] } },
+        { sid: 'DenyOtherKeyAccounts', effect: 'deny', conditions: { kmsKeyAccount: ['999988887777'] } },
+        { sid: 'DenyReEncrypt', effect: 'deny', conditions: { kmsOperation: ['ReEncrypt*'] } },
+        { sid: 'DenyVpcOutsiders', effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'] } },
+        { sid: 'AllowVpce', effect: 'allow', keys: ['k-vpce'], conditions: { awsSourceVpce: ['vpce-0123'] } },
+        { sid: 'DenyLegacyKey', effect: 'deny', keys: ['legacy-*'] },
+        { sid: 'AllowByKeyArn', effect: 'allow', conditions: { kmsKeyArn: [KEY_US], awsPrincipalArn: [OTHER] } },
+      ],
+    });
+    const table: [string, PolicyRequest, boolean, string][] = [
+      ['app role through EBS', req({ awsPrincipalArn: ROLE, kmsViaService: 'ebs' }), true, 'AllowAppRoleViaEbs'],
+      ['app role directly (no via-service)', req({ awsPrincipalArn: ROLE }), false, DEFAULT_DENY],
+      ['app role through another service', req({ awsPrincipalArn: ROLE, kmsViaService: 's3' }), false, DEFAULT_DENY],
+      ['Alice with an eu-west-1 key', req(), true, 'AllowAliceEu'],
+      ['Alice with a us-east-1 key', req({ kmsKeyArn: KEY_US }), false, DEFAULT_DENY],
+      ['account principal describing', req({ api: 'GetKeyMetadata', awsPrincipalArn: ROLE, kmsOperation: 'DescribeKey', kmsKeyArn: undefined }), true, 'AllowAccountDescribe'],
+      ['deny wins over a matching allow (ReEncrypt by Alice)', req({ kmsOperation: 'ReEncryptTo' }), false, 'DenyReEncrypt'],
+      ['deny on the key ARN account', req({ kmsKeyArn: 'arn:aws:kms:eu-west-1:999988887777:key/x' }), false, 'DenyOtherKeyAccounts'],
+      ['deny on the source VPC', req({ awsSourceVpc: 'vpc-bad-1' }), false, 'DenyVpcOutsiders'],
+      ['a good source VPC is not denied', req({ awsSourceVpc: 'vpc-good' }), true, 'AllowAliceEu'],
+      ['per-key allow through a VPC endpoint', req({ key: 'k-vpce', awsPrincipalArn: OTHER, awsSourceVpce: 'vpce-0123', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/z' }), true, 'AllowVpce'],
+      ['the per-key allow does not apply to other keys', req({ key: 'k-other', awsPrincipalArn: OTHER, awsSourceVpce: 'vpce-0123', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/z' }), false, DEFAULT_DENY],
+      ['per-key deny beats Alice allow', req({ key: 'legacy-7' }), false, 'DenyLegacyKey'],
+      ['exact key ARN plus principal', req({ awsPrincipalArn: OTHER, kmsKeyArn: KEY_US }), true, 'AllowByKeyArn'],
+      ['unknown principal', req({ awsPrincipalArn: OTHER }), false, DEFAULT_DENY],
+      ['an unknown operation is just another value', req({ kmsOperation: 'SomeFutureOperation' }), true, 'AllowAliceEu'],
+      ['a principal that is not an ARN has no account', req({ awsPrincipalArn: 'not-an-arn', kmsOperation: 'DescribeKey' }), false, DEFAULT_DENY],
+    ];
+    for (const [name, r, allow, statement] of table) {
+      it(`${allow ? 'allows' : 'denies'} ${name} (${statement})`, () => expect(p.evaluate(r)).to.deep.equal({ allow, statement }));
+    }
+
+    it('default-allow mode allows what no statement denies', () => {
+      const q = policy({ defaultDecision: 'allow', statements: [{ sid: 'DenyMallory', effect: 'deny', conditions: { awsPrincipalArn: [OTHER] } }] });
+      expect(q.evaluate(req())).to.deep.equal({ allow: true, statement: DEFAULT_ALLOW });
+      expect(q.evaluate(req({ awsPrincipalArn: OTHER }))).to.deep.equal({ allow: false, statement: 'DenyMallory' });
+    });
+
+    it('a statement without conditions matches everything', () => {
+      const q = policy({ defaultDecision: 'allow', statements: [{ sid: 'DenyAll', effect: 'deny' }] });
+      expect(q.evaluate(req())).to.deep.equal({ allow: false, statement: 'DenyAll' });
+    });
+  });
+});
