@@ -8,8 +8,7 @@
  * never touch the HSM: liveness says the process serves; readiness reports the cached deep check.
  */
 import express from 'express';
-import helmet from 'helmet';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { KeyStoreRegistry } from './auth/key-stores';
 import { OPEN_GATE, type AccessGate, type GateTicket } from './control/access-gate';
 import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
@@ -40,34 +39,51 @@ export interface AppDeps {
   now?: () => number;
 }
 
-/** Liveness and readiness, for the main app and the optional plain-HTTP probe listener. */
-export function addProbeRoutes(app: express.Express, deps: Pick<AppDeps, 'config' | 'health'>): void {
+/** Liveness and readiness answers (spec "Load balancer health checks"); never touch the HSM. */
+function probeAnswers(deps: Pick<AppDeps, 'config' | 'health'>): Map<string, (res: ServerResponse) => void> {
   const { livePath, readyPath } = deps.config.healthEndpoints;
-  app.get(livePath, (_req, res) => sendJson(res, 200, { status: 'ok' }));
-  app.get(readyPath, (_req, res) => {
-    const h = deps.health.cached();
-    const ready = h !== undefined && h.status !== 'UNAVAILABLE';
-    sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', hsm: h?.status ?? 'UNKNOWN', checkedAt: h ? new Date(h.checkedAt).toISOString() : null });
-  });
+  return new Map([
+    [livePath, (res: ServerResponse) => sendJson(res, 200, { status: 'ok' })],
+    [
+      readyPath,
+      (res: ServerResponse) => {
+        const h = deps.health.cached();
+        const ready = h !== undefined && h.status !== 'UNAVAILABLE';
+        sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', hsm: h?.status ?? 'UNKNOWN', checkedAt: h ? new Date(h.checkedAt).toISOString() : null });
+      },
+    ],
+  ]);
 }
 
-export function buildApp(deps: AppDeps): express.Express {
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('etag', false);
-  app.use(helmet());
-  addProbeRoutes(app, deps);
+/** The probes on an express app (the optional plain-HTTP probe listener). */
+export function addProbeRoutes(app: express.Express, deps: Pick<AppDeps, 'config' | 'health'>): void {
+  for (const [path, answer] of probeAnswers(deps)) app.get(path, (_req, res) => answer(res));
+}
+
+/**
+ * The main listener's request handler. The XKS API is a fixed, small set of routes on the hot
+ * path (KMS allows 250 ms per call and 1800+ calls per second per key store), so it is dispatched
+ * directly rather than through a middleware chain; helmet's headers are applied by the response
+ * writer (src/http/respond.ts). Probes are plain GETs; everything else is the XKS pipeline.
+ */
+export function buildApp(deps: AppDeps): RequestListener {
+  const probes = probeAnswers(deps);
   const handle = xksHandler(deps);
-  app.use((req, res) => handle(req, res));
-  // Nothing should reach here (the handler catches everything), but never answer with HTML.
-  app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
-    deps.log.error('unhandled error in request pipeline', { error: err instanceof Error ? err.message : String(err) });
-    sendError(res, toXksError(err));
-  });
-  return app;
+  return (req, res) => {
+    const probe = req.method === 'GET' || req.method === 'HEAD' ? probes.get(req.url ?? '') : undefined;
+    if (probe) {
+      probe(res);
+      return;
+    }
+    handle(req, res).catch((err: unknown) => {
+      // xksHandler catches everything; this is the last line of defence, never an HTML page.
+      deps.log.error('unhandled error in request pipeline', { error: err instanceof Error ? err.message : String(err) });
+      sendError(res, toXksError(err));
+    });
+  };
 }
 
-export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl?: string }, res: ServerResponse) => Promise<void> {
+export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const { config, registry, service, requestLog, log } = deps;
   const gate = deps.gate ?? OPEN_GATE;
   const meter = deps.meter ?? NOOP_METER;
@@ -78,7 +94,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage & { originalUrl
 
   return async (req, res) => {
     const started = process.hrtime.bigint();
-    const url = req.originalUrl ?? req.url ?? '/';
+    const url = req.url ?? '/';
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
     let ticket: GateTicket | undefined;

@@ -114,7 +114,9 @@ function uriEncode(s: string): string {
  * use unreserved characters and "/", so for every valid XKS request this is the path itself.
  */
 export function canonicalUri(path: string): string {
-  return path === '' ? '/' : path.split('/').map(uriEncode).join('/');
+  if (path === '') return '/';
+  // Every valid XKS path is made of unreserved characters and "/": nothing to encode.
+  return /^[A-Za-z0-9\-._~/]*$/.test(path) ? path : path.split('/').map(uriEncode).join('/');
 }
 
 export function canonicalQuery(query: string): string {
@@ -137,7 +139,7 @@ export function canonicalQuery(query: string): string {
 }
 
 function sha256Hex(data: Buffer | string): string {
-  return crypto.createHash('sha256').update(data).digest('hex');
+  return crypto.hash('sha256', data, 'hex');
 }
 
 function hmac(key: Buffer | string, data: string): Buffer {

@@ -20,7 +20,7 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { IvSource } from './iv-source';
 import * as pkcs11js from 'pkcs11js';
 import type { HsmConfig } from '../config/schema';
 import { XksError } from '../errors/xks-error';
@@ -398,6 +398,8 @@ export class Pkcs11Backend implements HsmBackend {
   private readonly pool: SessionPool<PooledSession>;
   /** label -> key handle and attributes; cleared whenever handles may have become invalid. */
   private readonly keys = new Map<string, CachedKey>();
+  /** A fresh IV for every encrypt (design.md: never let the HSM default it). */
+  private readonly ivs = new IvSource(IV_BYTES);
   /**
    * Bumped at every re-initialisation. Session handles are numbered again after C_Initialize, so
    * a session from an older generation must never be passed to C_CloseSession: it could close a
@@ -483,7 +485,7 @@ export class Pkcs11Backend implements HsmBackend {
       const key = this.cachedKey(s, label);
       requireUsage(key.info, 'ENCRYPT');
       // A fresh IV for every call, retries included (design.md: never let the HSM default it).
-      const iv = randomBytes(IV_BYTES);
+      const iv = this.ivs.next();
       step.op = 'encrypt';
       this.p.C_EncryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
       const out = this.p.C_Encrypt(s.handle, plaintext, Buffer.alloc(plaintext.length + TAG_BYTES));

@@ -1,10 +1,13 @@
 /**
- * The only place that writes XKS responses: JSON bodies, the right status, and for errors the
- * spec's {"errorName","errorMessage"} (printable ASCII, < 512 characters). Internal detail never
- * reaches the client.
+ * The only place that writes XKS responses: JSON bodies, the right status, helmet's security
+ * headers, and for errors the spec's {"errorName","errorMessage"} (printable ASCII, < 512
+ * characters). Internal detail never reaches the client. Headers go out in one writeHead call.
  */
 import type { ServerResponse } from 'node:http';
 import type { XksError } from '../errors/xks-error';
+import { SECURITY_HEADERS_FLAT } from './security-headers';
+
+const STATIC_HEADERS: readonly string[] = [...SECURITY_HEADERS_FLAT, 'Content-Type', 'application/json', 'Cache-Control', 'no-store'];
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, extraHeaders?: Record<string, string>): void {
   if (res.headersSent) {
@@ -12,11 +15,9 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, ext
     return;
   }
   const text = JSON.stringify(body);
-  res.statusCode = status;
-  res.setHeader('Content-Type', 'application/json');
-  res.setHeader('Content-Length', Buffer.byteLength(text));
-  res.setHeader('Cache-Control', 'no-store');
-  if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) res.setHeader(k, v);
+  const headers = [...STATIC_HEADERS, 'Content-Length', String(Buffer.byteLength(text))];
+  if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) headers.push(k, v);
+  res.writeHead(status, headers);
   res.end(text);
 }
 
