@@ -15,6 +15,7 @@ import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
 import type { Config } from './config/schema';
 import { XksError, toXksError } from './errors/xks-error';
 import { readRawBody } from './http/body';
+import type { OverloadGuard } from './http/overload';
 import { sendError, sendJson } from './http/respond';
 import type { AppLogger } from './log/logger';
 import type { RequestLog, RequestRecord } from './log/request-log';
@@ -33,6 +34,8 @@ export interface AppDeps {
   log: AppLogger;
   /** Kill switch, key blocking and allowlists; everything passes when absent. */
   gate?: AccessGate;
+  /** Load shedding; none when absent. */
+  overload?: OverloadGuard;
   /** Request metrics; none when absent. */
   meter?: Meter;
   /** Clock for SigV4 date checks; injectable for tests. */
@@ -86,6 +89,7 @@ export function buildApp(deps: AppDeps): RequestListener {
 export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const { config, registry, service, requestLog, log } = deps;
   const gate = deps.gate ?? OPEN_GATE;
+  const overload = deps.overload;
   const meter = deps.meter ?? NOOP_METER;
   const now = deps.now ?? Date.now;
   const keyCache = new SigningKeyCache();
@@ -98,6 +102,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
     let ticket: GateTicket | undefined;
+    overload?.enter();
     try {
       const q = url.indexOf('?');
       const route: Route = resolveRoute(registry, q < 0 ? url : url.slice(0, q));
@@ -107,8 +112,17 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       // Spec: a GET on an API URI MUST be rejected with 405; so is any other non-POST method.
       if (req.method !== 'POST') throw new XksError('MethodNotAllowed', undefined, `method ${req.method}`);
       const body = await readRawBody(req, config.server.maxBodyBytes);
+      // Over capacity: refuse before spending SigV4 or HSM work (spec: ThrottlingException when
+      // the proxy "is unable to keep up").
+      const shed = overload?.shedReason();
+      if (shed) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${shed}`);
       const caller = verifySigV4({ method: req.method, url, rawHeaders: req.rawHeaders, body }, route.keyStore, { ...sigv4Opts, now: now() }, keyCache);
       record.accessKeyId = caller.accessKeyId;
+      // The key store's own quota counts authenticated requests only, so that nobody without its
+      // credentials can use it up.
+      if (route.keyStore.quota && !route.keyStore.quota.take()) {
+        throw new XksError('ThrottlingException', 'The request rate of this key store exceeds its quota.', `quota of key store ${route.keyStore.name}`);
+      }
       const json = parseJsonBody(body);
       const md = parseRequestMetadata(json, route.api);
       Object.assign(record, md);
@@ -127,6 +141,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
       sendError(res, err);
     } finally {
+      overload?.leave();
       ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;

@@ -25,6 +25,7 @@ import { PromMeter } from './metrics/prom-meter';
 import { proxySources } from './metrics/sources';
 import { controlStateFromScopes } from './metrics/meter';
 import { closeServer, createMainServer, createPlainServer, listen } from './http/server';
+import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
 import { XksService } from './xks/service';
@@ -57,6 +58,8 @@ export interface RunningProxy {
   registry: KeyStoreRegistry;
   health: HealthMonitor;
   hsm: HsmBackend;
+  /** Load shedding state (429 beyond capacity). */
+  overload: OverloadGuard;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -110,7 +113,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   const plane = control.control;
   if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.publicState().blocks.map((b) => b.scope)));
-  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, ...(opts.now ? { now: opts.now } : {}) });
+  const overload = new OverloadGuard(config.server.overload);
+  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, overload, ...(opts.now ? { now: opts.now } : {}) });
 
   const servers: http.Server[] = [];
   let port: number;
@@ -141,6 +145,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`listen: ${(e as Error).message}`);
   }
   health.start();
+  overload.start();
   registry.startReloading(config.sigv4.reloadIntervalMs);
   log.info('xks proxy listening', {
     port,
@@ -163,9 +168,11 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     registry,
     health,
     hsm,
+    overload,
     close(graceMs = 10_000) {
       closing ??= (async () => {
         health.stop();
+        overload.stop();
         registry.stopReloading();
         await Promise.all(servers.map((s) => closeServer(s, graceMs)));
         await control.close(Math.min(graceMs, 1000));

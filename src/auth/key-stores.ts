@@ -14,6 +14,7 @@ import type { Config, KeyStoreConfig } from '../config/schema';
 import { ACCESS_KEY_ID_RE, SECRET_RE, XKS_API_SUFFIX } from '../config/schema';
 import { readSecret } from '../config/secrets';
 import type { AppLogger } from '../log/logger';
+import { TokenBucket } from '../xks/quota';
 import type { SecretLookup } from './sigv4';
 
 export const SECRET_FILE_SUFFIX = '.secret';
@@ -30,6 +31,8 @@ export class KeyStore implements SecretLookup {
   /** XksProxyUriPath as KMS is configured with it. */
   readonly uriPath: string;
   private readonly keys: Map<string, ExternalKeyEntry>;
+  /** The key store's own request quota, if the operator set one. */
+  readonly quota: TokenBucket | undefined;
   private staticCredentials = new Map<string, string>();
   private dirCredentials = new Map<string, string>();
 
@@ -40,6 +43,7 @@ export class KeyStore implements SecretLookup {
     this.name = cfg.name;
     this.pathPrefix = cfg.pathPrefix;
     this.uriPath = cfg.pathPrefix + XKS_API_SUFFIX;
+    this.quota = cfg.quota && new TokenBucket(cfg.quota.requestsPerSecond, cfg.quota.burst ?? Math.max(1, Math.ceil(cfg.quota.requestsPerSecond)));
     this.keys = new Map(cfg.keys.map((k) => [k.externalKeyId, { externalKeyId: k.externalKeyId, label: k.label ?? k.externalKeyId, enabled: k.enabled }]));
   }
 

@@ -63,6 +63,15 @@ const KeyStore = z
      */
     credentialsDir: z.string().min(1).optional(),
     keys: z.array(ExternalKey).default([]),
+    /** This key store's own request quota; beyond it, 429 ThrottlingException. None by default. */
+    quota: z
+      .object({
+        requestsPerSecond: z.number().min(0.1).max(1_000_000),
+        /** Requests allowed at once before the rate applies; defaults to one second's worth. */
+        burst: z.number().int().min(1).max(1_000_000).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type KeyStoreConfig = z.infer<typeof KeyStore>;
@@ -126,6 +135,14 @@ export const ConfigSchema = z
         headersTimeoutMs: z.number().int().min(100).max(120000).default(5000),
         requestTimeoutMs: z.number().int().min(100).max(300000).default(10000),
         keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
+        /** Load shedding (429 ThrottlingException) before latency runs past KMS's 250 ms. */
+        overload: z
+          .object({
+            maxEventLoopLagMs: z.number().int().min(5).max(1000).default(50),
+            maxInFlight: z.number().int().min(1).max(100000).default(1024),
+          })
+          .strict()
+          .default({ maxEventLoopLagMs: 50, maxInFlight: 1024 }),
       })
       .strict(),
     /** Unauthenticated load-balancer checks: on the main port, and optionally on a plain port. */

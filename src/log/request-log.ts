@@ -7,7 +7,6 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import winston from 'winston';
 import { xksFields } from '../audit/records';
 
 export interface RequestRecord {
@@ -42,29 +41,27 @@ export interface RequestLog {
 }
 
 
+/**
+ * The request log without an audit log configured: JSON lines to stdout and/or a file. A line is
+ * appended to the file synchronously (one write of one line, in request order), so a record is on
+ * disk when its response is sent and nothing is lost at a crash but the request in progress.
+ */
 export function createRequestLog(opts: { stdout: boolean; file?: string | undefined }): RequestLog {
-  const transports: winston.transport[] = [];
-  if (opts.stdout) transports.push(new winston.transports.Console());
+  let fd: number | undefined;
   if (opts.file) {
     fs.mkdirSync(path.dirname(opts.file), { recursive: true, mode: 0o750 });
-    transports.push(new winston.transports.File({ filename: opts.file }));
+    fd = fs.openSync(opts.file, 'a', 0o640);
   }
-  const logger = winston.createLogger({
-    level: 'info',
-    silent: transports.length === 0,
-    format: winston.format.printf((info) => JSON.stringify(info.record)),
-    transports: transports.length ? transports : [new winston.transports.Console({ silent: true })],
-  });
   return {
     write(r: RequestRecord): void {
       // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
-      const record = { time: r.time, ...xksFields(r) };
-      logger.info('request', { record });
+      const line = JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n';
+      if (fd !== undefined) fs.writeSync(fd, line);
+      if (opts.stdout) process.stdout.write(line);
     },
-    close: () =>
-      new Promise((resolve) => {
-        logger.on('finish', () => resolve());
-        logger.end();
-      }),
+    async close(): Promise<void> {
+      if (fd !== undefined) fs.closeSync(fd);
+      fd = undefined;
+    },
   };
 }

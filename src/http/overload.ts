@@ -1,0 +1,61 @@
+/**
+ * Load shedding: beyond capacity, answer 429 ThrottlingException at once instead of letting
+ * every request's latency run past KMS's 250 ms budget (KMS then fails them all). Two signals:
+ *  - event-loop lag: how late a periodic timer fires; a saturated proxy cannot start new work in
+ *    time, so new requests are refused before any SigV4 or HSM work is spent on them;
+ *  - requests in flight: bounded, for slow (network) HSMs where work queues up asynchronously.
+ */
+export interface OverloadOptions {
+  maxEventLoopLagMs: number;
+  maxInFlight: number;
+  sampleIntervalMs?: number;
+}
+
+export class OverloadGuard {
+  private inFlight = 0;
+  private lagMs = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: OverloadOptions) {}
+
+  start(): void {
+    const interval = this.o.sampleIntervalMs ?? 10;
+    let expected = performance.now() + interval;
+    this.timer = setInterval(() => {
+      const t = performance.now();
+      this.lagMs = Math.max(0, t - expected);
+      expected = t + interval;
+    }, interval);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Why a new request must be shed now, or undefined when it may proceed. */
+  shedReason(): string | undefined {
+    if (this.inFlight >= this.o.maxInFlight) return `${this.inFlight} requests in flight (max ${this.o.maxInFlight})`;
+    if (this.lagMs > this.o.maxEventLoopLagMs) return `event loop ${Math.round(this.lagMs)} ms late (max ${this.o.maxEventLoopLagMs})`;
+    return undefined;
+  }
+
+  enter(): void {
+    this.inFlight++;
+  }
+
+  leave(): void {
+    this.inFlight--;
+  }
+
+  /** For tests and metrics. */
+  state(): { inFlight: number; lagMs: number } {
+    return { inFlight: this.inFlight, lagMs: this.lagMs };
+  }
+
+  /** Test hook: pretend the event loop is this late. */
+  setLagForTest(ms: number): void {
+    this.lagMs = ms;
+  }
+}
