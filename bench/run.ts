@@ -28,6 +28,7 @@ async function main(): Promise<void> {
       rate: { type: 'string', default: '1800' },
       generator: { type: 'string', default: 'auto' },
       'raw-seconds': { type: 'string', default: '3' },
+      'overload-factor': { type: 'string', default: '2' },
       out: { type: 'string' },
     },
   });
@@ -51,6 +52,7 @@ async function main(): Promise<void> {
 
   const results: { workload: WorkloadName; description: string; result: LoadResult; rssMiBUnderLoad: number }[] = [];
   let rateResult: LoadResult | undefined;
+  let overloadResult: LoadResult | undefined;
   let raw: { opsPerSecond: number; ops: number } | undefined;
   const rssIdle = target.rssMiB();
   try {
@@ -70,6 +72,13 @@ async function main(): Promise<void> {
     const rateRequests = await prepare(t, 'encrypt32', 4000, encryptVia);
     rateResult = await openLoop({ origin, ca, requests: rateRequests, connections, durationMs, rate: Number(values.rate) });
     process.stderr.write(`encrypt32 at an offered ${values.rate} req/s: p99 ${rateResult.latencyMs.p99} ms, errors ${JSON.stringify(rateResult.errors)}\n`);
+    const capacity = results.find((r) => r.workload === 'encrypt32')?.result.rps;
+    if (capacity && Number(values['overload-factor']) > 0) {
+      // Beyond capacity: what KMS would see at a multiple of what the proxy can serve.
+      const offered = Math.round(capacity * Number(values['overload-factor']));
+      overloadResult = await openLoop({ origin, ca, requests: rateRequests, connections: connections * 4, durationMs, rate: offered });
+      process.stderr.write(`encrypt32 at ${values['overload-factor']}x capacity (${offered} req/s offered): ${overloadResult.ok} ok, errors ${JSON.stringify(overloadResult.errors)}, p99 ${overloadResult.latencyMs.p99} ms\n`);
+    }
   } finally {
     await setupPool.close();
     await target.stop();
@@ -88,6 +97,7 @@ async function main(): Promise<void> {
     rssMiB: { idle: rssIdle, underLoad: Math.max(0, ...results.map((r) => r.rssMiBUnderLoad)) },
     workloads: results,
     fixedRate: rateResult,
+    overload: overloadResult,
   };
   const out = values.out ?? path.join('bench', 'results', `bench-${report.date.replace(/[:.]/g, '-')}.json`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
@@ -103,6 +113,11 @@ async function main(): Promise<void> {
   if (rateResult) {
     const e = Object.values(rateResult.errors).reduce((a, b) => a + b, 0);
     console.log(row([`@${rateResult.offeredRps}/s enc32`, rateResult.rps, rateResult.latencyMs.p50, rateResult.latencyMs.p90, rateResult.latencyMs.p99, rateResult.latencyMs.max, e]));
+  }
+  if (overloadResult) {
+    const e = Object.values(overloadResult.errors).reduce((a, b) => a + b, 0);
+    console.log(row([`@${overloadResult.offeredRps}/s (x${values['overload-factor']})`, overloadResult.rps, overloadResult.latencyMs.p50, overloadResult.latencyMs.p90, overloadResult.latencyMs.p99, overloadResult.latencyMs.max, e]));
+    console.log(`  beyond capacity: ${overloadResult.ok} served, ${JSON.stringify(overloadResult.errors)}`);
   }
   console.log(`\nraw SoftHSM2 encrypt, one core in-process: ${raw?.opsPerSecond} ops/s; proxy/raw (encrypt32): ${report.proxyToRawRatio}`);
   console.log(`proxy RSS: ${report.rssMiB.idle} MiB idle, ${report.rssMiB.underLoad} MiB under load`);
