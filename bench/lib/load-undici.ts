@@ -112,7 +112,8 @@ export async function openLoop(o: LoadOptions & { rate: number }): Promise<LoadR
         const pr = send(p, r, rec, due).finally(() => inflight.delete(pr));
         inflight.add(pr);
       }
-      setImmediate(tick);
+      // A 1 ms timer, not setImmediate: a spinning generator would take a core from the proxy.
+      setTimeout(tick, 1);
     };
     tick();
   });

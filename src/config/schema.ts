@@ -139,10 +139,10 @@ export const ConfigSchema = z
         overload: z
           .object({
             maxEventLoopLagMs: z.number().int().min(5).max(1000).default(50),
-            maxInFlight: z.number().int().min(1).max(100000).default(1024),
+            maxInFlight: z.number().int().min(1).max(100000).default(256),
           })
           .strict()
-          .default({ maxEventLoopLagMs: 50, maxInFlight: 1024 }),
+          .default({ maxEventLoopLagMs: 50, maxInFlight: 256 }),
       })
       .strict(),
     /** Unauthenticated load-balancer checks: on the main port, and optionally on a plain port. */
