@@ -14,7 +14,7 @@ import { Pool } from 'undici';
 import { closedLoop, openLoop, type LoadResult } from './lib/load-undici';
 import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
 import { rawEncryptRate } from './lib/raw-hsm';
-import { BENCH_KEY, KEY_STORE_PREFIX, startTarget } from './lib/setup';
+import { BENCH_KEY, KEY_STORE_PREFIX, fileSize, serverLatency, startTarget } from './lib/setup';
 import { WORKLOADS, prepare, type PreparedRequest, type WorkloadName } from './lib/workloads';
 import { VERSION } from '../src/version';
 import os from 'node:os';
@@ -53,6 +53,7 @@ async function main(): Promise<void> {
   const results: { workload: WorkloadName; description: string; result: LoadResult; rssMiBUnderLoad: number }[] = [];
   let rateResult: LoadResult | undefined;
   let overloadResult: LoadResult | undefined;
+  let rateServerSide: ReturnType<typeof serverLatency> | undefined;
   let raw: { opsPerSecond: number; ops: number } | undefined;
   const rssIdle = target.rssMiB();
   try {
@@ -70,7 +71,11 @@ async function main(): Promise<void> {
       process.stderr.write(`${w}: ${result.rps} req/s, p99 ${result.latencyMs.p99} ms, errors ${JSON.stringify(result.errors)}\n`);
     }
     const rateRequests = await prepare(t, 'encrypt32', 4000, encryptVia);
+    const logFrom = fileSize(target.requestLogFile);
     rateResult = await openLoop({ origin, ca, requests: rateRequests, connections, durationMs, rate: Number(values.rate) });
+    // What the proxy itself adds, from its request log: the client-side figure also holds the
+    // Node generator's own delays, as it shares the 2 cores with the proxy.
+    rateServerSide = serverLatency(target.requestLogFile, logFrom);
     process.stderr.write(`encrypt32 at an offered ${values.rate} req/s: p99 ${rateResult.latencyMs.p99} ms, errors ${JSON.stringify(rateResult.errors)}\n`);
     const capacity = results.find((r) => r.workload === 'encrypt32')?.result.rps;
     if (capacity && Number(values['overload-factor']) > 0) {
@@ -99,6 +104,7 @@ async function main(): Promise<void> {
     rssMiB: { idle: rssIdle, underLoad: Math.max(0, ...results.map((r) => r.rssMiBUnderLoad)) },
     workloads: results,
     fixedRate: rateResult,
+    fixedRateServerSideLatencyMs: rateServerSide,
     overload: overloadResult,
   };
   const out = values.out ?? path.join('bench', 'results', `bench-${report.date.replace(/[:.]/g, '-')}.json`);
@@ -116,6 +122,7 @@ async function main(): Promise<void> {
     const e = Object.values(rateResult.errors).reduce((a, b) => a + b, 0);
     console.log(row([`@${rateResult.offeredRps}/s enc32`, rateResult.rps, rateResult.latencyMs.p50, rateResult.latencyMs.p90, rateResult.latencyMs.p99, rateResult.latencyMs.max, e]));
   }
+  if (rateServerSide) console.log(`  @${rateResult?.offeredRps}/s, server side (request log): p50 ${rateServerSide.p50} ms, p99 ${rateServerSide.p99} ms, max ${rateServerSide.max} ms over ${rateServerSide.requests} requests`);
   if (overloadResult) {
     const e = Object.values(overloadResult.errors).reduce((a, b) => a + b, 0);
     console.log(row([`@${overloadResult.offeredRps}/s (x${values['overload-factor']})`, overloadResult.rps, overloadResult.latencyMs.p50, overloadResult.latencyMs.p90, overloadResult.latencyMs.p99, overloadResult.latencyMs.max, e]));

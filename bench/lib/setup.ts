@@ -21,6 +21,8 @@ export interface BenchTarget {
   hsmConfig: HsmConfig;
   pin: string;
   pid: number;
+  /** The proxy's request log: one JSON line per request with its server-side latencyMs. */
+  requestLogFile: string;
   /** Resident set size of the proxy process(es), in MiB, from /proc. */
   rssMiB(): number;
   stop(): Promise<void>;
@@ -80,6 +82,7 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
     hsmConfig: token.hsmConfig,
     pin: token.pin,
     pid,
+    requestLogFile: path.join(token.dir, 'requests.log'),
     rssMiB: () => processTreeRssMiB(pid),
     async stop() {
       const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -110,4 +113,27 @@ export function processTreeRssMiB(pid: number): number {
     /* process gone */
   }
   return Math.round(total * 10) / 10;
+}
+
+/** Server-side latency percentiles of the request-log lines written after byte `from`. */
+export function serverLatency(requestLogFile: string, from: number): { requests: number; p50: number; p99: number; max: number } {
+  const fd = fs.openSync(requestLogFile, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const buf = Buffer.alloc(size - from);
+    fs.readSync(fd, buf, 0, buf.length, from);
+    const ms = buf.toString('utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { latencyMs: number }).latencyMs).sort((a, b) => a - b);
+    const q = (p: number) => ms[Math.min(ms.length - 1, Math.floor(p * ms.length))] ?? 0;
+    return { requests: ms.length, p50: q(0.5), p99: q(0.99), max: ms[ms.length - 1] ?? 0 };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export function fileSize(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch {
+    return 0;
+  }
 }
