@@ -24,7 +24,8 @@ import { MeteredBackend } from './metrics/metered-backend';
 import { PromMeter } from './metrics/prom-meter';
 import { proxySources } from './metrics/sources';
 import { controlStateFromScopes } from './metrics/meter';
-import { closeServer, createMainServer, createPlainServer, listen } from './http/server';
+import { closeServer, createMainServer, createPlainServer, listen, reloadTls } from './http/server';
+import { reloadConfig, type ReloadResult } from './reload';
 import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
@@ -60,6 +61,8 @@ export interface RunningProxy {
   hsm: HsmBackend;
   /** Load shedding state (429 beyond capacity). */
   overload: OverloadGuard;
+  /** Hot reload of the configuration file (SIGHUP). Rejects with ConfigError; the old config stays. */
+  reload(): Promise<ReloadResult>;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -156,6 +159,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     version: VERSION,
   });
 
+  let current = config;
+  const mainServer = servers[0]!;
   let closing: Promise<void> | undefined;
   return {
     port,
@@ -169,6 +174,18 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     health,
     hsm,
     overload,
+    async reload() {
+      const { next, result } = reloadConfig(loaded.file, current, {
+        tls: (tls) => reloadTls(mainServer, tls),
+        keyStores: (ks) => registry.replaceKeyStores(ks),
+        logLevel: (level) => (log.level = level),
+        controlState: () => void plane?.reload('reload'),
+      }, env);
+      current = next;
+      log.info('configuration reloaded', { ...result });
+      if (result.needsRestart.length) log.warn('changed settings that need a restart to apply', { settings: result.needsRestart });
+      return result;
+    },
     close(graceMs = 10_000) {
       closing ??= (async () => {
         health.stop();

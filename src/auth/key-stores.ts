@@ -75,8 +75,8 @@ export class KeyStore implements SecretLookup {
 }
 
 export class KeyStoreRegistry {
-  private readonly byPrefix = new Map<string, KeyStore>();
-  private readonly configs: KeyStoreConfig[];
+  private byPrefix = new Map<string, KeyStore>();
+  private configs: KeyStoreConfig[];
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -87,6 +87,25 @@ export class KeyStoreRegistry {
     this.configs = [...config.keyStores];
     for (const ks of this.configs) this.byPrefix.set(ks.pathPrefix, new KeyStore(ks, this));
     this.reload();
+  }
+
+  /**
+   * Hot reload: a new set of key stores (prefixes, keys, credentials, quotas) replaces the old one
+   * in one assignment. Requests already running keep the KeyStore they resolved.
+   */
+  replaceKeyStores(keyStores: readonly KeyStoreConfig[]): void {
+    const next = new Map<string, KeyStore>();
+    for (const ks of keyStores) next.set(ks.pathPrefix, new KeyStore(ks, this));
+    const previous = { byPrefix: this.byPrefix, configs: this.configs };
+    this.byPrefix = next;
+    this.configs = [...keyStores];
+    try {
+      this.reload();
+    } catch (e) {
+      this.byPrefix = previous.byPrefix;
+      this.configs = previous.configs;
+      throw e;
+    }
   }
 
   all(): KeyStore[] {

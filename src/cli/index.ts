@@ -87,6 +87,13 @@ async function serve(argv: string[]): Promise<number> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // SIGHUP: re-read the config file; an invalid one is refused and the running config stays.
+    process.on('SIGHUP', () => {
+      proxy.reload().then(
+        (r) => process.stderr.write(`configuration reloaded (applied: ${r.applied.join(', ')}${r.needsRestart.length ? `; needs a restart: ${r.needsRestart.join(', ')}` : ''})\n`),
+        (e: unknown) => process.stderr.write(`configuration NOT reloaded, the running one stays:\n${(e as Error).message}\n`),
+      );
+    });
   });
   return 0;
 }

@@ -66,17 +66,32 @@ export function createMainServer(server: Config['server'], handler: RequestListe
     // Spec "Authentication": the proxy MUST refuse a client whose subject is not the configured one.
     // Node cannot veto a verified chain inside the handshake, so the connection is destroyed the
     // moment the handshake completes, before any request on it is read.
-    const allowed = subjectMatcher(clientAuth.allowedSubjects);
+    allowedSubjects.set(s, subjectMatcher(clientAuth.allowedSubjects));
     s.on('secureConnection', (socket: import('node:tls').TLSSocket) => {
       const cn = socket.getPeerCertificate()?.subject?.CN;
       const name = Array.isArray(cn) ? cn.join(',') : (cn ?? '');
-      if (!socket.authorized || !allowed(name)) {
+      if (!socket.authorized || !allowedSubjects.get(s)!(name)) {
         onRefused?.(name, socket.remoteAddress);
         socket.destroy();
       }
     });
   }
   return s;
+}
+
+/** The allowed client subjects of each mTLS server, replaceable by a reload. */
+const allowedSubjects = new WeakMap<http.Server, (cn: string) => boolean>();
+
+/**
+ * Hot reload of the TLS material: new connections get the new certificate, key and client CA;
+ * open connections keep theirs. Whether client certificates are requested at all is fixed when
+ * the listener starts.
+ */
+export function reloadTls(s: http.Server, tls: NonNullable<Config['server']['tls']>): void {
+  if (!(s instanceof https.Server)) throw new Error('the listener is plain HTTP; TLS cannot be reloaded');
+  const o = tlsOptions(tls);
+  s.setSecureContext({ cert: o.cert, key: o.key, minVersion: o.minVersion, maxVersion: o.maxVersion, ciphers: o.ciphers, honorCipherOrder: o.honorCipherOrder, ...(o.ca ? { ca: o.ca } : {}) } as import('node:tls').SecureContextOptions);
+  if (tls.clientAuth && allowedSubjects.has(s)) allowedSubjects.set(s, subjectMatcher(tls.clientAuth.allowedSubjects));
 }
 
 export function createPlainServer(handler: RequestListener): http.Server {

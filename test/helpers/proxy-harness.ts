@@ -25,6 +25,8 @@ export interface Harness {
   proxy: RunningProxy;
   dir: string;
   certFile: string;
+  /** The config the proxy was started with, as a file: edit it and call proxy.reload(). */
+  configFile: string;
   requestLogFile: string;
   /** Everything the application log wrote. */
   appLog(): string;
@@ -72,13 +74,17 @@ export async function startHarness(rawConfig: Record<string, any>, opts: { hsm?:
     },
   });
   const log = winston.createLogger({ level: 'debug', format: winston.format.json(), transports: [new winston.transports.Stream({ stream: sink })] });
-  const loaded = parseConfig(raw, path.join(dir, 'config.yaml'), opts.env ?? process.env);
+  // Written out as well (JSON is YAML), so that a test can change it and reload.
+  const configFile = path.join(dir, 'config.yaml');
+  fs.writeFileSync(configFile, JSON.stringify(raw, null, 2));
+  const loaded = parseConfig(raw, configFile, opts.env ?? process.env);
   const proxy = await startProxy(loaded, { log, ...(opts.hsm ? { hsm: opts.hsm } : {}), ...(opts.env ? { env: opts.env } : {}) });
   const agent = new https.Agent({ keepAlive: true, ca: fs.readFileSync(certFile) });
   return {
     proxy,
     dir,
     certFile,
+    configFile,
     requestLogFile,
     appLog: () => captured,
     requestLog: () => (fs.existsSync(requestLogFile) ? fs.readFileSync(requestLogFile, 'utf8') : ''),
