@@ -52,16 +52,21 @@ export function wrkAvailable(): boolean {
   }
 }
 
+/** The Lua script and the raw requests it cycles through, written into `dir`. */
+export function wrkScriptFiles(dir: string, requests: PreparedRequest[]): { script: string; requests: string } {
+  const raw = requests.map((r) => `POST ${r.path} HTTP/1.1\r\n` + Object.entries(r.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('') + `\r\n${r.body}` + SEPARATOR).join('');
+  const files = { script: path.join(dir, 'bench.lua'), requests: path.join(dir, 'requests.raw') };
+  fs.writeFileSync(files.requests, raw);
+  fs.writeFileSync(files.script, LUA);
+  return files;
+}
+
 export async function wrkClosedLoop(o: { port: number; host: string; requests: PreparedRequest[]; connections: number; threads: number; durationMs: number }): Promise<LoadResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-wrk-'));
   try {
-    const raw = o.requests
-      .map((r) => `POST ${r.path} HTTP/1.1\r\n` + Object.entries(r.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('') + `\r\n${r.body}` + SEPARATOR)
-      .join('');
-    fs.writeFileSync(path.join(dir, 'requests.raw'), raw);
-    fs.writeFileSync(path.join(dir, 'bench.lua'), LUA);
+    const files = wrkScriptFiles(dir, o.requests);
     const secs = Math.max(1, Math.round(o.durationMs / 1000));
-    const { stdout } = await promisify(execFile)('wrk', ['-t', String(o.threads), '-c', String(o.connections), '-d', `${secs}s`, '--timeout', '2s', '-s', path.join(dir, 'bench.lua'), `https://127.0.0.1:${o.port}/`, '--', path.join(dir, 'requests.raw')], { maxBuffer: 1 << 20 });
+    const { stdout } = await promisify(execFile)('wrk', ['-t', String(o.threads), '-c', String(o.connections), '-d', `${secs}s`, '--timeout', '2s', '-s', files.script, `https://127.0.0.1:${o.port}/`, '--', files.requests], { maxBuffer: 1 << 20 });
     const line = stdout.split('\n').find((l) => l.startsWith('WRK-RESULT '));
     if (!line) throw new Error(`wrk printed no result:\n${stdout}`);
     const w = JSON.parse(line.slice('WRK-RESULT '.length)) as Record<string, number>;
