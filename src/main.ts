@@ -176,7 +176,10 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     overload,
     async reload() {
       const { next, result } = reloadConfig(loaded.file, current, {
-        tls: (tls) => reloadTls(mainServer, tls),
+        tls: (tls) => {
+          reloadTls(mainServer, tls);
+          meter.setTlsCertFile(tls.certFile);
+        },
         keyStores: (ks) => registry.replaceKeyStores(ks),
         logLevel: (level) => (log.level = level),
         controlState: () => void plane?.reload('reload'),

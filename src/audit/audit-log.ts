@@ -36,6 +36,7 @@ import type { AuditConfig } from './config';
 import { GENESIS_PREV_HASH, recordHash, sealRecord } from './canonical';
 import { adminFields, xksFields, type AdminAction, type AuditSink } from './records';
 import { loadSigningKey, signCompact, type SigningKey } from './signing';
+import { acquireProcessLock, type ProcessLock } from '../util/process-lock';
 
 export type AuditRecordType = 'start' | 'xks' | 'admin' | 'checkpoint' | 'rotate';
 
@@ -95,6 +96,7 @@ export class AuditLog implements AuditSink {
   private readonly stdoutLogger: winston.Logger | undefined;
   private readonly now: () => number;
   readonly stats: AuditStats = { records: 0, writeErrors: 0, lastCheckpointMs: undefined };
+  private readonly lock: ProcessLock;
 
   /** Opens (or continues) the log at opts.file and writes a start record. */
   constructor(private readonly opts: AuditLogOptions) {
@@ -107,6 +109,8 @@ export class AuditLog implements AuditSink {
       });
     }
     fs.mkdirSync(path.dirname(opts.file), { recursive: true, mode: 0o750 });
+    // One writer per file: a second proxy on the same config must not start a second chain in it.
+    this.lock = acquireProcessLock(`${opts.file}.lock`, `the audit log ${opts.file}`);
     const rec = recoverChain(opts.file);
     this.fd = fs.openSync(opts.file, 'a', 0o640);
     this.fileBytes = fs.fstatSync(this.fd).size;
@@ -234,6 +238,7 @@ export class AuditLog implements AuditSink {
       // fsync is best effort (some file systems refuse it); the data is written.
     }
     fs.closeSync(this.fd);
+    this.lock.release();
     const logger = this.stdoutLogger;
     if (!logger) return Promise.resolve();
     return new Promise((resolve) => {

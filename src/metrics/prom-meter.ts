@@ -65,6 +65,8 @@ export class PromMeter implements Meter {
   private sources: MeterSources = {};
   private control: ControlStateProvider | undefined;
   private certNotAfterMs: number | undefined;
+  private certFile: string | undefined;
+  private certMtimeMs = -1;
   private readonly requests: Counter<string>;
   private readonly latency: Histogram<string>;
   private readonly hsmLatency: Histogram<string>;
@@ -129,7 +131,8 @@ export class PromMeter implements Meter {
     new Gauge({
       name: 'xks_tls_certificate_expiry_days', help: 'Days until the served TLS certificate expires (negative once expired).', registers,
       collect() {
-        if (self.certNotAfterMs !== undefined) this.set((self.certNotAfterMs - self.now()) / DAY_MS);
+        const notAfter = self.certNotAfter();
+        if (notAfter !== undefined) this.set((notAfter - self.now()) / DAY_MS);
       },
     });
     new Gauge({
@@ -175,7 +178,28 @@ export class PromMeter implements Meter {
   /** Attach (or replace) the scrape-time sources. */
   bind(sources: MeterSources): void {
     this.sources = { ...this.sources, ...sources };
-    if (sources.tlsCertFile !== undefined) this.certNotAfterMs = certificateNotAfter(sources.tlsCertFile);
+    this.setTlsCertFile(sources.tlsCertFile);
+  }
+
+  /** The certificate the listener serves; a reload that swaps it calls this. */
+  setTlsCertFile(file: string | undefined): void {
+    this.certFile = file;
+    this.certMtimeMs = -1;
+  }
+
+  /** Re-read when the file changes (a renewed certificate in place, then SIGHUP), else cached. */
+  private certNotAfter(): number | undefined {
+    if (this.certFile === undefined) return undefined;
+    try {
+      const m = fs.statSync(this.certFile).mtimeMs;
+      if (m !== this.certMtimeMs) {
+        this.certMtimeMs = m;
+        this.certNotAfterMs = certificateNotAfter(this.certFile);
+      }
+    } catch {
+      this.certNotAfterMs = undefined;
+    }
+    return this.certNotAfterMs;
   }
 
   /** The control module reports kill switch and blocked keys through this. */

@@ -87,6 +87,10 @@ describe('hot reload', () => {
     const now = await fingerprint();
     expect(now).not.to.equal(old);
     expect(now).to.equal(new crypto.X509Certificate(fs.readFileSync(fresh.certFile)).fingerprint256);
+    // The expiry gauge follows the certificate now served (makeTlsCert: 2 days).
+    const days = Number(/^xks_tls_certificate_expiry_days (\S+)$/m.exec((await h.proxy.meter.scrape()).body)![1]);
+    const expected = (Date.parse(new crypto.X509Certificate(fs.readFileSync(fresh.certFile)).validTo) - Date.now()) / 86_400_000;
+    expect(Math.abs(days - expected)).to.be.lessThan(0.01);
   });
 
   it('reports settings that only a restart applies', async () => {

@@ -293,3 +293,26 @@ describe('audit log', () => {
     expect(out).to.equal(fs.readFileSync(fx.file, 'utf8'));
   });
 });
+
+describe('audit log: one writer per file', () => {
+  let fx: AuditFixture;
+  beforeEach(async () => {
+    fx = await auditFixture();
+  });
+  afterEach(() => fx.cleanup());
+
+  it('refuses to open a log that another running process writes, and takes over a dead writer\'s lock', async () => {
+    const fs = await import('node:fs');
+    fs.mkdirSync(path.dirname(fx.file), { recursive: true });
+    // Our parent process is alive and is not us: as if a second proxy held the log.
+    fs.writeFileSync(`${fx.file}.lock`, JSON.stringify({ pid: process.ppid }));
+    expect(() => fx.open()).to.throw(/in use by process/);
+    // A pid that cannot be running (above the kernel's pid_max).
+    fs.writeFileSync(`${fx.file}.lock`, JSON.stringify({ pid: 2 ** 30 }));
+    const log = fx.open();
+    log.write(requestRecord());
+    await log.close();
+    expect(fs.existsSync(`${fx.file}.lock`)).to.equal(false);
+    expect((await verifyAuditFiles([path.dirname(fx.file)], await fx.key(), {})).exitCode).to.equal(0);
+  });
+});
