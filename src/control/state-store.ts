@@ -24,6 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ControlError, StateBody, emptyState } from './state-model';
 import { fsyncDir } from '../util/durable-fs';
+import { processAlive } from '../util/process-lock';
 
 export const STATE_FORMAT = 'xks-proxy-control-state';
 export const STATE_VERSION = 1;
@@ -128,15 +129,6 @@ export function atomicWrite(dir: string, name: string, text: string, syncDir = t
   if (syncDir) fsyncDir(dir);
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 function tryLock(lockFile: string): boolean {
   try {
     const fd = fs.openSync(lockFile, 'wx', 0o600);
@@ -151,7 +143,7 @@ function tryLock(lockFile: string): boolean {
     const st = fs.statSync(lockFile);
     const holder = JSON.parse(fs.readFileSync(lockFile, 'utf8')) as { pid?: number; host?: string };
     const sameHost = holder.host === os.hostname();
-    const dead = sameHost && typeof holder.pid === 'number' && holder.pid !== process.pid && !pidAlive(holder.pid);
+    const dead = sameHost && typeof holder.pid === 'number' && holder.pid !== process.pid && !processAlive(holder.pid);
     if (dead || Date.now() - st.mtimeMs > STALE_LOCK_MS) fs.rmSync(lockFile, { force: true });
   } catch {
     // Unreadable or half-written lock (its writer was killed between open and write).

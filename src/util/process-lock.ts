@@ -9,12 +9,12 @@ export interface ProcessLock {
   release(): void;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this pid is running (EPERM: it exists but belongs to someone else). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    // EPERM: it exists but belongs to someone else.
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
@@ -44,7 +44,7 @@ export function acquireProcessLock(lockFile: string, what: string): ProcessLock 
     } catch {
       pid = undefined; // half-written by a writer that died at once: stale
     }
-    if (pid !== undefined && pid !== process.pid && alive(pid)) {
+    if (pid !== undefined && pid !== process.pid && processAlive(pid)) {
       throw new Error(`${what} is in use by process ${pid} (lock ${lockFile}); only one proxy may write it`);
     }
     fs.rmSync(lockFile, { force: true });
