@@ -101,15 +101,43 @@ export interface Decision {
 
 type Matcher = (v: string) => boolean;
 
-/** `*` any run of characters (including ':' and '/'), `?` exactly one; everything else literal. */
-export function compilePattern(p: string): RegExp {
-  const body = p.replace(/[.+^${}()|[\]\\*?]/g, (c) => (c === '*' ? '.*' : c === '?' ? '.' : '\\' + c));
-  return new RegExp(`^${body}$`, 's');
+/**
+ * `*` any run of characters (including ':' and '/'), `?` exactly one; everything else literal.
+ * Matched by a greedy scan that backtracks only to the last `*` (O(pattern x value) at worst), not
+ * by a regular expression: request metadata is caller-chosen (an IAM role name, say), and patterns
+ * like `*a*a*a*b` would make a backtracking regex take exponential time on a 2048-character ARN.
+ */
+export function compilePattern(p: string): { test(v: string): boolean } {
+  return {
+    test(v: string): boolean {
+      let pi = 0;
+      let vi = 0;
+      let star = -1;
+      let resume = 0;
+      while (vi < v.length) {
+        const c = p[pi];
+        if (c === '?' || (c !== undefined && c !== '*' && c === v[vi])) {
+          pi++;
+          vi++;
+        } else if (c === '*') {
+          star = pi++;
+          resume = vi;
+        } else if (star >= 0) {
+          pi = star + 1;
+          vi = ++resume;
+        } else {
+          return false;
+        }
+      }
+      while (p[pi] === '*') pi++;
+      return pi === p.length;
+    },
+  };
 }
 
 function compilePatterns(ps: readonly string[]): Matcher {
   const exact = new Set<string>();
-  const wild: RegExp[] = [];
+  const wild: { test(v: string): boolean }[] = [];
   for (const p of ps) {
     if (p.includes('*') || p.includes('?')) wild.push(compilePattern(p));
     else exact.add(p);

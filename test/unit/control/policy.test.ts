@@ -68,10 +68,22 @@ describe('allowlist policy', () => {
       ['a.b', 'axb', false],
       ['(x)+[y]', '(x)+[y]', true],
       ['*', '', true],
+      ['a*b*c', 'aXXbYYc', true],
+      ['a*b*c', 'aXXbYY', false],
+      ['*?', '', false],
+      ['**', 'anything', true],
+      ['?*?', 'ab', true],
     ];
     for (const [pattern, value, expected] of table) {
       it(`${pattern} ${expected ? 'matches' : 'does not match'} ${value || '""'}`, () => expect(compilePattern(pattern).test(value)).to.equal(expected));
     }
+    it('matches a pathological pattern against a 2048-character value without backtracking blow-up', () => {
+      // A backtracking regex takes exponential time here; the scan finishes at once (the test's
+      // timeout is the guard).
+      const value = 'a'.repeat(2048);
+      expect(compilePattern('*a*a*a*a*a*a*a*a*a*a*a*a*b').test(value)).to.equal(false);
+      expect(compilePattern('*a*a*a*a*a*a*a*a*a*a*a*a*a').test(value)).to.equal(true);
+    });
   });
 
   describe('evaluation', () => {
