@@ -29,6 +29,7 @@ async function main(): Promise<void> {
       generator: { type: 'string', default: 'auto' },
       'raw-seconds': { type: 'string', default: '3' },
       'overload-factor': { type: 'string', default: '2' },
+      workers: { type: 'string', default: '1' },
       out: { type: 'string' },
     },
   });
@@ -38,7 +39,7 @@ async function main(): Promise<void> {
   for (const w of workloads) if (!(w in WORKLOADS)) throw new Error(`unknown workload ${w}`);
   const useWrk = values.generator === 'wrk' || (values.generator === 'auto' && wrkAvailable());
 
-  const target = await startTarget();
+  const target = await startTarget({ workers: Number(values.workers) });
   const ca = fs.readFileSync(target.certFile);
   const origin = `https://localhost:${target.port}`;
   const t = { host: `localhost:${target.port}`, prefix: KEY_STORE_PREFIX, keyId: BENCH_KEY, cred: target.cred };
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, memGiB: Math.round(os.totalmem() / 2 ** 30) },
     generator: useWrk ? 'wrk (closed loop), undici (fixed rate)' : 'undici',
+    workers: Number(values.workers),
     durationS: durationMs / 1000,
     connections,
     rawSoftHsmEncryptOpsPerSecond: raw?.opsPerSecond,

@@ -4,6 +4,7 @@
  * stop accepting, finish in-flight requests, close the HSM.
  */
 import type http from 'node:http';
+import path from 'node:path';
 import express from 'express';
 import { addProbeRoutes, buildApp } from './app';
 import { KeyStoreRegistry } from './auth/key-stores';
@@ -31,7 +32,13 @@ import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
 import { XksService } from './xks/service';
 
+/** Running as worker `index` of a cluster (server.workers > 1): see src/cluster/. */
+export interface ClusterWorkerRole {
+  index: number;
+}
+
 export interface StartOptions {
+  cluster?: ClusterWorkerRole;
   log?: AppLogger;
   requestLog?: RequestLog;
   /** Metrics registry to use (default: a new one per proxy). */
@@ -84,7 +91,7 @@ async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log
 }
 
 export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}): Promise<RunningProxy> {
-  const { config } = loaded;
+  const config = opts.cluster ? workerConfig(loaded.config, opts.cluster) : loaded.config;
   const env = opts.env ?? process.env;
   const log = opts.log ?? createAppLogger(config.log.level);
   const meter = opts.meter ?? new PromMeter({ keyIdLabels: config.metrics.keyIdLabels });
@@ -108,7 +115,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
   let control: RunningControl;
   try {
-    control = await startControl(config, registry, log, { onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(config, registry, log, { ...(opts.cluster ? { noAdmin: true } : {}), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
@@ -201,5 +208,19 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
       })();
       return closing;
     },
+  };
+}
+
+/**
+ * A cluster worker's view of the configuration: the primary owns the admin API and the metrics
+ * port (it aggregates the workers' metrics); each worker writes its own audit chain, in a folder of
+ * its own next to the configured file, since one chain has one writer.
+ */
+function workerConfig(c: Readonly<Config>, role: ClusterWorkerRole): Readonly<Config> {
+  const auditFile = c.audit.file && path.join(path.dirname(c.audit.file), `worker-${role.index}`, path.basename(c.audit.file));
+  return {
+    ...c,
+    metrics: { ...c.metrics, port: undefined },
+    audit: { ...c.audit, file: auditFile },
   };
 }

@@ -34,6 +34,8 @@ export interface TargetOptions {
   env?: NodeJS.ProcessEnv;
   /** Node options for the proxy process, e.g. ['--cpu-prof']. */
   nodeArgs?: string[];
+  /** server.workers: worker processes of the proxy (node:cluster). */
+  workers?: number;
 }
 
 export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget & { token: TestToken }> {
@@ -46,7 +48,7 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
   fs.writeFileSync(
     configFile,
     [
-      `server: { host: 127.0.0.1, port: 0, tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} } }`,
+      `server: { host: 127.0.0.1, port: 0, workers: ${opts.workers ?? 1}, tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} } }`,
       'hsm:',
       `  module: ${token.module}`,
       `  moduleEnv: { SOFTHSM2_CONF: ${JSON.stringify(token.confPath)} }`,
@@ -67,7 +69,10 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
   const port = await new Promise<number>((resolve, reject) => {
     child.stderr!.on('data', (c: Buffer) => {
       stderr += c.toString();
-      const m = /"port":(\d+)[^\n]*xks proxy listening|xks proxy listening[^\n]*"port":(\d+)/.exec(stderr);
+      // A single process says "xks proxy listening"; a cluster's primary says "xks proxy cluster listening" once all workers are up.
+      const m = (opts.workers ?? 1) > 1
+        ? /"port":(\d+)[^\n]*xks proxy cluster listening|xks proxy cluster listening[^\n]*"port":(\d+)/.exec(stderr)
+        : /"port":(\d+)[^\n]*xks proxy listening|xks proxy listening[^\n]*"port":(\d+)/.exec(stderr);
       if (m) resolve(Number(m[1] ?? m[2]));
     });
     child.once('exit', (code) => reject(new Error(`proxy exited with ${code}: ${stderr.slice(-2000)}`)));

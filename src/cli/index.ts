@@ -9,7 +9,11 @@ import { parseArgs } from 'node:util';
 import { ConfigError, configPathFrom, loadConfig, type LoadedConfig } from '../config/load';
 import { readSecret } from '../config/secrets';
 import { createKey, listKeys } from '../hsm/key-admin';
-import { StartupError, startProxy } from '../main';
+import cluster from 'node:cluster';
+import { startPrimary } from '../cluster/primary';
+import { startWorker } from '../cluster/worker';
+import { createAppLogger } from '../log/logger';
+import { StartupError, startProxy, type RunningProxy } from '../main';
 import { VERSION } from '../version';
 import { listCredentials, newCredential } from './credentials';
 import { CHECK_USAGE, checkCommand } from './check';
@@ -79,23 +83,39 @@ function hsmPin(loaded: LoadedConfig): string {
 async function serve(argv: string[]): Promise<number> {
   const { flags } = parse(argv, {});
   if (flags.help) return help('serve');
-  const proxy = await startProxy(load(flags));
+  const loaded = load(flags);
+  const log = createAppLogger(loaded.config.log.level);
+  // server.workers > 1: this process is the cluster primary, or one of its workers (src/cluster/).
+  const clustered = loaded.config.server.workers > 1;
+  const running: { close(): Promise<void>; reload(): void } = !clustered
+    ? withReloadReport(await startProxy(loaded, { log }))
+    : cluster.isPrimary
+      ? await startPrimary(loaded, log, process.argv.slice(2))
+      : withReloadReport(await startWorker(loaded, Number(process.env.XKS_WORKER_INDEX ?? '0'), log));
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {
-      process.stderr.write(`received ${sig}, shutting down\n`);
-      void proxy.close().then(resolve);
+      if (!clustered || cluster.isPrimary) process.stderr.write(`received ${sig}, shutting down\n`);
+      void running.close().then(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
     // SIGHUP: re-read the config file; an invalid one is refused and the running config stays.
-    process.on('SIGHUP', () => {
-      proxy.reload().then(
+    process.on('SIGHUP', () => running.reload());
+  });
+  // A worker's IPC channel to the primary would keep it alive after its proxy closed.
+  if (clustered && cluster.isWorker) process.disconnect?.();
+  return 0;
+}
+
+function withReloadReport(proxy: RunningProxy): { close(): Promise<void>; reload(): void } {
+  return {
+    close: () => proxy.close(),
+    reload: () =>
+      void proxy.reload().then(
         (r) => process.stderr.write(`configuration reloaded (applied: ${r.applied.join(', ')}${r.needsRestart.length ? `; needs a restart: ${r.needsRestart.join(', ')}` : ''})\n`),
         (e: unknown) => process.stderr.write(`configuration NOT reloaded, the running one stays:\n${(e as Error).message}\n`),
-      );
-    });
-  });
-  return 0;
+      ),
+  };
 }
 
 async function keys(argv: string[]): Promise<number> {

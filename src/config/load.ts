@@ -115,7 +115,7 @@ const KNOWN_KEYS = [
   'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'proxy', 'vendor', 'model', 'fleetSize',
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
   'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
-  'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',
+  'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'workers', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',
   'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes',
   ...CONTROL_CONFIG_KEYS,
 ];

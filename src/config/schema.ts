@@ -135,6 +135,11 @@ export const ConfigSchema = z
         headersTimeoutMs: z.number().int().min(100).max(120000).default(5000),
         requestTimeoutMs: z.number().int().min(100).max(300000).default(10000),
         keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
+        /**
+         * Worker processes (node:cluster), each with its own HSM sessions; 1 = a single process.
+         * The primary runs the admin API and aggregates metrics; see src/cluster/.
+         */
+        workers: z.number().int().min(1).max(64).default(1),
         /** Load shedding (429 ThrottlingException) before latency runs past KMS's 250 ms. */
         overload: z
           .object({

@@ -50,6 +50,14 @@ export interface ControlPlaneOptions {
   watchIntervalMs: number;
   log: AppLogger;
   now?: () => number;
+  /**
+   * Other processes that gate requests on the same state (cluster workers): called after a local
+   * engage has drained, to make every one of them load the new state and drain its own operations
+   * in scope before the engage returns.
+   */
+  propagateEngage?: (scope: string) => Promise<{ drained: boolean; stillInFlight: number }>;
+  /** Called after any other change, so that other processes load it at once (not only on fs.watch). */
+  propagateChange?: () => void;
 }
 
 interface Snapshot {
@@ -293,6 +301,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     const out = await this.store.mutate(f, this.now);
     this.install(this.compile(out.state), origin);
     this.lastStat = this.statKey();
+    if (origin !== 'engage') this.opts.propagateChange?.();
     return out;
   }
 
@@ -303,15 +312,35 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       const { state } = await this.change((b) => ({ body: applyEngage(b, canonical, by, reason, this.now()), result: undefined }), 'engage');
       // The new snapshot is installed: enter() refuses the scope from here on, so every live ticket
       // in scope was issued before the swap. Wait for those.
-      const sc = parseScope(canonical);
-      const pending = [...this.live].filter((t) => (sc.kind === 'proxy' || (t.keyStore === sc.keyStore && (sc.kind === 'keystore' || t.externalKeyId === sc.externalKeyId))));
-      const drained = await this.drain(pending);
-      const stillInFlight = drained ? 0 : pending.filter((t) => this.live.has(t)).length;
+      const local = await this.drainScope(canonical);
+      const remote = this.opts.propagateEngage ? await this.opts.propagateEngage(canonical) : { drained: true, stillInFlight: 0 };
+      const drained = local.drained && remote.drained;
+      const stillInFlight = local.stillInFlight + remote.stillInFlight;
       if (!drained) this.opts.log.warn('kill switch engaged, but operations in scope were still running when the drain timeout ran out', { scope: canonical, stillInFlight });
       const result = { scope: canonical, generation: state.generation, drained, stillInFlight };
       this.emit('engaged', result);
       return result;
     });
+  }
+
+  /**
+   * Wait for the live tickets in `scope`. Called once the snapshot that blocks the scope is
+   * installed, so every such ticket was issued before it.
+   */
+  private async drainScope(canonical: string): Promise<{ drained: boolean; stillInFlight: number }> {
+    const sc = parseScope(canonical);
+    const pending = [...this.live].filter((t) => sc.kind === 'proxy' || (t.keyStore === sc.keyStore && (sc.kind === 'keystore' || t.externalKeyId === sc.externalKeyId)));
+    const drained = await this.drain(pending);
+    return { drained, stillInFlight: drained ? 0 : pending.filter((t) => this.live.has(t)).length };
+  }
+
+  /**
+   * For a cluster worker, told by the primary that it engaged `scope`: load the new state now
+   * (not on the next fs.watch event), then wait for this process's operations in scope.
+   */
+  async syncEngaged(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
+    this.reload('cluster');
+    return this.drainScope(scope);
   }
 
   private drain(tickets: LiveTicket[]): Promise<boolean> {

@@ -10,11 +10,15 @@ import { logAdminActions, type AdminActionRecord, type AdminActionSink } from '.
 import { startAdminServer, type AdminServerDeps, type RunningAdminServer } from '../admin/server';
 import { OPEN_GATE, type AccessGate } from './access-gate';
 import type { ControlConfig } from './config';
-import { ControlPlane } from './control-plane';
+import { ControlPlane, type ControlPlaneOptions } from './control-plane';
 import type { HistoryEvent } from './state-model';
 
 export interface ControlStartOptions {
   onAdminAction?: AdminActionSink;
+  /** Cluster: the primary propagates changes to the workers; workers run no admin listener. */
+  propagateEngage?: ControlPlaneOptions['propagateEngage'];
+  propagateChange?: ControlPlaneOptions['propagateChange'];
+  noAdmin?: boolean;
   now?: () => number;
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
 }
@@ -43,6 +47,8 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
     watchIntervalMs: c.watchIntervalMs,
     log,
     ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.propagateEngage ? { propagateEngage: opts.propagateEngage } : {}),
+    ...(opts.propagateChange ? { propagateChange: opts.propagateChange } : {}),
   });
   // Changes made by another process (the emergency CLI) reach the audit trail too.
   control.on('external-change', (events: HistoryEvent[]) => {
@@ -54,7 +60,7 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
   else log.info('control state loaded', { generation: st.generation, blocks: st.blocks.map((b) => b.scope), policies: Object.keys(st.policies) });
 
   let admin: RunningAdminServer | undefined;
-  if (c.admin?.enabled) {
+  if (c.admin?.enabled && !opts.noAdmin) {
     try {
       admin = await startAdminServer({ admin: c.admin, config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}) });
     } catch (e) {

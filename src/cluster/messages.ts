@@ -1,0 +1,15 @@
+/** IPC between the cluster primary and its workers (src/cluster/). */
+export type PrimaryMessage =
+  /** Load the new control state at once and drain this worker's operations in `scope`. */
+  | { type: 'xks:engage'; id: number; scope: string }
+  /** A control change other than an engage: load it at once. */
+  | { type: 'xks:control-reload' };
+
+export interface EngageAck {
+  type: 'xks:engaged';
+  id: number;
+  drained: boolean;
+  stillInFlight: number;
+}
+
+export type WorkerMessage = { type: 'xks:ready'; port: number } | EngageAck;

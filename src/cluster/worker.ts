@@ -1,0 +1,35 @@
+/**
+ * A cluster worker: a full proxy (startProxy in worker mode) that reports ready to the primary,
+ * applies the primary's control changes at once, and registers its metrics for aggregation.
+ */
+import { AggregatorRegistry } from 'prom-client';
+import type { LoadedConfig } from '../config/load';
+import type { AppLogger } from '../log/logger';
+import { startProxy, type RunningProxy } from '../main';
+import type { PrimaryMessage, WorkerMessage } from './messages';
+
+export async function startWorker(loaded: LoadedConfig, index: number, log: AppLogger): Promise<RunningProxy> {
+  const proxy = await startProxy(loaded, { cluster: { index }, log });
+  // prom-client answers the primary's aggregation requests once an AggregatorRegistry exists in
+  // the worker too; this worker's metrics are its meter's own registry.
+  new AggregatorRegistry();
+  AggregatorRegistry.setRegistries([proxy.meter.registry]);
+  const send = (m: WorkerMessage) => process.send?.(m);
+  process.on('message', (m: PrimaryMessage) => {
+    if (m.type === 'xks:control-reload') {
+      proxy.control?.reload('cluster');
+    } else if (m.type === 'xks:engage') {
+      const plane = proxy.control;
+      const done = plane ? plane.syncEngaged(m.scope) : Promise.resolve({ drained: true, stillInFlight: 0 });
+      done.then(
+        (r) => send({ type: 'xks:engaged', id: m.id, ...r }),
+        (e: unknown) => {
+          log.error('kill switch sync failed in a worker', { reason: (e as Error).message });
+          send({ type: 'xks:engaged', id: m.id, drained: false, stillInFlight: 1 });
+        },
+      );
+    }
+  });
+  send({ type: 'xks:ready', port: proxy.port });
+  return proxy;
+}

@@ -1,0 +1,112 @@
+/**
+ * server.workers = 2: the CLI's `serve` as a cluster (a primary and two worker processes on one
+ * port). The kill switch holds for every worker once the engage call returns; metrics aggregate
+ * over the workers; SIGTERM stops everything cleanly.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import { createKey } from '../../src/hsm/key-admin';
+import { collectResponse } from '../../src/util/http-response';
+import { makeTlsCert, writeCredential, type Credential } from '../helpers/proxy-harness';
+import { signedHeaders } from '../helpers/signer';
+import { createTestToken, type TestToken } from '../helpers/softhsm-token';
+import { AUDIENCE, adminRaw, makeOperators, type Operators } from './control/admin-helpers';
+
+const CLI = path.resolve(__dirname, '../../src/cli/index.js');
+
+describe('cluster: server.workers = 2', function () {
+  this.timeout(60_000);
+  let token: TestToken;
+  let child: ChildProcess;
+  let stderr = '';
+  let ports: { port: number; adminPort: number; metricsPort: number };
+  let cred: Credential;
+  let ops: Operators;
+  let ca: Buffer;
+
+  before(async () => {
+    token = createTestToken();
+    await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
+    await createKey(token.hsmConfig, token.pin, { label: 'k1', usage: 'encrypt-decrypt' });
+    const tls = makeTlsCert(token.dir);
+    ca = fs.readFileSync(tls.certFile);
+    cred = writeCredential(path.join(token.dir, 'creds'));
+    ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'] });
+    const config = {
+      server: { host: '127.0.0.1', port: 0, workers: 2, tls },
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }] }],
+      log: { level: 'info', requestLogStdout: false },
+      metrics: { port: 0 },
+      control: { stateDir: path.join(token.dir, 'state'), admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile } },
+    };
+    const configFile = path.join(token.dir, 'cluster.json');
+    fs.writeFileSync(configFile, JSON.stringify(config));
+    child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+    ports = await new Promise((resolve, reject) => {
+      child.stderr!.on('data', (c: Buffer) => {
+        stderr += c.toString();
+        const line = stderr.split('\n').find((l) => l.includes('xks proxy cluster listening'));
+        if (line) resolve(JSON.parse(line));
+      });
+      child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+    });
+  });
+
+  after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    token?.cleanup();
+  });
+
+  /** A signed Encrypt on a fresh connection (so that requests spread over the workers). */
+  async function encrypt(): Promise<{ status: number; errorName?: string }> {
+    const body = JSON.stringify({ requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: 'Encrypt', kmsRequestId: 'c' }, plaintext: 'eA==', encryptionAlgorithm: 'AES_GCM' });
+    const p = '/a/kms/xks/v1/keys/k1/encrypt';
+    const headers = await signedHeaders({ host: `localhost:${ports.port}`, path: p, body, accessKeyId: cred.accessKeyId, secret: cred.secret });
+    return new Promise((resolve, reject) => {
+      const req = https.request({ host: 'localhost', port: ports.port, method: 'POST', path: p, headers, ca, agent: false }, (res) =>
+        collectResponse(res).then((r) => resolve({ status: r.status, errorName: r.json?.errorName }), reject),
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  const metrics = () =>
+    new Promise<string>((resolve, reject) => {
+      require('node:http').get({ host: '127.0.0.1', port: ports.metricsPort, path: '/metrics' }, (res: import('node:http').IncomingMessage) => collectResponse(res).then((r) => resolve(r.text), reject)).on('error', reject);
+    });
+
+  it('two worker processes serve one port, and /metrics sums over them', async () => {
+    const results = await Promise.all(Array.from({ length: 20 }, () => encrypt()));
+    expect(results.map((r) => r.status)).to.deep.equal(Array(20).fill(200));
+    const text = await metrics();
+    const served = [...text.matchAll(/^xks_requests_total\{[^}]*api="Encrypt"[^}]*outcome="ok"[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    expect(served).to.equal(20);
+    expect(stderr.match(/"message":"xks proxy listening"/g)).to.have.length(2);
+  });
+
+  it('once an engage returns, no worker serves the scope; two approvals lift it for all', async () => {
+    const engage = await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/engage', await ops.token('alice'), { scope: 'keystore:a', reason: 'cluster test' });
+    expect(engage.status, JSON.stringify(engage.json)).to.equal(200);
+    expect(engage.json.drained).to.equal(true);
+    const blocked = await Promise.all(Array.from({ length: 10 }, () => encrypt()));
+    expect(blocked.map((r) => r.errorName)).to.deep.equal(Array(10).fill('InvalidStateException'));
+    await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/approve-lift', await ops.token('alice'), { scope: 'keystore:a', reason: 'ok' });
+    const lift = await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/approve-lift', await ops.token('bob'), { scope: 'keystore:a', reason: 'ok' });
+    expect(lift.json.lifted).to.equal(true);
+    // The primary's reload message reaches each worker before any new connection does (the
+    // primary hands connections to workers over the same, ordered IPC channel).
+    const open = await Promise.all(Array.from({ length: 10 }, () => encrypt()));
+    expect(open.map((r) => r.status)).to.deep.equal(Array(10).fill(200));
+  });
+
+  it('SIGTERM stops the primary and its workers, exit 0', async () => {
+    const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    expect(await exit).to.equal(0);
+  });
+});
