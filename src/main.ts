@@ -113,9 +113,12 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const audit = asAuditSink(requestLog, log);
   meter.bind(proxySources({ config, registry, hsm, health, requestLog }));
   const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
+  // The admin API's reload needs the running proxy, which exists only once startControl returned.
+  let reloadNow: (() => Promise<ReloadResult>) | undefined;
+  const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(config, registry, log, { ...(opts.cluster ? { noAdmin: true } : {}), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(config, registry, log, { ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
@@ -169,7 +172,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   let current = config;
   const mainServer = servers[0]!;
   let closing: Promise<void> | undefined;
-  return {
+  const running: RunningProxy = {
     port,
     plainPort,
     metricsPort,
@@ -209,6 +212,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
       return closing;
     },
   };
+  reloadNow = () => running.reload();
+  return running;
 }
 
 /**

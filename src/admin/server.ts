@@ -13,6 +13,7 @@
  *   GET    /admin/v1/key-stores                                 auditor, operator
  *   POST   /admin/v1/key-stores/:name/credentials        {reason} operator (answers the KMS proxy configuration)
  *   DELETE /admin/v1/key-stores/:name/credentials/:akid  {reason} operator (never the last one)
+ *   POST   /admin/v1/reload                     {reason}       operator (the config file, as SIGHUP; 400 lists problems)
  *
  * Every change, and every refused change, is handed to onAdminAction (who, when, scope, reason).
  */
@@ -21,6 +22,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { KeyStoreRegistry } from '../auth/key-stores';
+import { ConfigError } from '../config/load';
 import type { Config } from '../config/schema';
 import type { AdminConfig } from '../control/config';
 import type { ControlPlane } from '../control/control-plane';
@@ -41,6 +43,8 @@ export interface AdminServerDeps {
   log: AppLogger;
   onAdminAction: AdminActionSink;
   now?: () => number;
+  /** Hot reload of the configuration file (as SIGHUP does); rejects with ConfigError when invalid. */
+  reload?: () => Promise<unknown>;
   /** Lets other modules mount routes on the admin listener (e.g. /metrics), behind their own checks. */
   extraRoutes?: (app: express.Express) => void;
 }
@@ -202,6 +206,22 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
       requireReason(r);
       const out = removeCredential(deps.config, registry, String(r.params.name), String(r.params.akid));
       return { body: { removed: String(r.params.akid), ...out } };
+    }),
+  );
+
+  app.post(
+    '/admin/v1/reload',
+    ...operator,
+    change('config.reload', () => ({}), async (r) => {
+      requireReason(r);
+      if (!deps.reload) throw new ControlError('conflict', 'this process cannot reload its configuration');
+      try {
+        return { body: await deps.reload(), detail: 'configuration reloaded' };
+      } catch (e) {
+        // An invalid file is refused with every problem; the running configuration stays.
+        if (e instanceof ConfigError) throw new ControlError('invalid', 'the configuration file is invalid; the running configuration stays', e.problems);
+        throw e;
+      }
     }),
   );
 

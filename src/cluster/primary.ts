@@ -82,6 +82,11 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
       extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
       propagateEngage,
       propagateChange: () => workers.forEach((w) => send(w, { type: 'xks:control-reload' })),
+      // The admin API's reload: each worker re-reads the file itself (as on SIGHUP).
+      reload: async () => {
+        reloadAll();
+        return { forwardedToWorkers: workers.size };
+      },
     });
   } catch (e) {
     await audit.close();
@@ -143,6 +148,12 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     });
   }
 
+  function reloadAll(): void {
+    registry.reload();
+    control.control?.reload('reload');
+    workers.forEach((w) => w.process.kill('SIGHUP'));
+  }
+
   async function stopWorkers(): Promise<void> {
     stopping = true;
     await Promise.all(
@@ -174,11 +185,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     adminPort: control.adminPort,
     metricsPort,
     workerPids: () => [...workers.values()].map((w) => w.process.pid!).filter(Boolean),
-    reload() {
-      registry.reload();
-      control.control?.reload('reload');
-      workers.forEach((w) => w.process.kill('SIGHUP'));
-    },
+    reload: reloadAll,
     async close() {
       await stopWorkers();
       await control.close(1000);

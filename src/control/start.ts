@@ -19,6 +19,8 @@ export interface ControlStartOptions {
   propagateEngage?: ControlPlaneOptions['propagateEngage'];
   propagateChange?: ControlPlaneOptions['propagateChange'];
   noAdmin?: boolean;
+  /** Hot reload for the admin API's POST /admin/v1/reload. */
+  reload?: AdminServerDeps['reload'];
   now?: () => number;
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
 }
@@ -62,7 +64,7 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}) });
     } catch (e) {
       control.close();
       throw e;

@@ -229,4 +229,29 @@ describe('admin API', function () {
       cred = next;
     });
   });
+
+  describe('configuration reload', () => {
+    it('an operator reloads the configuration file with a reason; an auditor may not', async () => {
+      const c = JSON.parse(fs.readFileSync(h.configFile, 'utf8'));
+      c.log = { ...c.log, level: 'warn' };
+      fs.writeFileSync(h.configFile, JSON.stringify(c));
+      expect((await admin('audrey', 'POST', '/admin/v1/reload', { reason: 'try' })).status).to.equal(403);
+      expect((await admin('alice', 'POST', '/admin/v1/reload', {})).status).to.equal(400);
+      const r = await admin('alice', 'POST', '/admin/v1/reload', { reason: 'log level for the incident' });
+      expect(r.status, JSON.stringify(r.json)).to.equal(200);
+      expect(r.json.applied).to.include('log.level');
+    });
+
+    it('an invalid file is refused with its problems, and the running configuration stays', async () => {
+      const good = fs.readFileSync(h.configFile, 'utf8');
+      const c = JSON.parse(good);
+      c.keyStores[0].pathPrefix = 'no-leading-slash';
+      fs.writeFileSync(h.configFile, JSON.stringify(c));
+      const r = await admin('alice', 'POST', '/admin/v1/reload', { reason: 'bad edit' });
+      expect(r.status).to.equal(400);
+      expect(r.json.errors.join('\n')).to.match(/keyStores\.0\.pathPrefix/);
+      fs.writeFileSync(h.configFile, good);
+      expect((await state(await ops.token('alice'))).status).to.equal(200);
+    });
+  });
 });
