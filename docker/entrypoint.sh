@@ -91,6 +91,16 @@ init_demo() {
   xks_builtin credentials new --key-store "$KEY_STORE" --out "$KMS_JSON" 2>&1 | sed 's/^/entrypoint: /' >&2
   [ -s "$KMS_JSON" ] || die "the credential for key store \"$KEY_STORE\" was not created"
 
+  # The audit signing key pair (the .pub.jwk is for the auditor) and two demo operators for the
+  # admin API (lifting a kill switch needs two distinct approvals).
+  mkdir -p "$DATA/audit/keys" "$DATA/admin"
+  xks_builtin audit keygen --private "$DATA/audit/keys/audit-signing.jwk" --public "$DATA/audit/keys/audit-signing.pub.jwk" >/dev/null
+  local op
+  for op in demo-operator-1 demo-operator-2; do
+    xks_builtin operator keygen --name "$op" --out-dir "$DATA/admin" --jwks "$DATA/admin/operators.jwks.json" >/dev/null
+  done
+  log "audit signing key in $DATA/audit/keys, demo operators in $DATA/admin"
+
   rm -f "$INCOMPLETE"
   set +o noclobber
   umask 022
