@@ -14,6 +14,8 @@ export interface OverloadOptions {
 export class OverloadGuard {
   private inFlight = 0;
   private lagMs = 0;
+  /** Fault injection: a lag the sampler does not overwrite (see setLagForTest). */
+  private injectedLagMs = 0;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: OverloadOptions) {}
@@ -42,7 +44,8 @@ export class OverloadGuard {
   /** Why a new request must be shed now, or undefined when it may proceed. */
   shedReason(): string | undefined {
     if (this.inFlight >= this.o.maxInFlight) return `${this.inFlight} requests in flight (max ${this.o.maxInFlight})`;
-    if (this.lagMs > this.o.maxEventLoopLagMs) return `event loop ${Math.round(this.lagMs)} ms late (max ${this.o.maxEventLoopLagMs})`;
+    const lag = Math.max(this.lagMs, this.injectedLagMs);
+    if (lag > this.o.maxEventLoopLagMs) return `event loop ${Math.round(lag)} ms late (max ${this.o.maxEventLoopLagMs})`;
     return undefined;
   }
 
@@ -56,11 +59,14 @@ export class OverloadGuard {
 
   /** For tests and metrics. */
   state(): { inFlight: number; lagMs: number } {
-    return { inFlight: this.inFlight, lagMs: this.lagMs };
+    return { inFlight: this.inFlight, lagMs: Math.max(this.lagMs, this.injectedLagMs) };
   }
 
-  /** Test hook: pretend the event loop is this late. */
+  /**
+   * Test hook: pretend the event loop is this late until called again with 0. Kept apart from the
+   * sampled value, which the 10 ms timer would otherwise overwrite before the test's request lands.
+   */
   setLagForTest(ms: number): void {
-    this.lagMs = ms;
+    this.injectedLagMs = ms;
   }
 }

@@ -48,13 +48,17 @@ describe('throttling', () => {
 
   it('over capacity, requests are shed with 429 before any SigV4 or HSM work, and served again after', async () => {
     h.proxy.overload.setLagForTest(500);
-    const r = await xksCall(h, '/free/kms/xks/v1/health', health(), { cred: credFree });
+    let r;
+    try {
+      r = await xksCall(h, '/free/kms/xks/v1/health', health(), { cred: credFree });
+    } finally {
+      h.proxy.overload.setLagForTest(0);
+    }
     expect(r.status).to.equal(429);
     expect(r.json.errorName).to.equal('ThrottlingException');
     expect(r.json.errorMessage).to.match(/over capacity/);
     const line = h.requestLog().trim().split('\n').map((l) => JSON.parse(l)).reverse().find((l) => l.errorName === 'ThrottlingException' && l.keyStore === 'free');
     expect(line.reason).to.match(/overload: event loop 500 ms late/);
-    h.proxy.overload.setLagForTest(0);
     expect((await xksCall(h, '/free/kms/xks/v1/health', health(), { cred: credFree })).status).to.equal(200);
   });
 });
