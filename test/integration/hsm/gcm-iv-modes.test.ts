@@ -102,11 +102,15 @@ describe('hsm.ivMode: who produces the GCM IV (real SoftHSM2, vendor IV generati
     });
   }
 
-  it("asks for the IV the vendor way: 'hsm-params' a zero-filled 12-byte pIv (ulIvBits 96), 'hsm-appended' an empty one", async () => {
+  it("asks for the IV the vendor way ('hsm-params': a zero-filled 12-byte pIv, ulIvBits 96; 'hsm-appended': an empty one), through its own wrapper only", async () => {
     const params = await open('hsm-params', { mode: 'hsm-params' });
     const appended = await open('hsm-appended', { mode: 'hsm-appended', ivBytes: 16 });
     await params.backend.encrypt(KEY, Buffer.from('x'), Buffer.alloc(0));
     await appended.backend.encrypt(KEY, Buffer.from('x'), Buffer.alloc(0));
+    // The wrappers belong to their backends only: a backend opened now on the same (shared,
+    // cached) module, and the one opened before, encrypt without going through them.
+    await (await open('proxy')).backend.encrypt(KEY, Buffer.from('x'), Buffer.alloc(0));
+    await plain.encrypt(KEY, Buffer.from('x'), Buffer.alloc(0));
     expect(params.emu!.seen).to.deep.equal([{ ivLength: 12, ivBits: 96 }]);
     expect(appended.emu!.seen).to.deep.equal([{ ivLength: 0, ivBits: 0 }]);
   });
