@@ -12,8 +12,7 @@
  *   (iv-source.ts) is passed in the parameters and reported. Output = ciphertext || tag.
  * - 'hsm-params' (AWS CloudHSM): the CloudHSM PKCS#11 documentation says the HSM ignores the IV in
  *   the request, generates a 12-byte IV and writes it to the memory CK_GCM_PARAMS.pIv points to;
- *   the caller passes a zero-filled 12-byte buffer (the AWS sample XKS proxy does the same for
- *   CloudHSM). pkcs11js passes a Buffer's own memory as pIv (params.cpp, read_property_bytes: no
+ *   the caller passes a zero-filled 12-byte buffer for it. pkcs11js passes a Buffer's own memory as pIv (params.cpp, read_property_bytes: no
  *   copy), so the write-back shows in our Buffer. Output = ciphertext || tag.
  * - 'hsm-appended' (Thales Luna in FIPS mode, HSM policy "Allow non-FIPS algorithms" off): the
  *   Luna SDK documentation (CKM_AES_GCM) says the HSM generates the IV and appends it to the
