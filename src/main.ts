@@ -11,6 +11,7 @@ import { KeyStoreRegistry } from './auth/key-stores';
 import { type LoadedConfig } from './config/load';
 import { readSecret } from './config/secrets';
 import type { Config } from './config/schema';
+import type { ErrorName } from './errors/xks-error';
 import type { HsmBackend } from './hsm/backend';
 import { openPkcs11Backend } from './hsm/pkcs11-backend';
 import { createAppLogger, type AppLogger } from './log/logger';
@@ -75,6 +76,27 @@ export interface RunningProxy {
 
 export class StartupError extends Error {}
 
+/**
+ * What the operator should look at when the first deep health check fails. The HSM is open and
+ * logged in by then, so a failed round trip is the health key, or an hsm.ivMode that does not match
+ * how the HSM produces the GCM IV: the backend fails closed on an answer that does not fit the mode
+ * (its detail names hsm.ivMode), an HSM that appends an IV the proxy did not expect answers
+ * CKR_BUFFER_TOO_SMALL, and one that silently used another IV fails the decrypt.
+ */
+export function healthFailureAdvice(hsm: Pick<Config['hsm'], 'healthKeyLabel' | 'ivMode'>, errorName: ErrorName | undefined): string {
+  switch (errorName) {
+    case 'KeyNotFoundException':
+      return `Create it with: xks-proxy keys create --label ${hsm.healthKeyLabel}`;
+    case 'InvalidKeyUsageException':
+      return `It must be an AES-256 key that may encrypt and decrypt, as xks-proxy keys create --label <label> makes (then set hsm.healthKeyLabel).`;
+    default:
+      return (
+        `Check hsm.ivMode (now "${hsm.ivMode}") against how the HSM produces the GCM IV: "proxy" if it takes the proxy's IV, ` +
+        `"hsm-params" if it writes its own into the mechanism parameters (AWS CloudHSM), "hsm-appended" if it appends it to the output (Luna in FIPS mode); see docs/hsm-profiles.md.`
+      );
+  }
+}
+
 /** Open the configured PKCS#11 module; every failure becomes a StartupError an operator can act on. */
 async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log: AppLogger): Promise<HsmBackend> {
   let pin: string;
@@ -100,7 +122,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const first = await health.check();
   if (first.status === 'UNAVAILABLE') {
     await hsm.close();
-    throw new StartupError(`HSM: the deep health check with key "${config.hsm.healthKeyLabel}" failed (${first.detail}). Create it with: xks-proxy keys create --label ${config.hsm.healthKeyLabel}`);
+    throw new StartupError(`HSM: the deep health check (encrypt then decrypt with key "${config.hsm.healthKeyLabel}") failed (${first.detail}). ${healthFailureAdvice(config.hsm, first.errorName)}`);
   }
   const registry = new KeyStoreRegistry(config, log, env);
   let requestLog: RequestLog;

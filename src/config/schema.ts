@@ -94,8 +94,13 @@ export const HsmConfig = z
       .default({ size: 4, acquireTimeoutMs: 100 }),
     /** The dedicated key of the deep health check (never a customer key). */
     healthKeyLabel: z.string().min(1).default('xks-health'),
-    /** How the GCM IV is produced. SoftHSM2 and most HSMs accept a proxy-supplied IV. */
-    ivMode: z.enum(['proxy']).default('proxy'),
+    /**
+     * Who produces the GCM IV of an Encrypt (src/hsm/gcm-iv-modes.ts, docs/hsm-profiles.md):
+     * 'proxy' (default): a fresh random IV from the proxy, which SoftHSM2 and most HSMs accept;
+     * 'hsm-params': the HSM writes its own 12-byte IV into the mechanism parameters (AWS CloudHSM);
+     * 'hsm-appended': the HSM appends its own 12- or 16-byte IV to the output (Luna in FIPS mode).
+     */
+    ivMode: z.enum(['proxy', 'hsm-params', 'hsm-appended']).default('proxy'),
   })
   .strict();
 export type HsmConfig = z.infer<typeof HsmConfig>;

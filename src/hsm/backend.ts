@@ -44,8 +44,9 @@ export interface HsmBackend {
   /** Looks the key up (cached by label); KeyNotFoundException if absent. */
   describeKey(label: string): Promise<KeyInfo>;
   /**
-   * AES-256-GCM inside the HSM with a fresh 12-byte IV and a 128-bit tag. `aad` is the full AAD
-   * the spec's construction produced (src/xks/aad.ts), passed through as is.
+   * AES-256-GCM inside the HSM with a fresh IV and a 128-bit tag. The IV is 12 bytes, or 16 when
+   * the HSM generates it (hsm.ivMode 'hsm-appended' on older Luna firmware): the spec allows both.
+   * `aad` is the full AAD the spec's construction produced (src/xks/aad.ts), passed through as is.
    * InvalidKeyUsageException if the key may not encrypt.
    */
   encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<GcmEncryptResult>;

@@ -9,8 +9,10 @@
  * HSM discipline (design.md):
  * - the token is found by its label, never by slot index (SoftHSM2 renumbers slots);
  * - C_Initialize with CKF_OS_LOCKING_OK; RW serial sessions in a bounded pool (session-pool.ts);
- * - every encrypt gets a fresh 12-byte IV from the proxy and an explicit 128-bit tag: SoftHSM2
- *   silently accepts an empty IV (IV reuse) and odd tag sizes;
+ * - every encrypt gets an explicit 128-bit tag and, in the default hsm.ivMode 'proxy', a fresh
+ *   12-byte IV from the proxy: SoftHSM2 silently accepts an empty IV (IV reuse) and odd tag sizes.
+ *   HSMs that generate the IV themselves have their own modes (gcm-iv-modes.ts), which fail closed
+ *   when the HSM does not behave as configured;
  * - one table (ckr-table.ts) decides, per CKR code, the XKS error and whether the session is kept,
  *   dropped, the key handle refreshed or the module re-initialised; the operation is retried at
  *   most once after a recovery.
@@ -20,6 +22,7 @@
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { GCM_TAG_BYTES, PROXY_IV_BYTES, planGcmEncrypt } from './gcm-iv-modes';
 import { IvSource } from './iv-source';
 import * as pkcs11js from 'pkcs11js';
 import type { HsmConfig } from '../config/schema';
@@ -29,10 +32,8 @@ import type { GcmEncryptResult, HsmBackend, KeyInfo, KeyUsage, PoolStats, TokenI
 import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
 import { SessionPool, type Lease } from './session-pool';
 
-/** GCM parameters: a 96-bit IV is the one NIST SP 800-38D recommends; the tag is always 128 bits. */
-const IV_BYTES = 12;
-const TAG_BYTES = 16;
-const TAG_BITS = TAG_BYTES * 8;
+/** The GCM tag is always 128 bits (gcm-iv-modes.ts). */
+const TAG_BITS = GCM_TAG_BYTES * 8;
 
 // CK_STATE values (PKCS#11 2.40 section 5.7); pkcs11js does not export them.
 const CKS_RO_USER_FUNCTIONS = 1;
@@ -398,8 +399,8 @@ export class Pkcs11Backend implements HsmBackend {
   private readonly pool: SessionPool<PooledSession>;
   /** label -> key handle and attributes; cleared whenever handles may have become invalid. */
   private readonly keys = new Map<string, CachedKey>();
-  /** A fresh IV for every encrypt (design.md: never let the HSM default it). */
-  private readonly ivs = new IvSource(IV_BYTES);
+  /** A fresh IV for every encrypt in hsm.ivMode 'proxy' (design.md: never let the HSM default it). */
+  private readonly ivs = new IvSource(PROXY_IV_BYTES);
   /**
    * Bumped at every re-initialisation. Session handles are numbered again after C_Initialize, so
    * a session from an older generation must never be passed to C_CloseSession: it could close a
@@ -435,8 +436,9 @@ export class Pkcs11Backend implements HsmBackend {
   }
 
   /** See openPkcs11Backend. */
-  static async open(cfg: HsmConfig, pin: string, log: AppLogger): Promise<Pkcs11Backend> {
-    const mod = acquireModule(cfg);
+  static async open(cfg: HsmConfig, pin: string, log: AppLogger, testHooks?: Pkcs11TestHooks): Promise<Pkcs11Backend> {
+    const shared = acquireModule(cfg);
+    const mod = testHooks?.wrapModule ? wrappedModuleRef(shared, testHooks.wrapModule) : shared;
     try {
       const token = findToken(mod.pkcs11, cfg.tokenLabel);
       if (token.slot === undefined || token.info === undefined || token.matches !== 1) {
@@ -458,6 +460,7 @@ export class Pkcs11Backend implements HsmBackend {
         model: backend.info.model,
         serialNumber: backend.info.serialNumber,
         poolSize: cfg.pool.size,
+        ivMode: cfg.ivMode,
       });
       return backend;
     } catch (e) {
@@ -484,19 +487,13 @@ export class Pkcs11Backend implements HsmBackend {
     return this.withSession(label, (s, step) => {
       const key = this.cachedKey(s, label);
       requireUsage(key.info, 'ENCRYPT');
-      // A fresh IV for every call, retries included (design.md: never let the HSM default it).
-      const iv = this.ivs.next();
+      // A new plan for every call, retries included: a fresh proxy IV (design.md: never let the
+      // HSM default it), or a fresh zero-filled buffer for the HSM to write its IV into.
+      const plan = planGcmEncrypt(this.cfg.ivMode, plaintext.length, () => this.ivs.next());
       step.op = 'encrypt';
-      this.p.C_EncryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
-      const out = this.p.C_Encrypt(s.handle, plaintext, Buffer.alloc(plaintext.length + TAG_BYTES));
-      if (out.length !== plaintext.length + TAG_BYTES) {
-        throw new XksError('InternalException', undefined, `C_Encrypt returned ${out.length} bytes for ${plaintext.length}`);
-      }
-      return {
-        ciphertext: Buffer.from(out.subarray(0, plaintext.length)),
-        iv,
-        tag: Buffer.from(out.subarray(plaintext.length)),
-      };
+      this.p.C_EncryptInit(s.handle, gcmMechanism(plan.paramsIv, aad), key.handle);
+      // Fail closed (InternalException, nothing returned) if the output does not fit hsm.ivMode.
+      return plan.finish(this.p.C_Encrypt(s.handle, plaintext, Buffer.alloc(plan.outputBytes)));
     });
   }
 
@@ -505,7 +502,7 @@ export class Pkcs11Backend implements HsmBackend {
     if (iv.length !== 12 && iv.length !== 16) {
       throw new XksError('InvalidCiphertextException', undefined, `IV of ${iv.length} bytes`);
     }
-    if (tag.length !== TAG_BYTES) {
+    if (tag.length !== GCM_TAG_BYTES) {
       throw new XksError('InvalidCiphertextException', undefined, `tag of ${tag.length} bytes`);
     }
     return this.withSession(label, (s, step) => {
@@ -515,7 +512,7 @@ export class Pkcs11Backend implements HsmBackend {
       this.p.C_DecryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
       // The output buffer must hold ciphertext+tag: SoftHSM2 sizes the check on the whole input,
       // and CKR_BUFFER_TOO_SMALL would leave the operation active.
-      const out = this.p.C_Decrypt(s.handle, Buffer.concat([ciphertext, tag]), Buffer.alloc(ciphertext.length + TAG_BYTES));
+      const out = this.p.C_Decrypt(s.handle, Buffer.concat([ciphertext, tag]), Buffer.alloc(ciphertext.length + GCM_TAG_BYTES));
       if (out.length !== ciphertext.length) {
         throw new XksError('InternalException', undefined, `C_Decrypt returned ${out.length} bytes for ${ciphertext.length}`);
       }
@@ -710,6 +707,8 @@ function requireUsage(info: KeyInfo, usage: 'ENCRYPT' | 'DECRYPT'): void {
 
 function gcmMechanism(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
   // The PKCS#11 v2.40 CK_GCM_PARAMS layout (with ulIvBits), the one current modules expect.
+  // pkcs11js passes `iv`'s own memory as pIv (no copy): an HSM that writes its IV back there
+  // (hsm.ivMode 'hsm-params') writes into this Buffer. An empty `iv` ('hsm-appended') has ulIvBits 0.
   const parameter: pkcs11js.AesGCM = { type: pkcs11js.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, tagBits: TAG_BITS };
   if (aad.length > 0) parameter.aad = aad;
   return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
@@ -726,6 +725,24 @@ function isSessionGone(d: CkrDecision): boolean {
  * Error whose message tells the operator what is wrong (module path, labels found, PIN refused);
  * the PIN itself never appears in a message or a log line.
  */
-export async function openPkcs11Backend(cfg: HsmConfig, pin: string, log: AppLogger): Promise<Pkcs11Backend> {
-  return Pkcs11Backend.open(cfg, pin, log);
+export async function openPkcs11Backend(cfg: HsmConfig, pin: string, log: AppLogger, testHooks?: Pkcs11TestHooks): Promise<Pkcs11Backend> {
+  return Pkcs11Backend.open(cfg, pin, log, testHooks);
+}
+
+/**
+ * FOR TESTS ONLY: fault injection and vendor emulation (test/helpers/iv-emulating-module.ts wraps
+ * the real module to behave like an HSM that generates GCM IVs). Nothing in src/ passes it.
+ */
+export interface Pkcs11TestHooks {
+  /** Wraps the loaded module for this backend only; other users keep the real one. */
+  wrapModule?: (real: pkcs11js.PKCS11) => pkcs11js.PKCS11;
+}
+
+/**
+ * A ModuleRef whose pkcs11 object is `wrap(shared.pkcs11)`. The wrapper lives in this ref only:
+ * loadedModules (the per-process cache other backends and key-admin share) keeps the real
+ * object, and reference counting and release go to the shared ref.
+ */
+function wrappedModuleRef(shared: ModuleRef, wrap: (real: pkcs11js.PKCS11) => pkcs11js.PKCS11): ModuleRef {
+  return { pkcs11: wrap(shared.pkcs11), path: shared.path, soleUser: () => shared.soleUser(), release: () => shared.release() };
 }

@@ -7,7 +7,7 @@
 import crypto from 'node:crypto';
 import type { HsmBackend } from '../hsm/backend';
 import type { AppLogger } from '../log/logger';
-import { toXksError } from '../errors/xks-error';
+import { toXksError, type ErrorName } from '../errors/xks-error';
 import { buildGcmAad } from './aad';
 
 export type EkmHealth = 'ACTIVE' | 'DEGRADED' | 'UNAVAILABLE';
@@ -20,6 +20,8 @@ export interface HealthResult {
   latencyMs: number;
   /** Log-safe reason when not ACTIVE. */
   detail?: string;
+  /** When UNAVAILABLE: the XKS error the round trip failed with (start-up picks its advice by it). */
+  errorName?: ErrorName;
 }
 
 export interface HealthMonitorOptions {
@@ -66,7 +68,7 @@ export class HealthMonitor {
     } catch (e) {
       const err = toXksError(e);
       const latencyMs = Number(process.hrtime.bigint() - started) / 1e6;
-      result = { status: 'UNAVAILABLE', checkedAt: this.now(), latencyMs, detail: `${err.errorName}: ${err.detail ?? err.message}` };
+      result = { status: 'UNAVAILABLE', checkedAt: this.now(), latencyMs, detail: `${err.errorName}: ${err.detail ?? err.message}`, errorName: err.errorName };
     }
     if (result.status !== this.last?.status) {
       const level = result.status === 'ACTIVE' ? 'info' : 'warn';

@@ -7,11 +7,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseConfig } from '../../src/config/load';
 import { XksError } from '../../src/errors/xks-error';
+import type { HsmBackend } from '../../src/hsm/backend';
 import { DelegatingBackend } from '../../src/hsm/delegating-backend';
 import { createKey } from '../../src/hsm/key-admin';
 import { openPkcs11Backend } from '../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../src/log/logger';
 import { StartupError, startProxy } from '../../src/main';
+import { ivEmulator } from '../helpers/iv-emulating-module';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
 
@@ -41,6 +43,7 @@ describe('start-up checks and HSM faults', () => {
     token = createTestToken({ label: 'xks-faults-it' });
     await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
     await createKey(token.hsmConfig, token.pin, { label: 'k1', usage: 'encrypt-decrypt' });
+    await createKey(token.hsmConfig, token.pin, { label: 'health-encrypt-only', usage: 'encrypt' });
   });
   after(() => token?.cleanup());
 
@@ -56,9 +59,9 @@ describe('start-up checks and HSM faults', () => {
       {},
     );
 
-  async function startupError(hsm: Record<string, unknown>): Promise<string> {
+  async function startupError(hsm: Record<string, unknown>, backend?: HsmBackend): Promise<string> {
     try {
-      const p = await startProxy(configWith(hsm), { log: createSilentLogger() });
+      const p = await startProxy(configWith(hsm), { log: createSilentLogger(), ...(backend ? { hsm: backend } : {}) });
       await p.close();
     } catch (e) {
       expect(e).to.be.instanceOf(StartupError);
@@ -90,6 +93,32 @@ describe('start-up checks and HSM faults', () => {
 
   it('refuses to start without a working health key, and says how to create it', async () => {
     expect(await startupError({ healthKeyLabel: 'no-health-key' })).to.match(/keys create --label no-health-key/);
+  });
+
+  it('refuses a health key that may not decrypt, and says what it must be', async () => {
+    const msg = await startupError({ healthKeyLabel: 'health-encrypt-only' });
+    expect(msg).to.match(/InvalidKeyUsageException/);
+    expect(msg).to.match(/must be an AES-256 key that may encrypt and decrypt/);
+  });
+
+  describe('refuses an hsm.ivMode that does not match how the HSM produces the GCM IV, naming hsm.ivMode', () => {
+    for (const ivMode of ['hsm-params', 'hsm-appended']) {
+      it(`"${ivMode}" on SoftHSM2, which uses the IV it is given`, async () => {
+        const msg = await startupError({ ivMode });
+        expect(msg).to.match(new RegExp(`deep health check .* failed \\(InternalException: hsm\\.ivMode "${ivMode}" does not match the HSM`));
+        expect(msg).to.include(`Check hsm.ivMode (now "${ivMode}")`);
+        expect(msg).not.to.match(/keys create/);
+      });
+    }
+
+    it('"proxy" on an HSM that appends its own IV (emulated Luna in FIPS mode)', async () => {
+      const emu = ivEmulator({ mode: 'hsm-appended', ivBytes: 16 });
+      const backend = await openPkcs11Backend({ ...token.hsmConfig }, token.pin, createSilentLogger(), { wrapModule: emu.wrap });
+      const msg = await startupError({}, backend); // start-up closes the backend it was given
+      expect(msg).to.match(/InternalException: CKR_BUFFER_TOO_SMALL/);
+      expect(msg).to.include('Check hsm.ivMode (now "proxy")');
+      expect(msg).to.include('"hsm-appended" if it appends it to the output');
+    });
   });
 
   describe('with an HSM that starts failing', () => {

@@ -10,11 +10,12 @@ import { createDecipheriv, createCipheriv, randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import * as pkcs11js from 'pkcs11js';
 import winston from 'winston';
-import { XksError, type ErrorName } from '../../../src/errors/xks-error';
+import { XksError } from '../../../src/errors/xks-error';
 import type { AppLogger } from '../../../src/log/logger';
 import { createKey, listKeys } from '../../../src/hsm/key-admin';
 import { openPkcs11Backend, type Pkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { expectXks, flip } from '../../helpers/xks-expect';
 
 /** A logger whose lines we can search (for recovery events and for leaks). */
 function captureLogger(): { log: AppLogger; lines: string[] } {
@@ -29,22 +30,6 @@ function captureLogger(): { log: AppLogger; lines: string[] } {
   return { log, lines };
 }
 
-async function xksErrorOf(p: Promise<unknown>): Promise<XksError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e, String(e)).to.be.instanceOf(XksError);
-    return e as XksError;
-  }
-  throw new Error('expected an XksError, got success');
-}
-
-async function expectXks(p: Promise<unknown>, errorName: ErrorName): Promise<XksError> {
-  const e = await xksErrorOf(p);
-  expect(e.errorName, e.detail).to.equal(errorName);
-  return e;
-}
-
 async function errorOf(p: Promise<unknown>): Promise<Error> {
   try {
     await p;
@@ -53,12 +38,6 @@ async function errorOf(p: Promise<unknown>): Promise<Error> {
     return e as Error;
   }
   throw new Error('expected a rejection');
-}
-
-function flip(b: Buffer, i = 0): Buffer {
-  const c = Buffer.from(b);
-  c[i % c.length] ^= 0x01;
-  return c;
 }
 
 /**

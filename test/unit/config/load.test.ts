@@ -112,6 +112,24 @@ describe('configuration', () => {
     }
   });
 
+  it("hsm.ivMode: 'proxy' by default, the two HSM-generated modes accepted, anything else refused", () => {
+    expect(parseConfig(minimal(), '/etc/xks/config.yaml', {}).config.hsm.ivMode).to.equal('proxy');
+    for (const ivMode of ['proxy', 'hsm-params', 'hsm-appended']) {
+      const raw = minimal();
+      expect(parseConfig({ ...raw, hsm: { ...raw.hsm, ivMode } }, '/etc/xks/config.yaml', {}).config.hsm.ivMode).to.equal(ivMode);
+    }
+    const raw = minimal();
+    expect(problems({ ...raw, hsm: { ...raw.hsm, ivMode: 'hsm' } }).join('\n')).to.match(/hsm\.ivMode/);
+  });
+
+  it('the vendor example configs validate, each with the IV mode its HSM needs', () => {
+    const expected: Record<string, string> = { 'cloudhsm.example.yaml': 'hsm-params', 'luna.example.yaml': 'proxy', 'nshield.example.yaml': 'proxy' };
+    for (const [file, ivMode] of Object.entries(expected)) {
+      const { config } = loadConfig(path.resolve(__dirname, '../../../../config', file), {});
+      expect(config.hsm.ivMode, file).to.equal(ivMode);
+    }
+  });
+
   it('the shipped SoftHSM2 default config validates', () => {
     const { config } = loadConfig(path.resolve(__dirname, '../../../../config/softhsm.yaml'), {});
     expect(config.keyStores.map((k) => k.name)).to.include('demo');
