@@ -128,10 +128,26 @@ describe('SigV4 verification (spec Appendix A)', () => {
     expect(p).to.deep.include({ accessKeyId: AKID, date: '20261123', region: 'eu-west-1', service: 'kms-xks-proxy', signedHeaders: ['host', 'x-amz-date'] });
   });
 
+  it('reuses a parsed header prefix only for a well-formed signature that ends the header', () => {
+    const prefix = `AWS4-HMAC-SHA256 Credential=${AKID}/20261123/eu-west-1/kms-xks-proxy/aws4_request, SignedHeaders=host;x-amz-date, Signature=`;
+    expect(parseAuthorization(prefix + 'a'.repeat(64)).signature).to.equal('a'.repeat(64));
+    // The same prefix again: the new signature is the one returned, and it is still checked.
+    expect(parseAuthorization(prefix + 'b'.repeat(64)).signature).to.equal('b'.repeat(64));
+    expectAuthFailure(() => parseAuthorization(prefix + 'B'.repeat(64)), /malformed signature/);
+    expectAuthFailure(() => parseAuthorization(prefix + 'z'.repeat(64)), /malformed signature/);
+    expectAuthFailure(() => parseAuthorization(prefix + 'a'.repeat(64) + ', Signature=' + 'b'.repeat(64)), /duplicate Signature/);
+    // A different prefix is parsed on its own.
+    expect(parseAuthorization(prefix.replace('eu-west-1', 'us-east-2') + 'c'.repeat(64)).region).to.equal('us-east-2');
+  });
+
   it('parses X-Amz-Date strictly', () => {
     expect(parseAmzDate('20261123T120000Z')).to.equal(NOW);
     expect(parseAmzDate('20260230T120000Z')).to.be.NaN;
     expect(parseAmzDate('2026-11-23T12:00:00Z')).to.be.NaN;
+    // The last good date is remembered; a bad one right after it is still refused.
+    expect(parseAmzDate('20261123T120000Z')).to.equal(NOW);
+    expect(parseAmzDate('20261123T120000Z ')).to.be.NaN;
+    expect(parseAmzDate('20261123T120001Z')).to.equal(NOW + 1000);
   });
 
   it('canonicalises query strings (sorted, RFC 3986 encoded)', () => {
