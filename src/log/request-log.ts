@@ -42,9 +42,10 @@ export interface RequestLog {
 
 
 /**
- * The request log without an audit log configured: JSON lines to stdout and/or a file. A line is
- * appended to the file synchronously (one write of one line, in request order), so a record is on
- * disk when its response is sent and nothing is lost at a crash but the request in progress.
+ * The request log without an audit log configured: JSON lines to stdout and/or a file. Lines are
+ * collected during one event-loop turn and appended with one write at the next setImmediate, in
+ * request order (as the audit log does): a write system call per request cost ~5% of the request
+ * path under load. A crash loses at most the lines of the current turn; close() writes the rest.
  */
 export function createRequestLog(opts: { stdout: boolean; file?: string | undefined }): RequestLog {
   let fd: number | undefined;
@@ -52,14 +53,31 @@ export function createRequestLog(opts: { stdout: boolean; file?: string | undefi
     fs.mkdirSync(path.dirname(opts.file), { recursive: true, mode: 0o750 });
     fd = fs.openSync(opts.file, 'a', 0o640);
   }
+  let pending: string[] = [];
+  let scheduled = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const data = pending.join('');
+    pending = [];
+    if (fd !== undefined) {
+      const buf = Buffer.from(data, 'utf8');
+      let off = 0;
+      while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+    }
+    if (opts.stdout) process.stdout.write(data);
+  };
   return {
     write(r: RequestRecord): void {
       // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
-      const line = JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n';
-      if (fd !== undefined) fs.writeSync(fd, line);
-      if (opts.stdout) process.stdout.write(line);
+      pending.push(JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n');
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
     },
     async close(): Promise<void> {
+      flush();
       if (fd !== undefined) fs.closeSync(fd);
       fd = undefined;
     },
