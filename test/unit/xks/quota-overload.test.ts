@@ -25,12 +25,26 @@ describe('OverloadGuard (load shedding)', () => {
     expect(g.shedReason()).to.equal(undefined);
   });
 
-  it('sheds while the event loop is late, and recovers', () => {
+  it('sheds a share of requests that grows with the lag: none up to the maximum, all from three times it', () => {
     const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100 });
-    g.setLagForTest(80);
-    expect(g.shedReason()).to.match(/event loop 80 ms late/);
+    const shedOutOf = (n: number) => Array.from({ length: n }, () => g.shedReason()).filter((r) => r !== undefined).length;
+    g.setLagForTest(50);
+    expect(shedOutOf(100)).to.equal(0);
+    g.setLagForTest(100); // half-way between 50 and 150
+    expect(g.state().shedShare).to.equal(0.5);
+    expect(shedOutOf(100)).to.equal(50);
+    g.setLagForTest(150);
+    expect(shedOutOf(100)).to.equal(100);
+    expect(g.shedReason()).to.match(/event loop 150 ms late \(max 50\): shedding 100% of requests/);
     g.setLagForTest(3);
-    expect(g.shedReason()).to.equal(undefined);
+    expect(shedOutOf(100)).to.equal(0);
+  });
+
+  it('spreads the shed requests evenly instead of refusing a run of them', () => {
+    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100 });
+    g.setLagForTest(75); // a quarter
+    const pattern = Array.from({ length: 8 }, () => (g.shedReason() ? 'x' : '.')).join('');
+    expect(pattern).to.equal('...x...x');
   });
 
   it('ignores a single stall (one GC pause is not overload)', async () => {
@@ -38,11 +52,12 @@ describe('OverloadGuard (load shedding)', () => {
     g.start();
     try {
       await new Promise((r) => setTimeout(r, 6));
-      const until = performance.now() + 120;
+      const until = performance.now() + 150;
       while (performance.now() < until) {
-        /* one long stall */
+        /* one long stall, three times the maximum lag */
       }
-      await new Promise((r) => setTimeout(r, 0));
+      await new Promise((r) => setTimeout(r, 6));
+      expect(g.state().lagMs).to.be.below(50);
       expect(g.shedReason()).to.equal(undefined);
     } finally {
       g.stop();
@@ -53,17 +68,18 @@ describe('OverloadGuard (load shedding)', () => {
     const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5 });
     g.start();
     try {
-      // A saturated loop: three samples in a row, each delayed by 80 ms of synchronous work.
-      for (let n = 0; n < 3; n++) {
-        await new Promise((r) => setTimeout(r, 1));
-        const until = performance.now() + 80;
+      // A saturated loop: every turn is 200 ms of synchronous work, so every sample is late.
+      await new Promise((r) => setTimeout(r, 6));
+      for (let n = 0; n < 10; n++) {
+        await new Promise((r) => setImmediate(r));
+        const until = performance.now() + 200;
         while (performance.now() < until) {
           /* busy */
         }
       }
       await new Promise((r) => setTimeout(r, 0));
-      expect(g.state().lagMs).to.be.greaterThan(50);
-      expect(g.shedReason()).to.match(/event loop/);
+      expect(g.state().lagMs).to.be.greaterThan(150);
+      expect(g.shedReason()).to.match(/event loop \d+ ms late/);
     } finally {
       g.stop();
     }
