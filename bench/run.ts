@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
-import { closedLoop, openLoop, type LoadResult } from './lib/load-undici';
+import { rawOpenLoop } from './lib/load-raw';
+import { closedLoop, type LoadResult } from './lib/load-undici';
 import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
 import { rawEncryptRate } from './lib/raw-hsm';
 import { BENCH_KEY, KEY_STORE_PREFIX, fileSize, serverLatency, startTarget } from './lib/setup';
@@ -73,7 +74,7 @@ async function main(): Promise<void> {
     }
     const rateRequests = await prepare(t, 'encrypt32', 4000, encryptVia);
     const logFrom = fileSize(target.requestLogFile);
-    rateResult = await openLoop({ origin, ca, requests: rateRequests, connections, durationMs, rate: Number(values.rate) });
+    rateResult = await rawOpenLoop({ port: target.port, host: t.host, ca, requests: rateRequests, connections, durationMs, rate: Number(values.rate) });
     // What the proxy itself adds, from its request log: the client-side figure also holds the
     // Node generator's own delays, as it shares the 2 cores with the proxy.
     rateServerSide = serverLatency(target.requestLogFile, logFrom);
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
       const offered = Math.round(capacity * Number(values['overload-factor']));
       // Enough connections that the excess reaches the proxy (as from KMS's many hosts) instead of
       // queueing inside the generator.
-      overloadResult = await openLoop({ origin, ca, requests: rateRequests, connections: 512, durationMs, rate: offered });
+      overloadResult = await rawOpenLoop({ port: target.port, host: t.host, ca, requests: rateRequests, connections: 512, durationMs, rate: offered });
       process.stderr.write(`encrypt32 at ${values['overload-factor']}x capacity (${offered} req/s offered): ${overloadResult.ok} ok, errors ${JSON.stringify(overloadResult.errors)}, p99 ${overloadResult.latencyMs.p99} ms\n`);
     }
   } finally {
@@ -97,7 +98,7 @@ async function main(): Promise<void> {
     version: VERSION,
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, memGiB: Math.round(os.totalmem() / 2 ** 30) },
-    generator: useWrk ? 'wrk (closed loop), undici (fixed rate)' : 'undici',
+    generator: `${useWrk ? 'wrk' : 'undici'} (closed loop), raw TLS (fixed rate)`,
     workers: Number(values.workers),
     durationS: durationMs / 1000,
     connections,
@@ -128,7 +129,7 @@ async function main(): Promise<void> {
   if (overloadResult) {
     const e = Object.values(overloadResult.errors).reduce((a, b) => a + b, 0);
     console.log(row([`@${overloadResult.offeredRps}/s (x${values['overload-factor']})`, overloadResult.rps, overloadResult.latencyMs.p50, overloadResult.latencyMs.p90, overloadResult.latencyMs.p99, overloadResult.latencyMs.max, e]));
-    console.log(`  beyond capacity: ${overloadResult.ok} served, ${JSON.stringify(overloadResult.errors)}`);
+    console.log(`  beyond capacity: ${overloadResult.ok} served (p50 ${overloadResult.okLatencyMs?.p50} ms, p99 ${overloadResult.okLatencyMs?.p99} ms), ${JSON.stringify(overloadResult.errors)}`);
   }
   console.log(`\nraw SoftHSM2 encrypt, one core in-process: ${raw?.opsPerSecond} ops/s; proxy/raw (encrypt32): ${report.proxyToRawRatio}`);
   console.log(`proxy RSS: ${report.rssMiB.idle} MiB idle, ${report.rssMiB.underLoad} MiB under load`);

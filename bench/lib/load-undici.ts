@@ -1,8 +1,8 @@
 /**
- * An undici-based load generator: HTTPS keep-alive connections, pre-signed requests cycled.
- *  - closed loop: `connections` workers, each sends its next request when the last one answered;
- *  - open loop: requests are sent at a fixed offered rate whatever the answers, and latency is
- *    measured from the moment each request was due (no coordinated omission).
+ * An undici-based closed-loop load generator, the fallback when wrk is not installed: HTTPS
+ * keep-alive connections, pre-signed requests cycled, `connections` workers each sending its next
+ * request when the last one was answered. (Fixed-rate runs use load-raw.ts.) Also the shared
+ * LoadResult type and its recorder.
  */
 import { Pool } from 'undici';
 import type { PreparedRequest } from './workloads';
@@ -18,6 +18,8 @@ export interface LoadResult {
   errors: Record<string, number>;
   rps: number;
   latencyMs: { p50: number; p90: number; p99: number; max: number };
+  /** The same over the 200 answers only (in an overload run, what the served requests saw). */
+  okLatencyMs?: { p50: number; p90: number; p99: number; max: number };
 }
 
 export interface LoadOptions {
@@ -28,28 +30,42 @@ export interface LoadOptions {
   durationMs: number;
 }
 
-class Recorder {
-  private samples = new Float64Array(1 << 16);
-  private n = 0;
+/** Latency samples (ms), grown as needed, summarised as percentiles. */
+class Samples {
+  private values = new Float64Array(1 << 16);
+  n = 0;
+  add(ms: number): void {
+    if (this.n === this.values.length) {
+      const bigger = new Float64Array(this.values.length * 2);
+      bigger.set(this.values);
+      this.values = bigger;
+    }
+    this.values[this.n++] = ms;
+  }
+  percentiles(): { p50: number; p90: number; p99: number; max: number } {
+    const s = this.values.subarray(0, this.n).sort();
+    const q = (p: number) => (this.n ? Math.round(s[Math.min(this.n - 1, Math.floor(p * this.n))]! * 100) / 100 : 0);
+    return { p50: q(0.5), p90: q(0.9), p99: q(0.99), max: q(1) };
+  }
+}
+
+export class Recorder {
+  private all = new Samples();
+  private okOnly = new Samples();
   ok = 0;
   errors: Record<string, number> = {};
   add(ms: number, status: number, errorName?: string): void {
-    if (this.n === this.samples.length) {
-      const bigger = new Float64Array(this.samples.length * 2);
-      bigger.set(this.samples);
-      this.samples = bigger;
-    }
-    this.samples[this.n++] = ms;
-    if (status === 200) this.ok++;
-    else {
+    this.all.add(ms);
+    if (status === 200) {
+      this.ok++;
+      this.okOnly.add(ms);
+    } else {
       const k = `${status}${errorName ? ' ' + errorName : ''}`;
       this.errors[k] = (this.errors[k] ?? 0) + 1;
     }
   }
   result(base: Omit<LoadResult, 'requests' | 'ok' | 'errors' | 'rps' | 'latencyMs'>): LoadResult {
-    const s = this.samples.subarray(0, this.n).sort();
-    const q = (p: number) => (this.n ? Math.round(s[Math.min(this.n - 1, Math.floor(p * this.n))]! * 100) / 100 : 0);
-    return { ...base, requests: this.n, ok: this.ok, errors: this.errors, rps: Math.round(this.n / base.durationS), latencyMs: { p50: q(0.5), p90: q(0.9), p99: q(0.99), max: this.n ? Math.round(s[this.n - 1]! * 100) / 100 : 0 } };
+    return { ...base, requests: this.all.n, ok: this.ok, errors: this.errors, rps: Math.round(this.all.n / base.durationS), latencyMs: this.all.percentiles(), okLatencyMs: this.okOnly.percentiles() };
   }
 }
 
@@ -92,33 +108,4 @@ export async function closedLoop(o: LoadOptions): Promise<LoadResult> {
   const durationS = (performance.now() - start) / 1000;
   await p.close();
   return rec.result({ generator: 'undici', mode: 'closed', connections: o.connections, durationS });
-}
-
-export async function openLoop(o: LoadOptions & { rate: number }): Promise<LoadResult> {
-  const p = pool(o);
-  const rec = new Recorder();
-  const inflight = new Set<Promise<void>>();
-  let sent = 0;
-  const start = performance.now();
-  const interval = 1000 / o.rate;
-  await new Promise<void>((resolve) => {
-    const tick = () => {
-      const now = performance.now();
-      if (now - start >= o.durationMs) return resolve();
-      // Every request that is due by now is sent, timed from when it was due.
-      while (start + sent * interval <= now) {
-        const due = start + sent * interval;
-        const r = o.requests[sent++ % o.requests.length]!;
-        const pr = send(p, r, rec, due).finally(() => inflight.delete(pr));
-        inflight.add(pr);
-      }
-      // A 1 ms timer, not setImmediate: a spinning generator would take a core from the proxy.
-      setTimeout(tick, 1);
-    };
-    tick();
-  });
-  await Promise.all(inflight);
-  const durationS = (performance.now() - start) / 1000;
-  await p.close();
-  return rec.result({ generator: 'undici', mode: 'open', connections: o.connections, offeredRps: o.rate, durationS });
 }
