@@ -1,0 +1,125 @@
+/**
+ * What this machine and stack allow, layer by layer, for the encrypt32 workload: the same wrk
+ * client and pre-signed requests as `npm run bench`, against minimal HTTPS servers that each add
+ * one layer of the proxy's unavoidable work:
+ *
+ *   tls        Node HTTPS keep-alive, read the body, answer a fixed encrypt-shaped JSON
+ *   sigv4      + full SigV4 verification (our verifier), JSON parse, base64 decode/encode
+ *   hsm        + the AES-GCM encrypt through our PKCS#11 backend on a SoftHSM2 token
+ *
+ * each in 1 and in N processes (node:cluster). No policy, kill switch, logs or metrics: these
+ * are upper bounds for the real proxy on the same box, not a product configuration.
+ *
+ *   npm run build && node dist/bench/ceiling.js [--duration 6] [--connections 64] [--workers 2]
+ *
+ * wrk must be installed (Debian package `wrk`).
+ */
+import cluster from 'node:cluster';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { SigningKeyCache, verifySigV4 } from '../src/auth/sigv4';
+import { createKey } from '../src/hsm/key-admin';
+import { openPkcs11Backend } from '../src/hsm/pkcs11-backend';
+import { createSilentLogger } from '../src/log/logger';
+import { buildGcmAad } from '../src/xks/aad';
+import { makeTlsCert, writeCredential, type Credential } from '../test/helpers/proxy-harness';
+import { createTestToken, type TestToken } from '../test/helpers/softhsm-token';
+import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
+import { prepare } from './lib/workloads';
+
+type Layer = 'tls' | 'sigv4' | 'hsm';
+const LAYERS: Layer[] = ['tls', 'sigv4', 'hsm'];
+const KEY = 'bench-key';
+
+interface WorkerSetup {
+  layer: Layer;
+  certFile: string;
+  keyFile: string;
+  cred: Credential;
+  token: Pick<TestToken, 'hsmConfig' | 'pin'>;
+}
+
+async function serve(s: WorkerSetup, port: number): Promise<https.Server> {
+  const hsm = s.layer === 'hsm' ? await openPkcs11Backend(s.token.hsmConfig, s.token.pin, createSilentLogger()) : undefined;
+  const keyCache = new SigningKeyCache();
+  const lookup = { secretFor: (id: string) => (id === s.cred.accessKeyId ? s.cred.secret : undefined) };
+  const fixed = JSON.stringify({ authenticationTag: 'A'.repeat(24), ciphertext: 'B'.repeat(44), initializationVector: 'C'.repeat(16) });
+  const server = https.createServer({ cert: fs.readFileSync(s.certFile), key: fs.readFileSync(s.keyFile) }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const reply = (status: number, text: string) => {
+        res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      };
+      if (s.layer === 'tls') return reply(200, fixed);
+      const body = Buffer.concat(chunks);
+      try {
+        verifySigV4({ method: req.method ?? 'POST', url: req.url ?? '/', rawHeaders: req.rawHeaders, body }, lookup, { clockSkewSeconds: 300, now: Date.now() }, keyCache);
+        const j = JSON.parse(body.toString('utf8')) as { plaintext: string; additionalAuthenticatedData: string };
+        const plaintext = Buffer.from(j.plaintext, 'base64');
+        const aad = buildGcmAad(Buffer.from(j.additionalAuthenticatedData, 'base64'), undefined);
+        const done = (r: { ciphertext: Buffer; iv: Buffer; tag: Buffer }) =>
+          reply(200, JSON.stringify({ authenticationTag: r.tag.toString('base64'), ciphertext: r.ciphertext.toString('base64'), initializationVector: r.iv.toString('base64') }));
+        if (!hsm) return done({ ciphertext: plaintext, iv: crypto.randomBytes(12), tag: crypto.randomBytes(16) });
+        hsm.encrypt(KEY, plaintext, aad).then(done, () => reply(500, '{}'));
+      } catch {
+        reply(400, '{}');
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return server;
+}
+
+async function primary(): Promise<void> {
+  const { values } = parseArgs({ options: { duration: { type: 'string', default: '6' }, connections: { type: 'string', default: '64' }, workers: { type: 'string', default: '2' } } });
+  if (!wrkAvailable()) throw new Error('wrk is not installed (apt-get install wrk)');
+  const token = createTestToken();
+  try {
+    await createKey(token.hsmConfig, token.pin, { label: KEY, usage: 'encrypt-decrypt' });
+    const { certFile, keyFile } = makeTlsCert(token.dir);
+    const cred = writeCredential(path.join(token.dir, 'creds'));
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const t = { host: `localhost:${port}`, prefix: '/bench', keyId: KEY, cred };
+    const requests = await prepare(t, 'encrypt32', 4000, () => Promise.reject(new Error('not needed for encrypt32')));
+    const rows: string[] = [];
+    for (const layer of LAYERS) {
+      for (const n of [1, Number(values.workers)]) {
+        const setup: WorkerSetup = { layer, certFile, keyFile, cred, token: { hsmConfig: token.hsmConfig, pin: token.pin } };
+        const workers = Array.from({ length: n }, () => cluster.fork({ CEILING_SETUP: JSON.stringify({ ...setup, port }) }));
+        await Promise.all(workers.map((w) => new Promise<void>((resolve, reject) => {
+          w.once('message', () => resolve());
+          w.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+        })));
+        const r = await wrkClosedLoop({ port, host: t.host, requests, connections: Number(values.connections), threads: 1, durationMs: Number(values.duration) * 1000 });
+        await Promise.all(workers.map((w) => new Promise<void>((resolve) => {
+          w.once('exit', () => resolve());
+          w.kill();
+        })));
+        const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
+        rows.push(`${layer.padEnd(8)}${String(n).padEnd(11)}${String(r.rps).padEnd(9)}${String(r.latencyMs.p50).padEnd(9)}${String(r.latencyMs.p99).padEnd(9)}${errors}`);
+        process.stderr.write(`${rows[rows.length - 1]}\n`);
+      }
+    }
+    console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each)\n`);
+    console.log('layer   processes  req/s    p50 ms   p99 ms   errors');
+    for (const r of rows) console.log(r);
+  } finally {
+    token.cleanup();
+  }
+}
+
+async function worker(): Promise<void> {
+  const setup = JSON.parse(process.env.CEILING_SETUP!) as WorkerSetup & { port: number };
+  await serve(setup, setup.port);
+  process.send!('listening');
+}
+
+(cluster.isPrimary ? primary() : worker()).catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
