@@ -16,9 +16,7 @@ const SEPARATOR = '\n@@XKS-BENCH@@\n';
 const LUA = `
 local reqs = {}
 local idx = 0
-local pause_ms = 0
 init = function(args)
-  pause_ms = tonumber(args[2]) or 0
   local f = assert(io.open(args[1], "rb"))
   local data = f:read("*a")
   f:close()
@@ -36,13 +34,6 @@ request = function()
   idx = idx + 1
   if idx > #reqs then idx = 1 end
   return reqs[idx]
-end
--- Paced mode: each connection waits a random (exponential) pause before each request, so that
--- the connections together offer about connections / pause requests per second whatever the
--- answers (as long as answers are fast against the pause): near open-loop load from wrk's C core.
-delay = function()
-  if pause_ms <= 0 then return 0 end
-  return math.floor(-math.log(1 - math.random()) * pause_ms)
 end
 done = function(summary, latency, requests)
   io.write(string.format('WRK-RESULT {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\\n',
@@ -70,18 +61,12 @@ export function wrkScriptFiles(dir: string, requests: PreparedRequest[]): { scri
   return files;
 }
 
-/**
- * wrk over `connections` keep-alive connections for durationMs. Without `rate`, a closed loop (each
- * connection sends its next request when the last one is answered). With `rate`, paced: every
- * connection pauses a random exponential time with mean connections/rate before each request,
- * which offers about `rate` requests per second while answers stay fast against that pause.
- */
-export async function wrkClosedLoop(o: { port: number; host: string; requests: PreparedRequest[]; connections: number; threads: number; durationMs: number; rate?: number }): Promise<LoadResult> {
+export async function wrkClosedLoop(o: { port: number; host: string; requests: PreparedRequest[]; connections: number; threads: number; durationMs: number }): Promise<LoadResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-wrk-'));
   try {
     const files = wrkScriptFiles(dir, o.requests);
     const secs = Math.max(1, Math.round(o.durationMs / 1000));
-    const { stdout } = await promisify(execFile)('wrk', ['-t', String(o.threads), '-c', String(o.connections), '-d', `${secs}s`, '--timeout', '2s', '-s', files.script, `https://127.0.0.1:${o.port}/`, '--', files.requests, String(o.rate ? (o.connections * 1000) / o.rate : 0)], { maxBuffer: 1 << 20 });
+    const { stdout } = await promisify(execFile)('wrk', ['-t', String(o.threads), '-c', String(o.connections), '-d', `${secs}s`, '--timeout', '2s', '-s', files.script, `https://127.0.0.1:${o.port}/`, '--', files.requests], { maxBuffer: 1 << 20 });
     const line = stdout.split('\n').find((l) => l.startsWith('WRK-RESULT '));
     if (!line) throw new Error(`wrk printed no result:\n${stdout}`);
     const w = JSON.parse(line.slice('WRK-RESULT '.length)) as Record<string, number>;
@@ -91,8 +76,7 @@ export async function wrkClosedLoop(o: { port: number; host: string; requests: P
     const ms = (us: number) => Math.round(us / 10) / 100;
     return {
       generator: 'wrk',
-      mode: o.rate ? 'open' : 'closed',
-      ...(o.rate ? { offeredRps: o.rate } : {}),
+      mode: 'closed',
       connections: o.connections,
       durationS,
       requests: w.requests!,
