@@ -1,16 +1,22 @@
 /**
  * Load shedding: beyond capacity, answer 429 ThrottlingException at once (spec: the proxy "is
  * unable to keep up") instead of letting every request's latency run past KMS's 250 ms budget
- * (KMS then fails them all). Two signals:
- *  - event-loop lag: how late a periodic timer fires. A saturated proxy cannot start new work in
- *    time. The lag is smoothed (exponential average), so that one GC pause or a noisy neighbour
- *    does not turn into 429s, and shedding is proportional: none up to maxEventLoopLagMs, then a
- *    growing share of new requests, all of them from 3 x maxEventLoopLagMs. A share, not an
- *    on/off switch: at twice capacity the proxy must answer more requests per second than it can
- *    serve, which it can only do by refusing most of them cheaply (a 429 costs about a third of a
- *    served Encrypt). An on/off switch served too many and let a queue build in the clients;
+ * (KMS then fails them all). Shed requests are refused before any SigV4 or HSM work.
+ *
+ * Signals:
+ *  - event-loop lag (how late a periodic timer fires), smoothed so that one GC pause or a noisy
+ *    neighbour does not turn into 429s. Up to maxEventLoopLagMs nothing is shed: a client that
+ *    keeps many requests in flight (a closed loop at saturation) is not an overload. Beyond it a
+ *    share of new requests grows with the lag, to all of them at 3 x maxEventLoopLagMs;
+ *  - once overloaded, an adaptive share on top: a refusal is not free (TLS, HTTP parsing and the
+ *    socket write cost about half a served Encrypt here), so at twice capacity the proxy keeps up
+ *    only by refusing most requests, and the lag alone does not say how many: clients with a
+ *    fixed set of connections queue the excess on their side, out of the proxy's sight, while the
+ *    lag stays at a level the proportional share accepts. So the share keeps rising while the
+ *    loop is more than maxEventLoopLagMs / 2 late (every connection still has a request waiting)
+ *    and falls back, more slowly, once it is not; the overload ends when it reaches 0;
  *  - requests in flight: bounded, for slow (network) HSMs where work queues up asynchronously.
- * Shed requests are refused before any SigV4 or HSM work is spent on them.
+ * The shed requests are spread evenly (error diffusion), not refused in runs.
  */
 export interface OverloadOptions {
   maxEventLoopLagMs: number;
@@ -20,32 +26,62 @@ export interface OverloadOptions {
 
 /** Weight of a new lag sample in the average: a single 120 ms stall moves it by 24 ms. */
 const LAG_SMOOTHING = 0.2;
+/** The adaptive share is adjusted this often. */
+const ADAPT_INTERVAL_MS = 100;
+/** Fast attack, slow release. */
+const SHARE_UP = 0.1;
+const SHARE_DOWN = 0.05;
+
+/** The adaptive part of the shedding decision: a pure step function, for the tests. */
+export interface AdaptiveState {
+  overloaded: boolean;
+  share: number;
+}
+
+/**
+ * Once the lag passes maxLagMs, the share rises while the loop is still more than maxLagMs / 2
+ * late and falls while it is less: it settles where the proxy answers as fast as requests come,
+ * with a short queue, wherever that queue would otherwise be.
+ */
+export function adaptShare(s: AdaptiveState, lagMs: number, maxLagMs: number): AdaptiveState {
+  const overloaded = s.overloaded || lagMs > maxLagMs;
+  if (!overloaded) return { overloaded: false, share: 0 };
+  const share = Math.min(1, Math.max(0, s.share + (lagMs > maxLagMs / 2 ? SHARE_UP : -SHARE_DOWN)));
+  // Over once no request needs refusing and the loop is on time again.
+  if (share === 0 && lagMs <= maxLagMs / 2) return { overloaded: false, share: 0 };
+  return { overloaded: true, share };
+}
 
 export class OverloadGuard {
   private inFlight = 0;
   private lagMs = 0;
+  private adaptive: AdaptiveState = { overloaded: false, share: 0 };
   /** Fault injection: a lag the sampler does not overwrite (see setLagForTest). */
   private injectedLagMs = 0;
   /** Error-diffusion accumulator: sheds exactly the computed share, spread evenly. */
   private owed = 0;
-  private timer: NodeJS.Timeout | undefined;
+  private timers: NodeJS.Timeout[] = [];
 
   constructor(private readonly o: OverloadOptions) {}
 
   start(): void {
     const interval = this.o.sampleIntervalMs ?? 10;
     let expected = performance.now() + interval;
-    this.timer = setInterval(() => {
+    const sampler = setInterval(() => {
       const t = performance.now();
       this.lagMs += LAG_SMOOTHING * (Math.max(0, t - expected) - this.lagMs);
       expected = t + interval;
     }, interval);
-    this.timer.unref();
+    const adapter = setInterval(() => {
+      this.adaptive = adaptShare(this.adaptive, this.currentLagMs(), this.o.maxEventLoopLagMs);
+    }, ADAPT_INTERVAL_MS);
+    for (const t of [sampler, adapter]) t.unref();
+    this.timers = [sampler, adapter];
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
   }
 
   /** Share of new requests to refuse now, from 0 to 1. */
@@ -53,7 +89,8 @@ export class OverloadGuard {
     const lag = this.currentLagMs();
     const from = this.o.maxEventLoopLagMs;
     const all = this.o.maxEventLoopLagMs * 3;
-    return Math.min(1, Math.max(0, (lag - from) / (all - from)));
+    const byLag = Math.min(1, Math.max(0, (lag - from) / (all - from)));
+    return Math.max(byLag, this.adaptive.share);
   }
 
   /** Why a new request must be shed now, or undefined when it may proceed. */
@@ -67,7 +104,7 @@ export class OverloadGuard {
     this.owed += share;
     if (this.owed < 1) return undefined;
     this.owed -= 1;
-    return `event loop ${Math.round(this.currentLagMs())} ms late (max ${this.o.maxEventLoopLagMs}): shedding ${Math.round(share * 100)}% of requests`;
+    return `overloaded (event loop ${Math.round(this.currentLagMs())} ms late, max ${this.o.maxEventLoopLagMs}): shedding ${Math.round(share * 100)}% of requests`;
   }
 
   enter(): void {
@@ -79,8 +116,8 @@ export class OverloadGuard {
   }
 
   /** For tests and metrics. */
-  state(): { inFlight: number; lagMs: number; shedShare: number } {
-    return { inFlight: this.inFlight, lagMs: this.currentLagMs(), shedShare: this.shedShare() };
+  state(): { inFlight: number; lagMs: number; shedShare: number; overloaded: boolean } {
+    return { inFlight: this.inFlight, lagMs: this.currentLagMs(), shedShare: this.shedShare(), overloaded: this.adaptive.overloaded };
   }
 
   /**

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { OverloadGuard } from '../../../src/http/overload';
+import { OverloadGuard, adaptShare, type AdaptiveState } from '../../../src/http/overload';
 import { TokenBucket } from '../../../src/xks/quota';
 
 describe('TokenBucket (per-key-store quota)', () => {
@@ -35,9 +35,27 @@ describe('OverloadGuard (load shedding)', () => {
     expect(shedOutOf(100)).to.equal(50);
     g.setLagForTest(150);
     expect(shedOutOf(100)).to.equal(100);
-    expect(g.shedReason()).to.match(/event loop 150 ms late \(max 50\): shedding 100% of requests/);
+    expect(g.shedReason()).to.match(/overloaded \(event loop 150 ms late, max 50\): shedding 100% of requests/);
     g.setLagForTest(3);
     expect(shedOutOf(100)).to.equal(0);
+  });
+
+  it('once overloaded, raises its own share until the lag is under half the maximum, then lowers it to the end of the overload', () => {
+    let s: AdaptiveState = { overloaded: false, share: 0 };
+    const step = (lag: number) => (s = adaptShare(s, lag, 50));
+    step(40); // late, but not overloaded: a saturated closed loop is served, not shed
+    expect(s).to.deep.equal({ overloaded: false, share: 0 });
+    step(60);
+    expect(s.overloaded).to.equal(true);
+    for (let i = 0; i < 5; i++) step(30); // still more than half the maximum: clients are queueing
+    expect(s.share).to.be.closeTo(0.6, 1e-9);
+    for (let i = 0; i < 20; i++) step(100);
+    expect(s.share).to.equal(1);
+    step(10); // caught up: release slowly
+    expect(s.share).to.be.closeTo(0.95, 1e-9);
+    expect(s.overloaded).to.equal(true);
+    for (let i = 0; i < 30; i++) step(10);
+    expect(s).to.deep.equal({ overloaded: false, share: 0 });
   });
 
   it('spreads the shed requests evenly instead of refusing a run of them', () => {
