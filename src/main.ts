@@ -149,6 +149,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const plane = control.control;
   if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.publicState().blocks.map((b) => b.scope)));
   const overload = new OverloadGuard(config.server.overload);
+  meter.bind({ overload: () => overload.state() });
   const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, overload, ...(opts.now ? { now: opts.now } : {}) });
 
   const servers: http.Server[] = [];

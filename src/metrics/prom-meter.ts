@@ -50,6 +50,8 @@ export interface MeterSources {
   knownKey?: (keyStore: string, externalKeyId: string) => boolean;
   /** Audit log counters, when the audit log is on. */
   audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined };
+  /** Load shedding state (src/http/overload.ts). */
+  overload?: () => { shedShare: number; inFlight: number };
   now?: () => number;
 }
 
@@ -142,6 +144,21 @@ export class PromMeter implements Meter {
         for (const c of self.sources.credentials?.() ?? []) this.set({ key_store: c.keyStore, access_key_id: c.accessKeyId }, (self.now() - c.createdAtMs) / DAY_MS);
       },
     });
+    new Gauge({
+      // A cluster reports its most loaded worker: a share summed over workers would mean nothing.
+      name: 'xks_overload_shed_ratio', help: 'Share of new XKS requests refused now with ThrottlingException because the proxy is over capacity (0 to 1).', registers, aggregator: 'max',
+      collect() {
+        const o = self.sources.overload?.();
+        if (o) this.set(o.shedShare);
+      },
+    });
+    new Gauge({
+      name: 'xks_requests_in_flight', help: 'XKS requests being processed now.', registers,
+      collect() {
+        const o = self.sources.overload?.();
+        if (o) this.set(o.inFlight);
+      },
+    });
     // Counters kept by the audit log itself, copied at scrape time.
     new Counter({
       name: 'xks_audit_records_total', help: 'Audit records written since start.', registers,
@@ -178,7 +195,7 @@ export class PromMeter implements Meter {
   /** Attach (or replace) the scrape-time sources. */
   bind(sources: MeterSources): void {
     this.sources = { ...this.sources, ...sources };
-    this.setTlsCertFile(sources.tlsCertFile);
+    if ('tlsCertFile' in sources) this.setTlsCertFile(sources.tlsCertFile);
   }
 
   /** The certificate the listener serves; a reload that swaps it calls this. */

@@ -159,6 +159,18 @@ describe('observability: metrics and the audit log over HTTPS against SoftHSM2',
     expect(age).to.be.within(0, 0.01);
     expect(sample(text, 'xks_audit_records_total')).to.be.greaterThan(0);
     expect(sample(text, 'xks_audit_write_errors_total')).to.equal(0);
+    expect(sample(text, 'xks_overload_shed_ratio')).to.equal(0);
+    expect(sample(text, 'xks_requests_in_flight')).to.equal(0);
+  });
+
+  it('reports the share of requests shed while over capacity', async () => {
+    h.proxy.overload.setLagForTest(100); // half-way between the maximum lag (50) and three times it
+    try {
+      expect(sample(await scrape(), 'xks_overload_shed_ratio')).to.equal(0.5);
+    } finally {
+      h.proxy.overload.setLagForTest(0);
+    }
+    expect(sample(await scrape(), 'xks_overload_shed_ratio')).to.equal(0);
   });
 
   it('writes exactly one audit record per request, for each outcome, with the request metadata', async () => {
