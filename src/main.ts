@@ -105,6 +105,13 @@ async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log
   } catch (e) {
     throw new StartupError(`HSM PIN: ${(e as Error).message}`);
   }
+  if (cfg.callMode === 'async') {
+    // libuv reads UV_THREADPOOL_SIZE when its pool starts: it can only come from the environment.
+    const threads = Number(env.UV_THREADPOOL_SIZE ?? process.env.UV_THREADPOOL_SIZE ?? 4);
+    if (threads < cfg.pool.size) {
+      log.warn('hsm.callMode async: at most UV_THREADPOOL_SIZE HSM calls run at once; set it to at least hsm.pool.size in the environment', { UV_THREADPOOL_SIZE: threads, poolSize: cfg.pool.size });
+    }
+  }
   try {
     return await openPkcs11Backend(cfg, pin, log);
   } catch (e) {

@@ -112,7 +112,7 @@ const KNOWN_KEYS = [
   'server', 'host', 'port', 'tls', 'certFile', 'keyFile', 'plainHttp', 'maxBodyBytes', 'headersTimeoutMs',
   'requestTimeoutMs', 'keepAliveTimeoutMs', 'healthEndpoints', 'livePath', 'readyPath', 'plainPort', 'plainHost',
   'health', 'intervalMs', 'degradedAboveMs', 'hsm', 'module', 'moduleEnv', 'tokenLabel', 'pin', 'env', 'file',
-  'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'proxy', 'vendor', 'model', 'fleetSize',
+  'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'callMode', 'proxy', 'vendor', 'model', 'fleetSize',
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
   'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
   'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'workers', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',

@@ -101,6 +101,14 @@ export const HsmConfig = z
      * 'hsm-appended': the HSM appends its own 12- or 16-byte IV to the output (Luna in FIPS mode).
      */
     ivMode: z.enum(['proxy', 'hsm-params', 'hsm-appended']).default('proxy'),
+    /**
+     * How C_Encrypt and C_Decrypt are called (docs/hsm-profiles.md, "Call mode"):
+     * 'sync' (default): on the event loop; fastest when a call takes microseconds (SoftHSM2);
+     * 'async': on libuv's thread pool, so that calls on different sessions overlap and the proxy
+     * keeps serving meanwhile: for network HSMs whose calls take milliseconds. Concurrency is
+     * bounded by hsm.pool.size and by UV_THREADPOOL_SIZE (environment, default 4).
+     */
+    callMode: z.enum(['sync', 'async']).default('sync'),
   })
   .strict();
 export type HsmConfig = z.infer<typeof HsmConfig>;

@@ -408,6 +408,8 @@ export class Pkcs11Backend implements HsmBackend {
    */
   private generation = 0;
   private needsReinit = false;
+  /** C_Encrypt/C_DecryptAsync calls on the thread pool now (hsm.callMode 'async'). */
+  private readonly asyncCalls = new Set<Promise<unknown>>();
   private closed = false;
   private info: TokenInfo;
   /** The PIN is kept for re-login after recovery; a #private field is invisible to inspect/JSON. */
@@ -492,8 +494,10 @@ export class Pkcs11Backend implements HsmBackend {
       const plan = planGcmEncrypt(this.cfg.ivMode, plaintext.length, () => this.ivs.next());
       step.op = 'encrypt';
       this.p.C_EncryptInit(s.handle, gcmMechanism(plan.paramsIv, aad), key.handle);
+      const out = Buffer.alloc(plan.outputBytes);
       // Fail closed (InternalException, nothing returned) if the output does not fit hsm.ivMode.
-      return plan.finish(this.p.C_Encrypt(s.handle, plaintext, Buffer.alloc(plan.outputBytes)));
+      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_EncryptAsync(s.handle, plaintext, out)).then((o) => plan.finish(o));
+      return plan.finish(this.p.C_Encrypt(s.handle, plaintext, out));
     });
   }
 
@@ -512,11 +516,16 @@ export class Pkcs11Backend implements HsmBackend {
       this.p.C_DecryptInit(s.handle, gcmMechanism(iv, aad), key.handle);
       // The output buffer must hold ciphertext+tag: SoftHSM2 sizes the check on the whole input,
       // and CKR_BUFFER_TOO_SMALL would leave the operation active.
-      const out = this.p.C_Decrypt(s.handle, Buffer.concat([ciphertext, tag]), Buffer.alloc(ciphertext.length + GCM_TAG_BYTES));
-      if (out.length !== ciphertext.length) {
-        throw new XksError('InternalException', undefined, `C_Decrypt returned ${out.length} bytes for ${ciphertext.length}`);
-      }
-      return Buffer.from(out);
+      const input = Buffer.concat([ciphertext, tag]);
+      const out = Buffer.alloc(ciphertext.length + GCM_TAG_BYTES);
+      const plaintextOf = (o: Buffer): Buffer => {
+        if (o.length !== ciphertext.length) {
+          throw new XksError('InternalException', undefined, `C_Decrypt returned ${o.length} bytes for ${ciphertext.length}`);
+        }
+        return Buffer.from(o);
+      };
+      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_DecryptAsync(s.handle, input, out)).then(plaintextOf);
+      return plaintextOf(this.p.C_Decrypt(s.handle, input, out));
     });
   }
 
@@ -531,6 +540,8 @@ export class Pkcs11Backend implements HsmBackend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Sessions and the module must not go away under a call on the thread pool.
+    while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
     // Log out only if no one else in this process uses the module: the login is shared.
     if (this.module.soleUser() && !this.needsReinit) {
       try {
@@ -556,19 +567,22 @@ export class Pkcs11Backend implements HsmBackend {
   /**
    * Runs `fn` with a pooled session. On a PKCS#11 error, ckr-table decides; for drop, reinit and
    * refresh-handle the recovery runs and `fn` is tried once more (with a new IV, session, handle).
-   * XksErrors thrown by `fn` (usage refusals, key not found) pass through untouched.
+   * XksErrors thrown by `fn` (usage refusals, key not found) pass through untouched. `fn` may
+   * return a promise (hsm.callMode 'async'): the session stays leased until it settles.
    */
-  private async withSession<R>(label: string, fn: (s: PooledSession, step: Step) => R): Promise<R> {
+  private async withSession<R>(label: string, fn: (s: PooledSession, step: Step) => R | Promise<R>): Promise<R> {
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new XksError('InternalException', undefined, 'HSM backend is closed');
-      if (this.needsReinit) this.reinitialise();
+      if (this.needsReinit) await this.reinitialiseWhenQuiet();
       const generation = this.generation;
       const step: Step = { op: 'login' }; // a failure while acquiring is opening a session + login
       let lease: Lease<PooledSession> | undefined;
       try {
         lease = await this.acquireCurrent();
         step.op = 'find';
-        const result = fn(lease.resource, step);
+        let result = fn(lease.resource, step);
+        // No extra promise hop for the synchronous calls of hsm.callMode 'sync'.
+        if (result instanceof Promise) result = await result;
         this.pool.release(lease);
         return result;
       } catch (e) {
@@ -591,7 +605,7 @@ export class Pkcs11Backend implements HsmBackend {
           action: d.action,
           retry,
         });
-        this.recover(d, label, retry, generation);
+        await this.recover(d, label, retry, generation);
         if (!retry) throw new XksError(d.errorName, undefined, d.detail);
       }
     }
@@ -615,7 +629,7 @@ export class Pkcs11Backend implements HsmBackend {
    * operation is going to be retried, else it is left for the next call (needsReinit), so that a
    * failing HSM is not hammered twice within one request.
    */
-  private recover(d: CkrDecision, label: string, retrying: boolean, attemptGeneration: number): void {
+  private async recover(d: CkrDecision, label: string, retrying: boolean, attemptGeneration: number): Promise<void> {
     // The module was re-initialised since this attempt began (by a concurrent call that hit the
     // same fault first): everything is fresh already, and another C_Finalize would pull the new
     // sessions from under the calls now using them. Just retry.
@@ -635,7 +649,7 @@ export class Pkcs11Backend implements HsmBackend {
         return;
       case 'reinit':
         this.needsReinit = true;
-        if (retrying) this.reinitialise();
+        if (retrying) await this.reinitialiseWhenQuiet();
         return;
     }
   }
@@ -645,6 +659,24 @@ export class Pkcs11Backend implements HsmBackend {
    * are opened (and the user logged in) lazily by the pool. Throws an XksError if the token cannot
    * be reached; needsReinit stays set so that the next call tries again: no restart needed.
    */
+  /** Tracks a call running on the thread pool until it settles. */
+  private onThreadPool<T>(call: Promise<T>): Promise<T> {
+    this.asyncCalls.add(call);
+    const untrack = () => this.asyncCalls.delete(call);
+    call.then(untrack, untrack);
+    return call;
+  }
+
+  /**
+   * C_Finalize must not run under a call still on the thread pool (hsm.callMode 'async'): wait
+   * for those to settle first. New calls wait too: they see needsReinit.
+   */
+  private async reinitialiseWhenQuiet(): Promise<void> {
+    while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
+    // Another caller may have re-initialised while this one waited.
+    if (this.needsReinit) this.reinitialise();
+  }
+
   private reinitialise(): void {
     this.needsReinit = true;
     this.generation++;

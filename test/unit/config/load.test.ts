@@ -122,12 +122,20 @@ describe('configuration', () => {
     expect(problems({ ...raw, hsm: { ...raw.hsm, ivMode: 'hsm' } }).join('\n')).to.match(/hsm\.ivMode/);
   });
 
-  it('the vendor example configs validate, each with the IV mode its HSM needs', () => {
+  it('the vendor example configs validate, each with the IV mode its HSM needs and async calls (network HSMs)', () => {
     const expected: Record<string, string> = { 'cloudhsm.example.yaml': 'hsm-params', 'luna.example.yaml': 'proxy', 'nshield.example.yaml': 'proxy' };
     for (const [file, ivMode] of Object.entries(expected)) {
       const { config } = loadConfig(path.resolve(__dirname, '../../../../config', file), {});
       expect(config.hsm.ivMode, file).to.equal(ivMode);
+      expect(config.hsm.callMode, file).to.equal('async');
     }
+  });
+
+  it("hsm.callMode: 'sync' by default, 'async' accepted (also from XKS__HSM__CALLMODE), anything else refused", () => {
+    expect(parseConfig(minimal(), '/etc/xks/config.yaml', {}).config.hsm.callMode).to.equal('sync');
+    expect(parseConfig(minimal(), '/etc/xks/config.yaml', { XKS__HSM__CALLMODE: 'async' }).config.hsm.callMode).to.equal('async');
+    const raw = minimal();
+    expect(problems({ ...raw, hsm: { ...raw.hsm, callMode: 'threads' } }).join('\n')).to.match(/hsm\.callMode/);
   });
 
   it('the shipped SoftHSM2 default config validates', () => {
