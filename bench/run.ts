@@ -5,6 +5,7 @@
  *
  *   npm run bench -- [--workloads encrypt32,decrypt32,mixed,encrypt4300,metadata,encrypt32-cdiv]
  *                    [--duration 10] [--connections 32] [--rate 1800] [--generator auto|wrk|undici]
+ *                    [--workers 1] [--hsm-call-mode sync|async]
  *                    [--out bench/results/NAME.json]
  */
 import fs from 'node:fs';
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
       'raw-seconds': { type: 'string', default: '3' },
       'overload-factor': { type: 'string', default: '2' },
       workers: { type: 'string', default: '1' },
+      'hsm-call-mode': { type: 'string', default: 'sync' },
       out: { type: 'string' },
     },
   });
@@ -40,7 +42,7 @@ async function main(): Promise<void> {
   for (const w of workloads) if (!(w in WORKLOADS)) throw new Error(`unknown workload ${w}`);
   const useWrk = values.generator === 'wrk' || (values.generator === 'auto' && wrkAvailable());
 
-  const target = await startTarget({ workers: Number(values.workers) });
+  const target = await startTarget({ workers: Number(values.workers), env: { XKS__HSM__CALLMODE: values['hsm-call-mode'] } });
   const ca = fs.readFileSync(target.certFile);
   const origin = `https://localhost:${target.port}`;
   const t = { host: `localhost:${target.port}`, prefix: KEY_STORE_PREFIX, keyId: BENCH_KEY, cred: target.cred };
@@ -103,6 +105,7 @@ async function main(): Promise<void> {
     machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, memGiB: Math.round(os.totalmem() / 2 ** 30) },
     generator: `${useWrk ? 'wrk' : 'undici'} (closed loop), raw TLS (fixed rate)`,
     workers: Number(values.workers),
+    hsmCallMode: values['hsm-call-mode'],
     durationS: durationMs / 1000,
     connections,
     rawSoftHsmEncryptOpsPerSecond: raw?.opsPerSecond,
