@@ -541,7 +541,7 @@ export class Pkcs11Backend implements HsmBackend {
     if (this.closed) return;
     this.closed = true;
     // Sessions and the module must not go away under a call on the thread pool.
-    while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
+    await this.threadPoolQuiet();
     // Log out only if no one else in this process uses the module: the login is shared.
     if (this.module.soleUser() && !this.needsReinit) {
       try {
@@ -659,6 +659,11 @@ export class Pkcs11Backend implements HsmBackend {
    * are opened (and the user logged in) lazily by the pool. Throws an XksError if the token cannot
    * be reached; needsReinit stays set so that the next call tries again: no restart needed.
    */
+  /** Resolves once no call of this backend is on the thread pool. */
+  private async threadPoolQuiet(): Promise<void> {
+    while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
+  }
+
   /** Tracks a call running on the thread pool until it settles. */
   private onThreadPool<T>(call: Promise<T>): Promise<T> {
     this.asyncCalls.add(call);
@@ -672,7 +677,7 @@ export class Pkcs11Backend implements HsmBackend {
    * for those to settle first. New calls wait too: they see needsReinit.
    */
   private async reinitialiseWhenQuiet(): Promise<void> {
-    while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
+    await this.threadPoolQuiet();
     // Another caller may have re-initialised while this one waited.
     if (this.needsReinit) this.reinitialise();
   }
