@@ -32,6 +32,10 @@ const ADAPT_INTERVAL_MS = 100;
 const SHARE_UP = 0.1;
 const SHARE_DOWN = 0.05;
 
+function clampShare(x: number): number {
+  return Math.min(1, Math.max(0, x));
+}
+
 /** The adaptive part of the shedding decision: a pure step function, for the tests. */
 export interface AdaptiveState {
   overloaded: boolean;
@@ -46,7 +50,7 @@ export interface AdaptiveState {
 export function adaptShare(s: AdaptiveState, lagMs: number, maxLagMs: number): AdaptiveState {
   const overloaded = s.overloaded || lagMs > maxLagMs;
   if (!overloaded) return { overloaded: false, share: 0 };
-  const share = Math.min(1, Math.max(0, s.share + (lagMs > maxLagMs / 2 ? SHARE_UP : -SHARE_DOWN)));
+  const share = clampShare(s.share + (lagMs > maxLagMs / 2 ? SHARE_UP : -SHARE_DOWN));
   // Over once no request needs refusing and the loop is on time again.
   if (share === 0 && lagMs <= maxLagMs / 2) return { overloaded: false, share: 0 };
   return { overloaded: true, share };
@@ -89,7 +93,7 @@ export class OverloadGuard {
     const lag = this.currentLagMs();
     const from = this.o.maxEventLoopLagMs;
     const all = this.o.maxEventLoopLagMs * 3;
-    const byLag = Math.min(1, Math.max(0, (lag - from) / (all - from)));
+    const byLag = clampShare((lag - from) / (all - from));
     return Math.max(byLag, this.adaptive.share);
   }
 
@@ -116,8 +120,8 @@ export class OverloadGuard {
   }
 
   /** For tests and metrics. */
-  state(): { inFlight: number; lagMs: number; shedShare: number; overloaded: boolean } {
-    return { inFlight: this.inFlight, lagMs: this.currentLagMs(), shedShare: this.shedShare(), overloaded: this.adaptive.overloaded };
+  state(): { inFlight: number; lagMs: number; shedShare: number } {
+    return { inFlight: this.inFlight, lagMs: this.currentLagMs(), shedShare: this.shedShare() };
   }
 
   /**
