@@ -106,8 +106,9 @@ async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log
     throw new StartupError(`HSM PIN: ${(e as Error).message}`);
   }
   if (cfg.callMode === 'async') {
-    // libuv reads UV_THREADPOOL_SIZE when its pool starts: it can only come from the environment.
-    const threads = Number(env.UV_THREADPOOL_SIZE ?? process.env.UV_THREADPOOL_SIZE ?? 4);
+    // libuv reads UV_THREADPOOL_SIZE from this process's environment when its pool starts: it
+    // cannot come from the configuration (nor from a test's injected env).
+    const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
     if (threads < cfg.pool.size) {
       log.warn('hsm.callMode async: at most UV_THREADPOOL_SIZE HSM calls run at once; set it to at least hsm.pool.size in the environment', { UV_THREADPOOL_SIZE: threads, poolSize: cfg.pool.size });
     }
