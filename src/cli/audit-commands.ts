@@ -8,8 +8,10 @@ import { rotatedFiles } from '../audit/audit-log';
 import { generateSigningKeyPair, loadVerificationKey, type CheckpointAlg } from '../audit/signing';
 import { formatReport, verifyAuditFiles } from '../audit/verify';
 import { configPathFrom, loadConfig } from '../config/load';
+import { reconcileCommand } from './reconcile-command';
 
 export const AUDIT_USAGE = `Usage:
+  xks-proxy audit reconcile --cloudtrail FILE|DIR ... (see xks-proxy audit reconcile --help)
   xks-proxy audit keygen [--private FILE] [--public FILE] [--alg EdDSA|ES256] [--config FILE]
   xks-proxy audit verify --public-key FILE [--partial] [--json] [FILE|DIR ...] [--config FILE]
 
@@ -30,6 +32,8 @@ function usageError(msg: string): number {
 }
 
 export async function auditCommand(argv: string[]): Promise<number> {
+  // reconcile has options of its own; it parses them itself.
+  if (argv[0] === 'reconcile') return reconcileCommand(argv.slice(1));
   const { values, positionals } = parseArgs({
     args: argv,
     options: {

@@ -29,7 +29,7 @@ Commands:
   serve          run the proxy
   keys           create and list keys in the HSM token
   credentials    create and list SigV4 credentials of a key store
-  audit          audit signing key, and verification of the audit log
+  audit          audit signing key, verification of the audit log, reconciliation with CloudTrail
   operator       operator key pairs and admin API tokens
   killswitch     show, engage and lift the kill switch (and the emergency local engage, repair)
   policy         the proxy's allowlists per key store
