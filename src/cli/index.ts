@@ -12,7 +12,7 @@ import { createKey, listKeys } from '../hsm/key-admin';
 import cluster from 'node:cluster';
 import { startPrimary } from '../cluster/primary';
 import { startWorker } from '../cluster/worker';
-import { createAppLogger } from '../log/logger';
+import { createAppLogger, type AppLogger } from '../log/logger';
 import { StartupError, startProxy, type RunningProxy } from '../main';
 import { VERSION } from '../version';
 import { listCredentials, newCredential } from './credentials';
@@ -88,13 +88,14 @@ async function serve(argv: string[]): Promise<number> {
   // server.workers > 1: this process is the cluster primary, or one of its workers (src/cluster/).
   const clustered = loaded.config.server.workers > 1;
   const running: { close(): Promise<void>; reload(): void } = !clustered
-    ? withReloadReport(await startProxy(loaded, { log }))
+    ? withReloadReport(await startProxy(loaded, { log }), log)
     : cluster.isPrimary
       ? await startPrimary(loaded, log, process.argv.slice(2))
-      : withReloadReport(await startWorker(loaded, Number(process.env.XKS_WORKER_INDEX ?? '0'), log));
+      : withReloadReport(await startWorker(loaded, Number(process.env.XKS_WORKER_INDEX ?? '0'), log), log);
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {
-      if (!clustered || cluster.isPrimary) process.stderr.write(`received ${sig}, shutting down\n`);
+      // A JSON line like every other log line, so that log shippers parse it.
+      if (!clustered || cluster.isPrimary) log.info('shutting down', { signal: sig });
       void running.close().then(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
@@ -107,14 +108,11 @@ async function serve(argv: string[]): Promise<number> {
   return 0;
 }
 
-function withReloadReport(proxy: RunningProxy): { close(): Promise<void>; reload(): void } {
+function withReloadReport(proxy: RunningProxy, log: AppLogger): { close(): Promise<void>; reload(): void } {
   return {
     close: () => proxy.close(),
-    reload: () =>
-      void proxy.reload().then(
-        (r) => process.stderr.write(`configuration reloaded (applied: ${r.applied.join(', ')}${r.needsRestart.length ? `; needs a restart: ${r.needsRestart.join(', ')}` : ''})\n`),
-        (e: unknown) => process.stderr.write(`configuration NOT reloaded, the running one stays:\n${(e as Error).message}\n`),
-      ),
+    // The proxy logs what a reload applied; a refused one is logged here with every problem.
+    reload: () => void proxy.reload().catch((e: unknown) => log.error('configuration NOT reloaded, the running one stays', { problems: (e as Error).message })),
   };
 }
 
@@ -143,7 +141,10 @@ async function keys(argv: string[]): Promise<number> {
       usedBy: loaded.config.keyStores.flatMap((ks) => ks.keys.filter((e) => (e.label ?? e.externalKeyId) === k.label).map((e) => ({ keyStore: ks.name, externalKeyId: e.externalKeyId, keyStatus: e.enabled ? 'ENABLED' : 'DISABLED' }))),
     }));
     if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
-    else for (const r of rows) process.stdout.write(`${r.label}\t${r.keySpec}\t${r.keyUsage.join(',') || '-'}\t${r.usedBy.map((u) => `${u.keyStore}/${u.externalKeyId} ${u.keyStatus}`).join('; ') || '(not in any key store)'}\n`);
+    else {
+      const table = [['LABEL', 'KEY SPEC', 'KEY USAGE', 'USED BY (key store/externalKeyId status)'], ...rows.map((r) => [r.label, r.keySpec, r.keyUsage.join(',') || '-', r.usedBy.map((u) => `${u.keyStore}/${u.externalKeyId} ${u.keyStatus}`).join('; ') || '(not in any key store)'])];
+      process.stdout.write(formatTable(table));
+    }
     return 0;
   }
   return usageError('keys', `unknown subcommand ${sub}`);
@@ -164,10 +165,16 @@ async function credentials(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === 'list') {
-    for (const row of listCredentials(loaded.config)) process.stdout.write(`${row.keyStore}\t${row.uriPath}\t${row.accessKeyIds.join(',') || '(none)'}\n`);
+    process.stdout.write(formatTable([['KEY STORE', 'URI PATH', 'ACCESS KEY IDS'], ...listCredentials(loaded.config).map((row) => [row.keyStore, row.uriPath, row.accessKeyIds.join(',') || '(none)'])]));
     return 0;
   }
   return usageError('credentials', `unknown subcommand ${sub}`);
+}
+
+/** Rows as columns padded to their widest cell, the first row a header (the last column unpadded). */
+export function formatTable(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
 }
 
 function help(topic: string, asError = false): number {

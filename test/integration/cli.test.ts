@@ -82,6 +82,9 @@ describe('xks-proxy CLI', () => {
     const rows = JSON.parse(stdout) as { label: string; keySpec: string; keyUsage: string[]; usedBy: unknown[] }[];
     expect(rows.find((r) => r.label === 'cli-key')).to.deep.include({ keySpec: 'AES_256', keyUsage: ['ENCRYPT'] });
     expect(rows.find((r) => r.label === 'cli-key')!.usedBy).to.deep.equal([{ keyStore: 'demo', externalKeyId: 'cli-key', keyStatus: 'ENABLED' }]);
+    const table = (await cli('keys', 'list')).stdout.split('\n');
+    expect(table[0]).to.match(/^LABEL +KEY SPEC +KEY USAGE +USED BY/);
+    expect(table.find((l) => l.startsWith('cli-key '))).to.match(/^cli-key +AES_256 +ENCRYPT +demo\/cli-key ENABLED$/);
     try {
       await cli('keys', 'create', '--label', 'cli-key');
       expect.fail('duplicate label must be refused');
@@ -101,6 +104,7 @@ describe('xks-proxy CLI', () => {
     const secretFile = path.join(token.dir, 'creds', `${kms.XksProxyAuthenticationCredential.AccessKeyId}.secret`);
     expect(fs.statSync(secretFile).mode & 0o777).to.equal(0o600);
     const { stdout } = await cli('credentials', 'list');
+    expect(stdout.split('\n')[0]).to.match(/^KEY STORE +URI PATH +ACCESS KEY IDS$/);
     expect(stdout).to.include(kms.XksProxyAuthenticationCredential.AccessKeyId);
     expect(stdout).not.to.include(kms.XksProxyAuthenticationCredential.RawSecretAccessKey);
 
@@ -130,5 +134,8 @@ describe('xks-proxy CLI', () => {
     child.kill('SIGTERM');
     expect(await exit).to.equal(0);
     expect(stderr).not.to.include(token.pin);
+    // Every line the process wrote is a JSON log line, the shutdown one included.
+    const lines = stderr.split('\n').filter((l) => l.trim().length > 0).map((l) => JSON.parse(l) as { message: string; level: string; signal?: string });
+    expect(lines.find((l) => l.message === 'shutting down')).to.include({ level: 'info', signal: 'SIGTERM' });
   });
 });
