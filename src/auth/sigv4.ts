@@ -324,7 +324,10 @@ export function verifySigV4(
   const secret = secrets.secretFor(auth.accessKeyId);
   if (secret === undefined) {
     const owner = secrets.ownerOf?.(auth.accessKeyId);
-    fail(owner ? `access key id belongs to key store "${owner}", not to this URI's key store` : 'unknown access key id');
+    // The id, never the secret, so that an operator can tell a stale KMS credential from a probe.
+    // Shown only when it has the spec's form (20-30 of A-Z and 2-7): anything else is caller noise.
+    const id = /^[A-Z2-7]{20,30}$/.test(auth.accessKeyId) ? auth.accessKeyId : `(malformed, ${auth.accessKeyId.length} characters)`;
+    fail(owner ? `access key id ${id} belongs to key store "${owner}", not to this URI's key store` : `unknown access key id ${id}`);
   }
 
   const signature = computeSignature({

@@ -62,8 +62,8 @@ export type SigV4FailureReason = 'missing_auth' | 'malformed' | 'clock_skew' | '
 const SIGV4_REASONS: readonly [RegExp, SigV4FailureReason][] = [
   [/^missing Authorization header$/, 'missing_auth'],
   [/^X-Amz-Date is -?\d+ s off the proxy clock/, 'clock_skew'],
-  [/^unknown access key id$/, 'unknown_key_id'],
-  [/^access key id belongs to key store /, 'wrong_key_store'],
+  [/^unknown access key id /, 'unknown_key_id'],
+  [/^access key id \S+ belongs to key store /, 'wrong_key_store'],
   [/^signature does not match$/, 'signature_mismatch'],
   [
     /^(more than one Authorization header|malformed |unsupported signing algorithm|duplicate |Authorization header lacks |credential scope does not end|credential date differs|SignedHeaders not sorted|service in credential scope|host is not a signed header|x-amz-date is not a signed header|missing or repeated X-Amz-Date|signed header .* is missing)/,
