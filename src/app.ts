@@ -145,6 +145,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
+      if (timing.aadLayout) record.aadLayout = timing.aadLayout;
       meter.requestCompleted(record);
       requestLog.write(record);
     }

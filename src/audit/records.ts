@@ -64,6 +64,7 @@ export function xksFields(r: Readonly<RequestRecord>): Record<string, unknown> {
     allowedBy: clip(r.allowedBy),
     latencyMs: r.latencyMs,
     hsmMs: r.hsmMs,
+    aadLayout: r.aadLayout,
   };
 }
 

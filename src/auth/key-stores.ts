@@ -33,6 +33,8 @@ export class KeyStore implements SecretLookup {
   private readonly keys: Map<string, ExternalKeyEntry>;
   /** The key store's own request quota, if the operator set one. */
   readonly quota: TokenBucket | undefined;
+  /** Which GCM AAD layouts Decrypt accepts (keyStores[].compatibility). */
+  readonly compatibility: KeyStoreConfig['compatibility'];
   private staticCredentials = new Map<string, string>();
   private dirCredentials = new Map<string, string>();
 
@@ -43,6 +45,7 @@ export class KeyStore implements SecretLookup {
     this.name = cfg.name;
     this.pathPrefix = cfg.pathPrefix;
     this.uriPath = cfg.pathPrefix + XKS_API_SUFFIX;
+    this.compatibility = cfg.compatibility;
     this.quota = cfg.quota && new TokenBucket(cfg.quota.requestsPerSecond, cfg.quota.burst ?? Math.max(1, Math.ceil(cfg.quota.requestsPerSecond)));
     this.keys = new Map(cfg.keys.map((k) => [k.externalKeyId, { externalKeyId: k.externalKeyId, label: k.label ?? k.externalKeyId, enabled: k.enabled }]));
   }

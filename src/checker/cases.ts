@@ -232,3 +232,42 @@ export const CASES: CheckCase[] = [
     },
   },
 ];
+
+/**
+ * Migration check: ciphertexts that another XKS proxy (the one being replaced, on the same HSM
+ * keys and credential) makes must decrypt here, or every ciphertext KMS holds from it is lost.
+ * The other proxy seals; this one opens. With AAD (KMS always sends one) and without, and at the
+ * spec's maximum plaintext size.
+ */
+export function migrationCase(from: XksClient, fromUrl: string): CheckCase {
+  return {
+    name: `Ciphertexts made by ${fromUrl} decrypt here`,
+    spec: 'Encrypt, Decrypt (migration)',
+    async run(ctx) {
+      const c = new Check();
+      const ms: number[] = [];
+      try {
+        for (const [plaintext, aad] of [
+          [crypto.randomBytes(32), crypto.randomBytes(100)],
+          [crypto.randomBytes(32), undefined],
+          [crypto.randomBytes(4300), crypto.randomBytes(1000)],
+        ] as const) {
+          const e = await from.call(`/keys/${ctx.keyId}/encrypt`, { requestMetadata: requestMetadata('Encrypt'), plaintext: b64(plaintext), ...(aad ? { additionalAuthenticatedData: b64(aad) } : {}), encryptionAlgorithm: 'AES_GCM' });
+          if (e.status !== 200) {
+            c.that(false, `the other proxy's Encrypt answered HTTP ${e.status}: ${e.text.slice(0, 200)}`);
+            continue;
+          }
+          const sealed = { plaintext, aad: aad ?? Buffer.alloc(0), ciphertext: e.json.ciphertext, initializationVector: e.json.initializationVector, authenticationTag: e.json.authenticationTag, ...(e.json.ciphertextMetadata ? { ciphertextMetadata: e.json.ciphertextMetadata } : {}) };
+          const body = decryptBody(sealed);
+          if (!aad) delete (body as { additionalAuthenticatedData?: string }).additionalAuthenticatedData;
+          const d = await ctx.client.call(`/keys/${ctx.keyId}/decrypt`, body);
+          ms.push(d.ms);
+          c.that(d.status === 200 && typeof d.json?.plaintext === 'string' && Buffer.from(d.json.plaintext, 'base64').equals(plaintext), `${plaintext.length} bytes ${aad ? 'with' : 'without'} AAD: HTTP ${d.status} ${d.json?.errorName ?? ''}`);
+        }
+      } finally {
+        from.close();
+      }
+      return c.outcome(ms, 'every ciphertext of the other proxy decrypts here');
+    },
+  };
+}

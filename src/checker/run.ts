@@ -3,7 +3,7 @@
  * latency of each call against KMS's 250 ms budget (spec "KMS Considerations"), TLS handshake
  * included.
  */
-import { CASES, type CheckContext } from './cases';
+import { CASES, migrationCase, type CheckContext } from './cases';
 import { XksClient, type ClientOptions } from './client';
 
 export const KMS_BUDGET_MS = 250;
@@ -26,8 +26,9 @@ export interface CheckReport {
   withinBudget: boolean;
 }
 
-export async function runChecks(opts: ClientOptions & { keyId: string }): Promise<CheckReport> {
+export async function runChecks(opts: ClientOptions & { keyId: string; ciphertextsFrom?: string | undefined }): Promise<CheckReport> {
   const client = new XksClient(opts);
+  const extra = opts.ciphertextsFrom ? [migrationCase(new XksClient({ ...opts, baseUrl: opts.ciphertextsFrom }), opts.ciphertextsFrom)] : [];
   let tls: CheckReport['tls'];
   try {
     const h = await client.handshake();
@@ -38,7 +39,7 @@ export async function runChecks(opts: ClientOptions & { keyId: string }): Promis
   const ctx: CheckContext = { client, keyId: opts.keyId };
   const cases: CaseReport[] = [];
   try {
-    for (const c of CASES) {
+    for (const c of [...CASES, ...extra]) {
       try {
         const o = await c.run(ctx);
         cases.push({ name: c.name, spec: c.spec, pass: o.pass, detail: o.detail, maxMs: round(Math.max(0, ...o.ms)) });

@@ -7,13 +7,15 @@ import { formatReport, runChecks } from '../checker/run';
 
 export const CHECK_USAGE = `Usage: xks-proxy check <XksProxyUriEndpoint + XksProxyUriPath> --key-id ID
          (--kms-config FILE | --access-key-id AKID --secret-file FILE) [--region us-east-1]
-         [--ca FILE | --insecure] [--client-cert FILE --client-key FILE] [--json]
+         [--ca FILE | --insecure] [--client-cert FILE --client-key FILE] [--ciphertexts-from URL] [--json]
 
 Runs positive and negative cases of the XKS proxy API v1 against a proxy (ours or another) with the
 given SigV4 credential: the four APIs, CDIV, tampering, authentication, URI and method errors. Prints
 pass/fail per case and each call's latency against KMS's 250 ms budget, TLS handshake included.
 The URL is e.g. https://xks.example.com/demo/kms/xks/v1. --kms-config takes the KMS console proxy
-configuration JSON (as made by "credentials new"). Exit 0 when every case passes.`;
+configuration JSON (as made by "credentials new"). --ciphertexts-from URL adds a migration case:
+the proxy at URL (the one being replaced, same credential and keys) encrypts, this one decrypts.
+Exit 0 when every case passes.`;
 
 export async function checkCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -29,6 +31,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
       insecure: { type: 'boolean' },
       'client-cert': { type: 'string' },
       'client-key': { type: 'string' },
+      'ciphertexts-from': { type: 'string' },
       json: { type: 'boolean' },
       config: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -60,6 +63,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
     insecure: values.insecure ?? false,
     cert: values['client-cert'] ? fs.readFileSync(values['client-cert']) : undefined,
     key: values['client-key'] ? fs.readFileSync(values['client-key']) : undefined,
+    ciphertextsFrom: values['ciphertexts-from'],
   });
   process.stdout.write((values.json ? JSON.stringify(report, null, 2) : formatReport(report)) + '\n');
   return report.failed === 0 ? 0 : 1;

@@ -18,6 +18,7 @@ import { VERSION } from '../version';
 import { listCredentials, newCredential } from './credentials';
 import { CHECK_USAGE, checkCommand } from './check';
 import { AUDIT_USAGE, auditCommand } from './audit-commands';
+import { IMPORT_USAGE, importConfigCommand } from './import-config';
 import { killswitchCommand, operatorCommand, policyCommand } from './control-commands';
 
 const USAGE: Record<string, string> = {
@@ -34,6 +35,7 @@ Commands:
   killswitch     show, engage and lift the kill switch (and the emergency local engage, repair)
   policy         the proxy's allowlists per key store
   check          conformance and latency check of any XKS proxy (ours or another)
+  import-config  the AWS sample XKS proxy's settings.toml as this proxy's configuration
 
 Every command takes --config FILE (default: $XKS_CONFIG, else config/softhsm.yaml) and --help.`,
   serve: `Usage: xks-proxy serve [--config FILE]
@@ -49,6 +51,7 @@ create: generates an AES key inside the token (non-extractable, sensitive) with 
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
         the key stores and externalKeyIds that use it.`,
   audit: AUDIT_USAGE,
+  'import-config': IMPORT_USAGE,
   check: CHECK_USAGE,
   credentials: `Usage:
   xks-proxy credentials new --key-store NAME [--out FILE] [--config FILE]
@@ -189,7 +192,7 @@ function usageError(topic: string, msg: string): number {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials, audit: auditCommand, operator: operatorCommand, killswitch: killswitchCommand, policy: policyCommand, check: checkCommand };
+  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials, audit: auditCommand, operator: operatorCommand, killswitch: killswitchCommand, policy: policyCommand, check: checkCommand, 'import-config': importConfigCommand };
   if (cmd === '--version' || cmd === 'version') {
     process.stdout.write(VERSION + '\n');
     return 0;

@@ -63,6 +63,12 @@ const KeyStore = z
      */
     credentialsDir: z.string().min(1).optional(),
     keys: z.array(ExternalKey).default([]),
+    /**
+     * 'aws-sample': Decrypt also accepts ciphertexts made by the AWS sample XKS proxy, whose GCM AAD
+     * hashes the request's AAD (src/xks/aad.ts), for key stores migrated from it on the same HSM
+     * keys. Encrypt always uses the specification's layout. Default 'spec'.
+     */
+    compatibility: z.enum(['spec', 'aws-sample']).default('spec'),
     /** This key store's own request quota; beyond it, 429 ThrottlingException. None by default. */
     quota: z
       .object({

@@ -29,6 +29,29 @@ const USAGES: Record<KeyUsageOption, { encrypt: boolean; decrypt: boolean }> = {
   none: { encrypt: false, decrypt: false },
 };
 
+/**
+ * The attributes of an XKS AES key: a private, sensitive, non-extractable token object whose every
+ * usage flag is explicit (the HSM's defaults would allow wrap, sign and derive).
+ */
+export function xksAesKeyTemplate(label: string, usage: { encrypt: boolean; decrypt: boolean }): pkcs11js.Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ENCRYPT, value: usage.encrypt },
+    { type: pkcs11js.CKA_DECRYPT, value: usage.decrypt },
+    { type: pkcs11js.CKA_WRAP, value: false },
+    { type: pkcs11js.CKA_UNWRAP, value: false },
+    { type: pkcs11js.CKA_SIGN, value: false },
+    { type: pkcs11js.CKA_VERIFY, value: false },
+    { type: pkcs11js.CKA_DERIVE, value: false },
+  ];
+}
+
 /** Generates an AES key labelled opts.label in the token; refuses if a secret key has that label. */
 export async function createKey(cfg: HsmConfig, pin: string, opts: CreateKeyOptions): Promise<void> {
   const bits = opts.bits ?? 256;
@@ -43,23 +66,7 @@ export async function createKey(cfg: HsmConfig, pin: string, opts: CreateKeyOpti
     if (findSecretKeys(p, session, opts.label, 1).length > 0) {
       throw new Error(`A secret key labelled "${opts.label}" already exists in token "${cfg.tokenLabel}"; labels must be unique.`);
     }
-    const template: pkcs11js.Template = [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_LABEL, value: opts.label },
-      { type: pkcs11js.CKA_VALUE_LEN, value: bits / 8 },
-      { type: pkcs11js.CKA_ENCRYPT, value: usage.encrypt },
-      { type: pkcs11js.CKA_DECRYPT, value: usage.decrypt },
-      { type: pkcs11js.CKA_WRAP, value: false },
-      { type: pkcs11js.CKA_UNWRAP, value: false },
-      { type: pkcs11js.CKA_SIGN, value: false },
-      { type: pkcs11js.CKA_VERIFY, value: false },
-      { type: pkcs11js.CKA_DERIVE, value: false },
-    ];
+    const template = [...xksAesKeyTemplate(opts.label, usage), { type: pkcs11js.CKA_VALUE_LEN, value: bits / 8 }];
     try {
       p.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, template);
     } catch (e) {

@@ -33,6 +33,8 @@ export interface RequestRecord {
   status: number;
   latencyMs: number;
   hsmMs?: number | undefined;
+  /** 'aws-sample': a Decrypt that needed the AWS sample proxy's AAD layout (keyStores[].compatibility). */
+  aadLayout?: 'aws-sample' | undefined;
 }
 
 export interface RequestLog {

@@ -74,6 +74,7 @@ export class PromMeter implements Meter {
   private readonly hsmLatency: Histogram<string>;
   private readonly sigv4Failures: Counter<string>;
   private readonly throttledRequests: Counter<string>;
+  private readonly sampleAadDecrypts: Counter<string>;
 
   constructor(opts: PromMeterOptions = {}) {
     this.keyIdLabels = opts.keyIdLabels ?? false;
@@ -83,6 +84,7 @@ export class PromMeter implements Meter {
     this.latency = new Histogram({ name: 'xks_request_duration_seconds', help: 'XKS request processing time, from the first byte to the response (seconds).', labelNames: [...keyLabels, 'outcome'], buckets: LATENCY_BUCKETS, registers });
     this.hsmLatency = new Histogram({ name: 'xks_hsm_operation_duration_seconds', help: 'Time of one HSM backend call, session wait included (seconds).', labelNames: ['operation', 'outcome'], buckets: LATENCY_BUCKETS, registers });
     this.sigv4Failures = new Counter({ name: 'xks_sigv4_failures_total', help: 'Requests refused by SigV4 verification, by key store and bounded reason.', labelNames: ['key_store', 'reason'], registers });
+    this.sampleAadDecrypts = new Counter({ name: 'xks_aws_sample_aad_decrypts_total', help: 'Decrypts that succeeded only with the AWS sample proxy\'s AAD layout (keyStores[].compatibility: aws-sample), by key store. Flat for long enough: the setting can be turned off.', labelNames: ['key_store'], registers });
     this.throttledRequests = new Counter({ name: 'xks_throttled_requests_total', help: 'Requests refused with ThrottlingException, by key store.', labelNames: ['key_store'], registers });
 
     new Gauge({ name: 'xks_build_info', help: 'Version of the proxy (always 1).', labelNames: ['version'], registers }).set({ version: VERSION }, 1);
@@ -233,6 +235,7 @@ export class PromMeter implements Meter {
     this.latency.observe(labels, r.latencyMs / 1000);
     if (r.errorName === 'AuthenticationFailedException') this.sigv4Failures.inc({ key_store: keyStore, reason: sigv4FailureReason(r.reason) });
     else if (r.errorName === 'ThrottlingException') this.throttledRequests.inc({ key_store: keyStore });
+    if (r.aadLayout === 'aws-sample') this.sampleAadDecrypts.inc({ key_store: keyStore });
   }
 
   private keyIdLabel(r: Readonly<RequestRecord>): string {

@@ -6,7 +6,7 @@ import type { KeyStore, ExternalKeyEntry } from '../auth/key-stores';
 import { XksError } from '../errors/xks-error';
 import type { HsmBackend } from '../hsm/backend';
 import type { AppLogger } from '../log/logger';
-import { buildGcmAad } from './aad';
+import { buildAwsSampleGcmAad, buildGcmAad } from './aad';
 import { computeCdiv } from './cdiv';
 import type { HealthMonitor } from './health-monitor';
 import type { DecryptInput, EncryptInput } from './requests';
@@ -42,6 +42,8 @@ export interface HealthResponse {
 /** Times spent inside the HSM, for the request log. */
 export interface HsmTiming {
   hsmMs: number;
+  /** Set when a Decrypt succeeded only with the AWS sample proxy's AAD layout (for metrics and audit). */
+  aadLayout?: 'aws-sample';
 }
 
 export class XksService {
@@ -118,8 +120,21 @@ export class XksService {
   async decrypt(ks: KeyStore, externalKeyId: string, input: DecryptInput, t: HsmTiming): Promise<{ plaintext: string }> {
     const k = this.usableKey(ks, externalKeyId);
     const gcmAad = buildGcmAad(input.aad, input.ciphertextMetadata);
-    const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, gcmAad));
-    return { plaintext: plaintext.toString('base64') };
+    try {
+      const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, gcmAad));
+      return { plaintext: plaintext.toString('base64') };
+    } catch (e) {
+      // A key store migrated from the AWS sample proxy: its ciphertexts were sealed under that
+      // proxy's AAD layout. Try it second, so that new ciphertexts cost one HSM call; the answer to
+      // a ciphertext that fits neither stays InvalidCiphertextException, with no hint which failed.
+      if (ks.compatibility !== 'aws-sample' || !(e instanceof XksError) || e.errorName !== 'InvalidCiphertextException') throw e;
+      // Without an AAD field the sample's layout is the spec's, already tried; an empty AAD field
+      // (which the request parser does not tell from an absent one) is the one other candidate.
+      const sampleAad = buildAwsSampleGcmAad(input.aad ?? Buffer.alloc(0), input.ciphertextMetadata);
+      const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, sampleAad));
+      t.aadLayout = 'aws-sample';
+      return { plaintext: plaintext.toString('base64') };
+    }
   }
 
   /**

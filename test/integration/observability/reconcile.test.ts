@@ -13,27 +13,12 @@ import { main as cli } from '../../../src/cli/index';
 import { createKey } from '../../../src/hsm/key-admin';
 import { kmsEvent, writeCloudTrailFile } from '../../helpers/cloudtrail-events';
 import { startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
+import { captureOutput } from '../../helpers/capture-output';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 
 const P = '/recon/kms/xks/v1';
 const KEY = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 const ALICE = 'arn:aws:iam::123456789012:user/Alice';
-
-async function captureStdout(run: () => Promise<number>): Promise<{ code: number; out: string }> {
-  const real = process.stdout.write;
-  let out = '';
-  process.stdout.write = ((chunk: any, ...rest: any[]) => {
-    out += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
-    const cb = rest.find((a) => typeof a === 'function');
-    if (cb) cb();
-    return true;
-  }) as typeof process.stdout.write;
-  try {
-    return { code: await run(), out };
-  } finally {
-    process.stdout.write = real;
-  }
-}
 
 describe('audit reconcile against a real proxy audit log', function () {
   let token: TestToken;
@@ -83,7 +68,7 @@ describe('audit reconcile against a real proxy audit log', function () {
     if (ctDir) fs.rmSync(ctDir, { recursive: true, force: true });
   });
 
-  const run = (...extra: string[]) => captureStdout(() => cli(['audit', 'reconcile', '--cloudtrail', ctDir, '--audit', auditDir, '--from', '2020-01-01T00:00:00Z', '--to', '2100-01-01T00:00:00Z', '--json', ...extra]));
+  const run = (...extra: string[]) => captureOutput(() => cli(['audit', 'reconcile', '--cloudtrail', ctDir, '--audit', auditDir, '--from', '2020-01-01T00:00:00Z', '--to', '2100-01-01T00:00:00Z', '--json', ...extra]));
 
   it('every HSM operation has its KMS event: exit 0', async () => {
     fs.rmSync(ctDir, { recursive: true, force: true });
@@ -118,7 +103,7 @@ describe('audit reconcile against a real proxy audit log', function () {
   });
 
   it('usage errors and unreadable input: exit 2', async () => {
-    expect((await captureStdout(() => cli(['audit', 'reconcile', '--audit', auditDir]))).code).to.equal(2);
+    expect((await captureOutput(() => cli(['audit', 'reconcile', '--audit', auditDir]))).code).to.equal(2);
     fs.rmSync(ctDir, { recursive: true, force: true });
     fs.mkdirSync(ctDir);
     fs.writeFileSync(path.join(ctDir, 'x.json'), '{not json');
