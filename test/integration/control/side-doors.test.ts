@@ -10,14 +10,18 @@
  *  - key stores without a policy can be denied by default.
  */
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { createKey } from '../../../src/hsm/key-admin';
 import { startHarness, writeCredential, xksCall, type Credential, type Harness, type HttpResult } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { AUDIENCE, adminClient, makeOperators, waitForLog, type Operators } from './admin-helpers';
 
+const run = promisify(execFile);
+const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
 const md = (op: string, over: Record<string, string> = {}) => ({ awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/abc', kmsOperation: op, kmsRequestId: crypto.randomUUID(), ...over });
 
 describe('kill switch and policies: no side doors', function () {
@@ -93,6 +97,10 @@ describe('kill switch and policies: no side doors', function () {
         { keyStore: 'b', externalKeyId: 'other' },
       ]);
       expect(block.covers.keyStores).to.deep.equal(['a', 'b']);
+      // The CLI on the appliance, from the files alone, says the same.
+      const { stdout } = await run(process.execPath, [CLI, 'killswitch', 'show', '--local', '--config', h.configFile]);
+      const local = (JSON.parse(stdout).blocks as any[]).find((b) => b.scope === 'key:a/k1');
+      expect(local.covers).to.deep.equal(block.covers);
     });
 
     it('an id added by reload that names the blocked HSM key is blocked at once', async () => {
