@@ -19,6 +19,8 @@ export interface ReloadAck {
   id: number;
   /** Absent when the reload was applied; else why the worker kept its configuration. */
   error?: string;
+  /** Changed settings that this worker applies only after a restart. */
+  needsRestart?: string[];
 }
 
 export type WorkerMessage = { type: 'xks:ready'; port: number } | EngageAck | ReloadAck;

@@ -163,13 +163,14 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
    * returns). Rejects with ConfigError when the file is invalid: then neither the primary nor a
    * worker changes.
    */
-  async function reloadHereAndInWorkers(): Promise<ReloadResult & { workers: { reloaded: number; failed: string[] } }> {
+  async function reloadHereAndInWorkers(): Promise<ReloadResult & { workers: { reloaded: number; failed: string[]; needsRestart: string[] } }> {
     const result = live.reload();
     log.info('configuration reloaded', { ...result });
     const answers = await askAll<ReloadAck>((id) => ({ type: 'xks:reload', id }), 30_000, (w, id) => ({ type: 'xks:reloaded', id, error: `worker ${w.process.pid} did not confirm the reload in time` }));
     const failed = answers.flatMap((a) => (a.error ? [a.error] : []));
     if (failed.length) log.error('a worker did not apply the reload', { failed });
-    return { ...result, workers: { reloaded: answers.length - failed.length, failed } };
+    const needsRestart = [...new Set(answers.flatMap((a) => a.needsRestart ?? []))];
+    return { ...result, workers: { reloaded: answers.length - failed.length, failed, needsRestart } };
   }
 
   function reloadAll(): void {

@@ -20,7 +20,7 @@ export async function startWorker(loaded: LoadedConfig, index: number, log: AppL
       proxy.control?.reload('cluster');
     } else if (m.type === 'xks:reload') {
       proxy.reload().then(
-        () => send({ type: 'xks:reloaded', id: m.id }),
+        (r) => send({ type: 'xks:reloaded', id: m.id, needsRestart: r.needsRestart }),
         (e: unknown) => send({ type: 'xks:reloaded', id: m.id, error: (e as Error).message }),
       );
     } else if (m.type === 'xks:engage') {
