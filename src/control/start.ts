@@ -52,7 +52,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     return { gate: OPEN_GATE, control: undefined, adminPort: undefined, close: async () => undefined };
   }
   const onAdminAction = opts.onAdminAction ?? logAdminActions(log);
-  if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch alone');
+  if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch or loosen a policy alone');
   const control = await ControlPlane.open({
     stateDir: c.stateDir,
     keyStores: registry,
