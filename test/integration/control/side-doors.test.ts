@@ -12,6 +12,7 @@
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -120,6 +121,20 @@ describe('kill switch and policies: no side doors', function () {
       expect((await blockOf('key:a/k1')).covers.hsmKeys).to.have.members(['shared', 'kb']);
       await lift('key:a/k1');
       for (const [ks, key] of [['a', 'k1'], ['a', 'alias'], ['b', 'other'], ['b', 'late'], ['b', 'kb']] as const) expect(outcome(await encrypt(ks, key)), `${ks}/${key} after the lift`).to.equal('ok');
+    });
+
+    it('the emergency CLI records the HSM key too: its block on b/other stops a/alias and b/late, ids of the same HSM key', async () => {
+      const picked = once(h.proxy.control!, 'external-change');
+      const { stdout } = await run(process.execPath, [CLI, 'killswitch', 'emergency-engage', '--scope', 'key:b/other', '--reason', 'admin API down', '--operator', 'dave', '--config', h.configFile]);
+      expect(JSON.parse(stdout)).to.include({ engaged: true, scope: 'key:b/other' });
+      await picked;
+      const block = await blockOf('key:b/other');
+      expect(block?.hsmKey).to.equal('shared');
+      expect(outcome(await encrypt('a', 'alias'))).to.equal('InvalidStateException');
+      expect(outcome(await encrypt('b', 'late'))).to.equal('InvalidStateException');
+      expect(outcome(await encrypt('a', 'k1'))).to.equal('ok'); // a/k1 now names kb (previous test)
+      await lift('key:b/other');
+      expect(outcome(await encrypt('a', 'alias'))).to.equal('ok');
     });
   });
 
