@@ -159,7 +159,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
-  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.publicState().blocks.map((b) => b.scope)));
+  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
   const overload = new OverloadGuard(config.server.overload);
   meter.bind({ overload: () => overload.state() });
   const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, overload, ...(opts.now ? { now: opts.now } : {}) });

@@ -510,6 +510,19 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     return this.policy(keyStore)?.policy;
   }
 
+  /**
+   * The scopes in force as the metrics count them: proxy and key store blocks as engaged, and one
+   * key:KS/ID for every external key id a key block stops now (ids sharing its HSM key included).
+   */
+  effectiveScopes(): string[] {
+    const out = new Set<string>();
+    for (const b of this.snap.state?.body.blocks ?? []) {
+      if (!b.scope.startsWith('key:')) out.add(b.scope);
+      else for (const p of blockCoverage(b, this.directory).externalKeys) out.add(`key:${keyRef(p.keyStore, p.externalKeyId)}`);
+    }
+    return [...out];
+  }
+
   isFailClosed(): boolean {
     return this.snap.failClosed !== undefined;
   }

@@ -98,6 +98,9 @@ describe('kill switch and policies: no side doors', function () {
         { keyStore: 'b', externalKeyId: 'other' },
       ]);
       expect(block.covers.keyStores).to.deep.equal(['a', 'b']);
+      // The metric counts every blocked id, in each key store.
+      const scrape = (await h.proxy.meter.scrape()).body;
+      expect(scrape).to.match(/^xks_blocked_keys\{key_store="a"\} 2$/m).and.to.match(/^xks_blocked_keys\{key_store="b"\} 1$/m);
       // The CLI on the appliance, from the files alone, says the same.
       const { stdout } = await run(process.execPath, [CLI, 'killswitch', 'show', '--local', '--config', h.configFile]);
       const local = (JSON.parse(stdout).blocks as any[]).find((b) => b.scope === 'key:a/k1');
