@@ -127,7 +127,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       const md = parseRequestMetadata(json, route.api);
       Object.assign(record, md);
       // Kill switch, key blocking, allowlists: after authentication, before any HSM call.
-      ticket = gate.enter({ keyStore: route.keyStore.name, api: route.api, externalKeyId: route.externalKeyId, metadata: md });
+      const hsmKey = route.externalKeyId === undefined ? undefined : route.keyStore.key(route.externalKeyId)?.label;
+      ticket = gate.enter({ keyStore: route.keyStore.name, api: route.api, externalKeyId: route.externalKeyId, hsmKey, metadata: md });
       record.allowedBy = ticket.allowedBy;
       const result = await dispatch(service, route, json, limits, timing, ticket.keyBlocked);
       sendJson(res, 200, result);

@@ -2,6 +2,9 @@
  * Composition root: load config -> open the HSM (refuse to start if module, token, PIN or health
  * key is wrong) -> first deep health check -> build the app -> listen. Signals: SIGTERM/SIGINT
  * stop accepting, finish in-flight requests, close the HSM.
+ *
+ * Every part reads one live configuration (LiveConfiguration, src/reload.ts): the key store
+ * registry and the configuration in force; reload goes through it alone.
  */
 import type http from 'node:http';
 import path from 'node:path';
@@ -27,7 +30,7 @@ import { PromMeter } from './metrics/prom-meter';
 import { proxySources } from './metrics/sources';
 import { controlStateFromScopes } from './metrics/meter';
 import { closeServer, createMainServer, createPlainServer, listen, reloadTls } from './http/server';
-import { reloadConfig, type ReloadResult } from './reload';
+import { LiveConfiguration, type ReloadResult } from './reload';
 import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
@@ -132,7 +135,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     await hsm.close();
     throw new StartupError(`HSM: the deep health check (encrypt then decrypt with key "${config.hsm.healthKeyLabel}") failed (${first.detail}). ${healthFailureAdvice(config.hsm, first.errorName)}`);
   }
-  const registry = new KeyStoreRegistry(config, log, env);
+  const live = new LiveConfiguration(loaded.file, config, log, env, opts.cluster ? (c) => workerConfig(c, opts.cluster!) : undefined);
+  const registry = live.registry;
   let requestLog: RequestLog;
   try {
     requestLog = opts.requestLog ?? openRequestOrAuditLog(config, log);
@@ -148,14 +152,14 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(config, registry, log, { ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(live, log, { ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
-  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.publicState().blocks.map((b) => b.scope)));
+  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
   const overload = new OverloadGuard(config.server.overload);
   meter.bind({ overload: () => overload.state() });
   const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, overload, ...(opts.now ? { now: opts.now } : {}) });
@@ -200,8 +204,14 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     version: VERSION,
   });
 
-  let current = config;
   const mainServer = servers[0]!;
+  live.onReload({
+    tls: (tls) => {
+      reloadTls(mainServer, tls);
+      meter.setTlsCertFile(tls.certFile);
+    },
+    logLevel: (level) => (log.level = level),
+  });
   let closing: Promise<void> | undefined;
   const running: RunningProxy = {
     port,
@@ -216,16 +226,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     hsm,
     overload,
     async reload() {
-      const { next, result } = reloadConfig(loaded.file, current, {
-        tls: (tls) => {
-          reloadTls(mainServer, tls);
-          meter.setTlsCertFile(tls.certFile);
-        },
-        keyStores: (ks) => registry.replaceKeyStores(ks),
-        logLevel: (level) => (log.level = level),
-        controlState: () => void plane?.reload('reload'),
-      }, env);
-      current = next;
+      const result = live.reload();
       log.info('configuration reloaded', { ...result });
       if (result.needsRestart.length) log.warn('changed settings that need a restart to apply', { settings: result.needsRestart });
       return result;

@@ -7,9 +7,16 @@
  * key stores (prefixes, keys, inline and folder credentials, quotas), the log level, and the
  * kill-switch / policy state re-read from its file. Everything else (listeners, HSM module and
  * pool, limits, audit, metrics, control settings) is reported as needing a restart.
+ *
+ * LiveConfiguration is the one place that holds the configuration in force and the key store
+ * registry built from it; every part of the appliance reads them from there (the control plane's
+ * key store names and key -> HSM key mappings included), in one process, in a cluster worker and in
+ * the cluster primary alike. A reload goes through it and nowhere else.
  */
+import { KeyStoreRegistry } from './auth/key-stores';
 import { loadConfig } from './config/load';
 import type { Config } from './config/schema';
+import type { AppLogger } from './log/logger';
 
 export interface ReloadResult {
   applied: string[];
@@ -49,9 +56,12 @@ export interface ReloadTargets {
   controlState(): void;
 }
 
-/** Throws ConfigError (with every problem) when the file is invalid; nothing is applied then. */
-export function reloadConfig(file: string, current: Readonly<Config>, apply: ReloadTargets, env: NodeJS.ProcessEnv = process.env): { next: Readonly<Config>; result: ReloadResult } {
-  const { config: next } = loadConfig(file, env);
+/**
+ * Throws ConfigError (with every problem) when the file is invalid; nothing is applied then.
+ * `view` turns the file's configuration into this process's (a cluster worker's, say), as at start.
+ */
+export function reloadConfig(file: string, current: Readonly<Config>, apply: ReloadTargets, env: NodeJS.ProcessEnv = process.env, view: (c: Readonly<Config>) => Readonly<Config> = (c) => c): { next: Readonly<Config>; result: ReloadResult } {
+  const next = view(loadConfig(file, env).config);
   const needsRestart = restartOnlyChanges(current, next);
   const applied: string[] = [];
   if (next.server.tls && current.server.tls && !next.server.plainHttp) {
@@ -65,4 +75,56 @@ export function reloadConfig(file: string, current: Readonly<Config>, apply: Rel
   apply.controlState();
   applied.push('control state file');
   return { next, result: { applied, needsRestart } };
+}
+
+/** What a part of the appliance re-applies on reload (key stores are the registry's own). */
+export type ReloadPart = Partial<Omit<ReloadTargets, 'keyStores'>>;
+
+export class LiveConfiguration {
+  /** The key stores in force: replaced in place on reload, so every holder sees the new ones. */
+  readonly registry: KeyStoreRegistry;
+  private current: Readonly<Config>;
+  private readonly parts: ReloadPart[] = [];
+
+  constructor(
+    readonly file: string,
+    initial: Readonly<Config>,
+    log: AppLogger,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly view: (c: Readonly<Config>) => Readonly<Config> = (c) => c,
+  ) {
+    this.current = initial;
+    this.registry = new KeyStoreRegistry(initial, log, env);
+  }
+
+  /** The configuration in force now. */
+  get config(): Readonly<Config> {
+    return this.current;
+  }
+
+  /** A part that re-applies its share of the configuration on every reload, after the key stores. */
+  onReload(part: ReloadPart): void {
+    this.parts.push(part);
+  }
+
+  /** Throws ConfigError when the file is invalid; the configuration in force stays. */
+  reload(): ReloadResult {
+    const each = <K extends keyof ReloadPart>(k: K, ...args: Parameters<NonNullable<ReloadPart[K]>>) => {
+      for (const p of this.parts) (p[k] as ((...a: typeof args) => void) | undefined)?.(...args);
+    };
+    const { next, result } = reloadConfig(
+      this.file,
+      this.current,
+      {
+        tls: (tls) => each('tls', tls),
+        keyStores: (ks) => this.registry.replaceKeyStores(ks),
+        logLevel: (level) => each('logLevel', level),
+        controlState: () => each('controlState'),
+      },
+      this.env,
+      this.view,
+    );
+    this.current = next;
+    return result;
+  }
 }

@@ -8,8 +8,9 @@
  *   POST   /admin/v1/kill-switch/approve-lift  {scope, reason}  operator
  *   GET    /admin/v1/policies                                   auditor, operator
  *   GET    /admin/v1/policies/:keyStore                         auditor, operator
- *   PUT    /admin/v1/policies/:keyStore        {policy, reason} operator (validated first; 400 lists errors)
- *   DELETE /admin/v1/policies/:keyStore        {reason}         operator
+ *   PUT    /admin/v1/policies/:keyStore        {policy, reason} operator (validated first; 400 lists errors;
+ *                                                                 a loosening is 202 until the lift quorum approved it)
+ *   DELETE /admin/v1/policies/:keyStore        {reason}         operator (202 until the lift quorum approved it)
  *   GET    /admin/v1/key-stores                                 auditor, operator
  *   POST   /admin/v1/key-stores/:name/credentials        {reason} operator (answers the KMS proxy configuration)
  *   DELETE /admin/v1/key-stores/:name/credentials/:akid  {reason} operator (never the last one)
@@ -25,7 +26,7 @@ import type { KeyStoreRegistry } from '../auth/key-stores';
 import { ConfigError } from '../config/load';
 import type { Config } from '../config/schema';
 import type { AdminConfig } from '../control/config';
-import type { ControlPlane } from '../control/control-plane';
+import type { ControlPlane, PolicyChangeResult } from '../control/control-plane';
 import { ScopeError } from '../control/scope';
 import { ControlError, type Actor } from '../control/state-model';
 import { closeServer, listen, tlsOptions } from '../http/server';
@@ -37,7 +38,8 @@ import type { Role } from './tokens';
 
 export interface AdminServerDeps {
   admin: AdminConfig;
-  config: Readonly<Config>;
+  /** The configuration in force now (hot reload replaces it). */
+  config: () => Readonly<Config>;
   control: ControlPlane;
   registry: KeyStoreRegistry;
   log: AppLogger;
@@ -173,16 +175,21 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     '/admin/v1/policies/:keyStore',
     ...operator,
     change('policy.set', (r) => ({ keyStore: String(r.params.keyStore) }), async (r) => {
-      const out = await control.setPolicy(String(r.params.keyStore), bodyField(r, 'policy'), actor(r), str(bodyField(r, 'reason')));
-      return { body: out, detail: `revision ${out.revision}` };
+      return policyOutcome(await control.setPolicy(String(r.params.keyStore), bodyField(r, 'policy'), actor(r), str(bodyField(r, 'reason'))));
     }),
   );
 
   app.delete(
     '/admin/v1/policies/:keyStore',
     ...operator,
-    change('policy.delete', (r) => ({ keyStore: String(r.params.keyStore) }), async (r) => ({ body: await control.deletePolicy(String(r.params.keyStore), actor(r), str(bodyField(r, 'reason'))) })),
+    change('policy.delete', (r) => ({ keyStore: String(r.params.keyStore) }), async (r) => policyOutcome(await control.deletePolicy(String(r.params.keyStore), actor(r), str(bodyField(r, 'reason'))))),
   );
+
+  /** 200 once applied; 202 while a loosening or deletion waits for the quorum. */
+  function policyOutcome(out: PolicyChangeResult): { status: number; body: unknown; detail: string } {
+    const detail = out.applied ? `${out.kind} applied${out.revision !== undefined ? `, revision ${out.revision}` : ', policy deleted'}` : `${out.kind} pending: ${out.approvers.length} of ${out.required} approvals`;
+    return { status: out.applied ? 200 : 202, body: out, detail };
+  }
 
   app.get('/admin/v1/key-stores', ...anyone, (_req, res) =>
     send(res, 200, { keyStores: registry.all().map((ks) => ({ name: ks.name, uriPath: ks.uriPath, keys: ks.keyList().map((k) => k.externalKeyId), accessKeyIds: ks.accessKeyIds() })) }),
@@ -193,7 +200,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('credentials.add', (r) => ({ keyStore: String(r.params.name) }), async (r) => {
       requireReason(r);
-      const out = addCredential(deps.config, registry, String(r.params.name));
+      const out = addCredential(deps.config(), registry, String(r.params.name));
       // The response carries the new secret (for KMS's UpdateCustomKeyStore); the record never does.
       return { status: 201, body: out, detail: `added ${out.accessKeyId}` };
     }),
@@ -204,7 +211,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('credentials.remove', (r) => ({ keyStore: String(r.params.name), accessKeyId: String(r.params.akid) }), async (r) => {
       requireReason(r);
-      const out = removeCredential(deps.config, registry, String(r.params.name), String(r.params.akid));
+      const out = removeCredential(deps.config(), registry, String(r.params.name), String(r.params.akid));
       return { body: { removed: String(r.params.akid), ...out } };
     }),
   );

@@ -119,6 +119,21 @@ export class KeyStoreRegistry {
     return this.all().find((k) => k.name === name);
   }
 
+  // The control plane's live KeyDirectory (src/control/key-directory.ts): it reads the key stores
+  // in force now, never a copy taken at start-up.
+
+  names(): string[] {
+    return this.all().map((k) => k.name);
+  }
+
+  hsmKeyOf(keyStore: string, externalKeyId: string): string | undefined {
+    return this.byName(keyStore)?.key(externalKeyId)?.label;
+  }
+
+  pathsTo(hsmKey: string): { keyStore: string; externalKeyId: string }[] {
+    return this.all().flatMap((ks) => ks.keyList().filter((k) => k.label === hsmKey).map((k) => ({ keyStore: ks.name, externalKeyId: k.externalKeyId })));
+  }
+
   /**
    * Split a request path into its key store and the part after /kms/xks/v1. Every occurrence of
    * /kms/xks/v1 is tried, so a prefix may itself contain any allowed segment.

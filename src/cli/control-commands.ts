@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { configPathFrom, loadConfig, type LoadedConfig } from '../config/load';
 import { generateOperatorKey, mintOperatorToken, readPrivateJwk, writeOperatorKey, OPERATOR_ALGS, ROLES, type OperatorAlg, type Role } from '../admin/tokens';
 import { validatePolicy } from '../control/policy';
-import { checkScope } from '../control/scope';
+import { directoryOf } from '../control/key-directory';
+import { blockCoverage, checkScope, parseScope } from '../control/scope';
 import { applyEngage, applyRepair, checkReason, type Actor } from '../control/state-model';
 import { StateStore } from '../control/state-store';
 import { collectResponse } from '../util/http-response';
@@ -38,7 +39,8 @@ token:  prints a JWT for the admin API: sub = kid = the operator, aud = --audien
   xks-proxy killswitch emergency-engage --scope SCOPE --reason TEXT --operator NAME [--config FILE]
   xks-proxy killswitch repair --operator NAME --reason TEXT --confirm [--from-backup] [--config FILE]
 
-SCOPE: proxy | keystore:NAME | key:NAME/EXTERNALKEYID
+SCOPE: proxy | keystore:NAME | key:NAME/EXTERNALKEYID (a key block stops every id, in any key
+  store, that names the same HSM key; "show" lists them under each block's "covers")
 ADMIN OPTIONS: --admin-url URL (default: from control.admin of the config), --ca FILE (TLS trust
   anchor; default: control.admin.tls.certFile), --role operator|auditor, --config FILE.
 
@@ -57,7 +59,11 @@ repair:           only when the state file is unreadable (the proxy fails closed
   xks-proxy policy validate --file POLICY.json
 
 set: the policy is validated by the proxy before it replaces the one in force; if invalid, the
-     errors are printed and the old policy stays. validate: the same checks, offline.`,
+     errors are printed and the old policy stays. A tightening (only deny statements added, allow
+     statements removed, default allow -> deny) applies at once; any other change, and delete,
+     is one operator's approval and applies once control.killSwitch.approvalsRequired distinct
+     operators sent the same change within the approval window (status 202 until then).
+validate: the same checks, offline.`,
 };
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -229,8 +235,11 @@ export function killswitchCommand(argv: string[]): Promise<number> {
     switch (sub) {
       case 'show':
         if (flags.local) {
-          const r = new StateStore(controlOf(loadCfg(flags)).stateDir).read();
-          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks, approvals: r.state.body.approvals, policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
+          const loaded = loadCfg(flags);
+          const r = new StateStore(controlOf(loaded).stateDir).read();
+          // What each block covers in the configuration file as it is now (ids sharing an HSM key).
+          const dir = directoryOf(loaded.config.keyStores);
+          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
           else io.stdout.write(JSON.stringify({ failClosed: r.fresh ? 'state folder not initialised (the proxy has never run)' : r.reason }, null, 2) + '\n');
           return r.ok ? 0 : 1;
         }
@@ -240,7 +249,10 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         return callAdmin(flags, 'POST', `/admin/v1/kill-switch/${sub}`, { scope: need(flags, 'scope'), reason: need(flags, 'reason') });
       case 'emergency-engage': {
         const loaded = loadCfg(flags);
-        const scope = checkScope(need(flags, 'scope'), loaded.config.keyStores.map((k) => k.name));
+        const dir = directoryOf(loaded.config.keyStores);
+        const scope = checkScope(need(flags, 'scope'), dir.names());
+        const sc = parseScope(scope);
+        const hsmKey = sc.kind === 'key' ? dir.hsmKeyOf(sc.keyStore, sc.externalKeyId) : undefined;
         const reason = checkReason(need(flags, 'reason'));
         const by = localActor(need(flags, 'operator'));
         const store = new StateStore(controlOf(loaded).stateDir);
@@ -249,7 +261,7 @@ export function killswitchCommand(argv: string[]): Promise<number> {
           io.stderr.write(`the state file is unreadable, so the proxy already blocks everything (fail closed): ${cur.reason}\n`);
           return 0;
         }
-        const { state } = await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now()), result: undefined }));
+        const { state } = await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now(), hsmKey), result: undefined }));
         io.stdout.write(JSON.stringify({ engaged: true, scope, generation: state.generation, by }, null, 2) + '\n');
         io.stderr.write('written to the state file; a running proxy picks it up within control.watchIntervalMs (fs.watch usually at once).\n');
         return 0;

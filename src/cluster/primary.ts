@@ -8,13 +8,15 @@
  *  - /metrics, aggregated over the workers (prom-client's AggregatorRegistry);
  *  - the audit chain of admin actions (each worker keeps its own chain of XKS requests);
  *  - signals: SIGTERM/SIGINT stop the workers gracefully, SIGHUP is forwarded (hot reload).
+ * The primary reads the same live configuration as a single process (LiveConfiguration): a reload
+ * re-reads the file here too (key stores included, so the admin API can block a key store or key
+ * added by it at once), then each worker re-reads it itself.
  * A worker that dies is replaced; a worker that cannot start stops the whole start-up.
  */
 import cluster, { type Worker } from 'node:cluster';
 import http from 'node:http';
 import { AggregatorRegistry } from 'prom-client';
 import { auditAdminActions } from '../admin/actions';
-import { KeyStoreRegistry } from '../auth/key-stores';
 import { asAuditSink, openRequestOrAuditLog } from '../audit/sink';
 import type { LoadedConfig } from '../config/load';
 import { startControl, type RunningControl } from '../control/start';
@@ -22,7 +24,8 @@ import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import { METRICS_PATH } from '../metrics/http';
 import { StartupError } from '../main';
-import type { EngageAck, PrimaryMessage, WorkerMessage } from './messages';
+import { LiveConfiguration, type ReloadResult } from '../reload';
+import type { EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
 
 export interface RunningPrimary {
   port: number;
@@ -42,51 +45,57 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   const workers = new Map<number, Worker>();
   let stopping = false;
   let nextAck = 0;
-  const acks = new Map<number, (a: EngageAck) => void>();
+  const acks = new Map<number, (a: EngageAck | ReloadAck) => void>();
 
   const send = (w: Worker, m: PrimaryMessage) => {
     if (w.isConnected()) w.send(m);
   };
 
-  /** Every live worker loads the engaged state and drains its operations in scope. */
-  async function propagateEngage(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
-    const timeoutMs = (config.control?.killSwitch.drainTimeoutMs ?? 5000) + 2000;
-    const answers = await Promise.all(
+  /** Sends a request to every live worker and waits for each one's answer (or `late` after timeoutMs). */
+  function askAll<A extends EngageAck | ReloadAck>(request: (id: number) => PrimaryMessage, timeoutMs: number, late: (w: Worker, id: number) => A): Promise<A[]> {
+    return Promise.all(
       [...workers.values()].map(
         (w) =>
-          new Promise<EngageAck>((resolve) => {
+          new Promise<A>((resolve) => {
             const id = ++nextAck;
             const timer = setTimeout(() => {
               acks.delete(id);
-              log.error('a worker did not confirm a kill switch engage in time', { pid: w.process.pid, scope });
-              resolve({ type: 'xks:engaged', id, drained: false, stillInFlight: 1 });
+              resolve(late(w, id));
             }, timeoutMs);
             acks.set(id, (a) => {
               clearTimeout(timer);
-              resolve(a);
+              resolve(a as A);
             });
-            send(w, { type: 'xks:engage', id, scope });
+            send(w, request(id));
           }),
       ),
     );
+  }
+
+  /** Every live worker loads the engaged state and drains its operations in scope. */
+  async function propagateEngage(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
+    const timeoutMs = (config.control?.killSwitch.drainTimeoutMs ?? 5000) + 2000;
+    const answers = await askAll<EngageAck>((id) => ({ type: 'xks:engage', id, scope }), timeoutMs, (w, id) => {
+      log.error('a worker did not confirm a kill switch engage in time', { pid: w.process.pid, scope });
+      return { type: 'xks:engaged', id, drained: false, stillInFlight: 1 };
+    });
     return { drained: answers.every((a) => a.drained), stillInFlight: answers.reduce((n, a) => n + a.stillInFlight, 0) };
   }
 
-  const registry = new KeyStoreRegistry(config, log);
+  const live = new LiveConfiguration(loaded.file, config, log);
+  live.onReload({ logLevel: (level) => (log.level = level) });
   const audit = openRequestOrAuditLog(config, log);
   const adminSink = asAuditSink(audit, log);
   let control: RunningControl;
   try {
-    control = await startControl(config, registry, log, {
+    control = await startControl(live, log, {
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
       propagateEngage,
       propagateChange: () => workers.forEach((w) => send(w, { type: 'xks:control-reload' })),
-      // The admin API's reload: each worker re-reads the file itself (as on SIGHUP).
-      reload: async () => {
-        reloadAll();
-        return { forwardedToWorkers: workers.size };
-      },
+      // The admin API's reload: here first (an invalid file is refused with its problems), then
+      // each worker re-reads the file itself (as on SIGHUP).
+      reload: () => reloadHereAndInWorkers(),
     });
   } catch (e) {
     await audit.close();
@@ -121,7 +130,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     const w = cluster.fork({ XKS_WORKER_INDEX: String(index) });
     workers.set(index, w);
     w.on('message', (m: WorkerMessage) => {
-      if (m.type === 'xks:engaged') {
+      if (m.type === 'xks:engaged' || m.type === 'xks:reloaded') {
         acks.get(m.id)?.(m);
         acks.delete(m.id);
       }
@@ -148,10 +157,24 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     });
   }
 
+  /**
+   * Re-read the file here, then in every worker; resolves once each worker has applied it (so a key
+   * store added by the reload is served, blockable and governed by policy everywhere when it
+   * returns). Rejects with ConfigError when the file is invalid: then neither the primary nor a
+   * worker changes.
+   */
+  async function reloadHereAndInWorkers(): Promise<ReloadResult & { workers: { reloaded: number; failed: string[]; needsRestart: string[] } }> {
+    const result = live.reload();
+    log.info('configuration reloaded', { ...result });
+    const answers = await askAll<ReloadAck>((id) => ({ type: 'xks:reload', id }), 30_000, (w, id) => ({ type: 'xks:reloaded', id, error: `worker ${w.process.pid} did not confirm the reload in time` }));
+    const failed = answers.flatMap((a) => (a.error ? [a.error] : []));
+    if (failed.length) log.error('a worker did not apply the reload', { failed });
+    const needsRestart = [...new Set(answers.flatMap((a) => a.needsRestart ?? []))];
+    return { ...result, workers: { reloaded: answers.length - failed.length, failed, needsRestart } };
+  }
+
   function reloadAll(): void {
-    registry.reload();
-    control.control?.reload('reload');
-    workers.forEach((w) => w.process.kill('SIGHUP'));
+    reloadHereAndInWorkers().catch((e: unknown) => log.error('configuration NOT reloaded, the running one stays', { reason: (e as Error).message }));
   }
 
   async function stopWorkers(): Promise<void> {

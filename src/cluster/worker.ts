@@ -18,6 +18,11 @@ export async function startWorker(loaded: LoadedConfig, index: number, log: AppL
   process.on('message', (m: PrimaryMessage) => {
     if (m.type === 'xks:control-reload') {
       proxy.control?.reload('cluster');
+    } else if (m.type === 'xks:reload') {
+      proxy.reload().then(
+        (r) => send({ type: 'xks:reloaded', id: m.id, needsRestart: r.needsRestart }),
+        (e: unknown) => send({ type: 'xks:reloaded', id: m.id, error: (e as Error).message }),
+      );
     } else if (m.type === 'xks:engage') {
       const plane = proxy.control;
       const done = plane ? plane.syncEngaged(m.scope) : Promise.resolve({ drained: true, stillInFlight: 0 });

@@ -12,6 +12,12 @@ export interface GateContext {
   api: XksApi;
   /** Absent for GetHealthStatus. */
   externalKeyId?: string | undefined;
+  /**
+   * The HSM key (label) the external key id names in the key store this request resolved, i.e. the
+   * key its HSM call will use: a key block stops every id that reaches the same HSM key. Absent for
+   * GetHealthStatus and for an id the key store does not configure.
+   */
+  hsmKey?: string | undefined;
   metadata: RequestMetadata;
 }
 

@@ -58,6 +58,16 @@ export const ControlConfig = z
       })
       .strict()
       .default(KILL_SWITCH_DEFAULTS),
+    policies: z
+      .object({
+        /**
+         * What a key store without an allowlist policy allows: "allow" (everything; the default, as
+         * before policies existed) or "deny" (nothing until a policy allows it: default-deny).
+         */
+        defaultForKeyStoresWithoutPolicy: z.enum(['allow', 'deny']).default('allow'),
+      })
+      .strict()
+      .default({ defaultForKeyStoresWithoutPolicy: 'allow' }),
     /** Fallback poll of the state file (changes made by the emergency CLI); fs.watch is the fast path. */
     watchIntervalMs: z.number().int().min(50).max(60000).default(1000),
     admin: AdminConfig.optional(),
@@ -73,6 +83,7 @@ export type ControlConfig = z.infer<typeof ControlConfig>;
 /** camelCase keys of this section, so that XKS__CONTROL__... overrides can name absent keys. */
 export const CONTROL_CONFIG_KEYS = [
   'control', 'stateDir', 'killSwitch', 'approvalsRequired', 'approvalWindowSeconds', 'drainTimeoutMs', 'watchIntervalMs',
+  'policies', 'defaultForKeyStoresWithoutPolicy',
   'admin', 'enabled', 'audience', 'jwksFile', 'clientCaFile', 'maxTokenLifetimeSeconds', 'clockToleranceSeconds', 'replayCacheSize',
 ];
 

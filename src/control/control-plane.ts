@@ -14,21 +14,31 @@
  * GetHealthStatus included, until a valid file appears (`xks-proxy killswitch repair`). No approval
  * can lift it.
  *
+ * One live configuration: key store names and key -> HSM key mappings are read from a KeyDirectory
+ * (the registry hot reload updates), never copied at start-up. A key block stops every path to the
+ * same HSM key; refresh() recompiles the snapshot after a reload so that ids added later that reach
+ * a blocked HSM key are blocked too.
+ *
+ * Policies: tightening applies at once; loosening or deleting needs the lift quorum (isTightening).
+ *
  * Drain: engage() swaps the snapshot first (new requests in scope are refused from then on), then
  * waits until every ticket in scope issued before the swap has called done(), bounded by
  * drainTimeoutMs. Once it resolves with drained=true, no HSM operation starts in that scope.
  */
+import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { XksError } from '../errors/xks-error';
 import type { AppLogger } from '../log/logger';
 import type { AccessGate, GateContext, GateTicket } from './access-gate';
-import { CompiledPolicy, validatePolicy, type PolicyDoc } from './policy';
-import { checkScope, keyRef, parseScope } from './scope';
+import { namesOnly, type KeyDirectory } from './key-directory';
+import { CompiledPolicy, isTightening, noPolicy, validatePolicy, type PolicyDoc } from './policy';
+import { blockCoverage, blockedHsmKeys, checkScope, keyRef, parseScope, type BlockCoverage } from './scope';
 import {
   ControlError,
   applyApproval,
   applyEngage,
+  applyPolicyApproval,
   applyPolicyDelete,
   applyPolicySet,
   checkReason,
@@ -38,12 +48,17 @@ import {
   type StateBody,
   type StoredPolicy,
 } from './state-model';
-import { STATE_FILE, StateStore, type StoredState } from './state-store';
+import { STATE_FILE, StateStore, canonicalJson, type StoredState } from './state-store';
 
 export interface ControlPlaneOptions {
   stateDir: string;
-  /** Configured key store names (scopes and policies must name one of them). */
-  keyStores: readonly string[];
+  /**
+   * The configured key stores, read live (the registry): scopes and policies must name one of them,
+   * and key blocks resolve to HSM keys through it. A plain list is a fixed directory without keys.
+   */
+  keyStores: KeyDirectory | readonly string[];
+  /** What a key store without a policy allows (control.policies.defaultForKeyStoresWithoutPolicy). */
+  defaultForKeyStoresWithoutPolicy?: 'allow' | 'deny';
   approvalsRequired: number;
   approvalWindowMs: number;
   drainTimeoutMs: number;
@@ -66,6 +81,8 @@ interface Snapshot {
   proxy: Block | undefined;
   stores: Map<string, Block>;
   keys: Map<string, Block>;
+  /** HSM keys (labels) behind key blocks: every id that reaches one of them is blocked. */
+  hsmKeys: Map<string, Block>;
   policies: Map<string, CompiledPolicy>;
   sha256: string;
   state: StoredState | undefined;
@@ -74,6 +91,7 @@ interface Snapshot {
 interface LiveTicket {
   keyStore: string;
   externalKeyId: string | undefined;
+  hsmKey: string | undefined;
   waiter: (() => void) | undefined;
 }
 
@@ -98,16 +116,39 @@ export interface PublicState {
   failClosed: string | null;
   generation: number | null;
   writtenAt: string | null;
-  blocks: Block[];
+  blocks: BlockView[];
   pendingApprovals: { scope: string; operator: string; at: string; reason: string }[];
   quorum: { approvalsRequired: number; approvalWindowSeconds: number };
   policies: Record<string, { revision: number; updatedAt: string; updatedBy: string; statements: number; defaultDecision: string }>;
+  /** Policy loosenings and deletions waiting for the quorum. */
+  pendingPolicyApprovals: { keyStore: string; change: 'set' | 'delete'; digest: string; operator: string; at: string; reason: string }[];
+  /** What a key store without a policy allows. */
+  defaultForKeyStoresWithoutPolicy: 'allow' | 'deny';
   history: StateBody['history'];
   inFlight: number;
 }
 
+/** A block as `killswitch show` reports it: what it covers in the configuration in force now. */
+export interface BlockView extends Block {
+  covers: BlockCoverage;
+}
+
+export interface PolicyChangeResult {
+  keyStore: string;
+  /** False while a loosening or deletion waits for the quorum. */
+  applied: boolean;
+  /** "tightening" (applied at once) or "loosening" (needs the quorum). */
+  kind: 'tightening' | 'loosening';
+  approvers: string[];
+  required: number;
+  generation: number;
+  revision?: number | undefined;
+}
+
 const BLOCKED_MESSAGE = 'The external key store is blocked by the proxy operator.';
 const KEY_BLOCKED_MESSAGE = 'The external key is blocked by the proxy operator.';
+/** The statement named in the log when a key store without a policy is denied by default. */
+export const NO_POLICY_DENY = '(no policy: control.policies.defaultForKeyStoresWithoutPolicy deny)';
 
 export class ControlPlane extends EventEmitter implements AccessGate {
   private snap: Snapshot;
@@ -120,10 +161,14 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private reloadQueued = false;
   /** In-process serialisation of changes (the file lock serialises processes). */
   private chain: Promise<unknown> = Promise.resolve();
+  private readonly directory: KeyDirectory;
+  private readonly defaultWithoutPolicy: 'allow' | 'deny';
 
   constructor(private readonly opts: ControlPlaneOptions) {
     super();
     this.now = opts.now ?? Date.now;
+    this.directory = isDirectory(opts.keyStores) ? opts.keyStores : namesOnly(opts.keyStores);
+    this.defaultWithoutPolicy = opts.defaultForKeyStoresWithoutPolicy ?? 'allow';
     this.store = new StateStore(opts.stateDir);
     this.snap = this.load();
   }
@@ -152,21 +197,25 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope key:${ctx.keyStore}/${ctx.externalKeyId})`);
       keyBlocked = true;
     }
+    // Another id (in this key store or another) that reaches a blocked HSM key: the same block.
+    const viaHsmKey = ctx.hsmKey !== undefined && s.hsmKeys.size > 0 ? s.hsmKeys.get(ctx.hsmKey) : undefined;
+    if (viaHsmKey) {
+      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope ${viaHsmKey.scope}, same HSM key)`);
+      keyBlocked = true;
+    }
     let allowedBy: string | undefined;
     if (ctx.api !== 'GetHealthStatus') {
       // Spec "Authorization": secondary authorization never applies to GetHealthStatus.
       const policy = s.policies.get(ctx.keyStore);
-      if (policy) {
-        const d = policy.evaluate(ctx);
-        if (!d.allow) {
-          const err = new XksError('AccessDeniedException', undefined, `denied by policy statement ${d.statement} of key store ${ctx.keyStore}`);
-          err.statement = d.statement;
-          throw err;
-        }
-        allowedBy = d.statement;
+      const d = policy ? policy.evaluate(ctx) : this.defaultWithoutPolicy === 'deny' ? { allow: false, statement: NO_POLICY_DENY } : undefined;
+      if (d && !d.allow) {
+        const err = new XksError('AccessDeniedException', undefined, `denied by policy statement ${d.statement} of key store ${ctx.keyStore}`);
+        err.statement = d.statement;
+        throw err;
       }
+      allowedBy = d?.statement;
     }
-    const t: LiveTicket = { keyStore: ctx.keyStore, externalKeyId: ctx.externalKeyId, waiter: undefined };
+    const t: LiveTicket = { keyStore: ctx.keyStore, externalKeyId: ctx.externalKeyId, hsmKey: ctx.hsmKey, waiter: undefined };
     this.live.add(t);
     let open = true;
     return {
@@ -194,16 +243,30 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     const b = state.body;
     const stores = new Map<string, Block>();
     const keys = new Map<string, Block>();
+    const hsmKeys = new Map<string, Block>();
     let proxy: Block | undefined;
     for (const block of b.blocks) {
       const sc = parseScope(block.scope);
       if (sc.kind === 'proxy') proxy = block;
       else if (sc.kind === 'keystore') stores.set(sc.keyStore, block);
-      else keys.set(keyRef(sc.keyStore, sc.externalKeyId), block);
+      else {
+        keys.set(keyRef(sc.keyStore, sc.externalKeyId), block);
+        for (const label of blockedHsmKeys(block.scope, block.hsmKey, this.directory)) if (!hsmKeys.has(label)) hsmKeys.set(label, block);
+      }
     }
     const policies = new Map<string, CompiledPolicy>();
     for (const [ks, p] of Object.entries(b.policies)) policies.set(ks, new CompiledPolicy(p.policy));
-    return { failClosed: undefined, proxy, stores, keys, policies, sha256: state.sha256, state };
+    return { failClosed: undefined, proxy, stores, keys, hsmKeys, policies, sha256: state.sha256, state };
+  }
+
+  /**
+   * The key store configuration changed (hot reload): recompile the snapshot from the same state,
+   * so that key blocks cover the ids that reach their HSM keys now.
+   */
+  refresh(): void {
+    const st = this.snap.state;
+    if (this.snap.failClosed !== undefined || !st) return;
+    this.snap = this.compile(st);
   }
 
   private install(next: Snapshot, origin: string): void {
@@ -307,9 +370,11 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   engage(scope: string, by: Actor, reason: string): Promise<EngageResult> {
     return this.serial(async () => {
-      const canonical = checkScope(scope, this.opts.keyStores);
+      const canonical = checkScope(scope, this.directory.names());
       checkReason(reason);
-      const { state } = await this.change((b) => ({ body: applyEngage(b, canonical, by, reason, this.now()), result: undefined }), 'engage');
+      const sc = parseScope(canonical);
+      const hsmKey = sc.kind === 'key' ? this.directory.hsmKeyOf(sc.keyStore, sc.externalKeyId) : undefined;
+      const { state } = await this.change((b) => ({ body: applyEngage(b, canonical, by, reason, this.now(), hsmKey), result: undefined }), 'engage');
       // The new snapshot is installed: enter() refuses the scope from here on, so every live ticket
       // in scope was issued before the swap. Wait for those.
       const local = await this.drainScope(canonical);
@@ -329,7 +394,13 @@ export class ControlPlane extends EventEmitter implements AccessGate {
    */
   private async drainScope(canonical: string): Promise<{ drained: boolean; stillInFlight: number }> {
     const sc = parseScope(canonical);
-    const pending = [...this.live].filter((t) => sc.kind === 'proxy' || (t.keyStore === sc.keyStore && (sc.kind === 'keystore' || t.externalKeyId === sc.externalKeyId)));
+    const blockedHsmKeys = this.snap.hsmKeys;
+    const inScope = (t: LiveTicket): boolean => {
+      if (sc.kind === 'proxy') return true;
+      if (sc.kind === 'key' && t.hsmKey !== undefined && blockedHsmKeys.has(t.hsmKey)) return true;
+      return t.keyStore === sc.keyStore && (sc.kind === 'keystore' || t.externalKeyId === sc.externalKeyId);
+    };
+    const pending = [...this.live].filter(inScope);
     const drained = await this.drain(pending);
     return { drained, stillInFlight: drained ? 0 : pending.filter((t) => this.live.has(t)).length };
   }
@@ -363,7 +434,8 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   approveLift(scope: string, by: Actor, reason: string): Promise<ApproveResult> {
     return this.serial(async () => {
-      const canonical = checkScope(scope, this.opts.keyStores);
+      // A block stays liftable when its key store was removed by a reload.
+      const canonical = this.isBlocked(scope) ? scope : checkScope(scope, this.directory.names());
       checkReason(reason);
       const { state, result } = await this.change((b) => {
         const o = applyApproval(b, canonical, by, reason, this.now(), this.opts.approvalsRequired, this.opts.approvalWindowMs);
@@ -373,29 +445,59 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     });
   }
 
-  /** Validated before it replaces anything: an invalid policy is refused with its errors, the old one stays. */
-  setPolicy(keyStore: string, raw: unknown, by: Actor, reason: string): Promise<{ keyStore: string; revision: number; generation: number }> {
+  /**
+   * Validated before it replaces anything: an invalid policy is refused with its errors, the old one
+   * stays. A tightening (isTightening against the policy in force, or against the default for key
+   * stores without one) applies at once; anything else is this operator's approval of the change,
+   * applied once the lift quorum approved the same document within the window.
+   */
+  setPolicy(keyStore: string, raw: unknown, by: Actor, reason: string): Promise<PolicyChangeResult> {
     return this.serial(async () => {
       this.checkKeyStore(keyStore);
       checkReason(reason);
       const v = validatePolicy(raw);
       if (!v.ok) throw new ControlError('policy-invalid', `policy for key store ${keyStore} is invalid; the policy in force is unchanged`, v.errors);
-      const { state } = await this.change((b) => ({ body: applyPolicySet(b, keyStore, v.policy, by, reason, this.now()), result: undefined }), 'policy-set');
-      return { keyStore, revision: state.body.policies[keyStore]!.revision, generation: state.generation };
+      return this.changePolicy(keyStore, v.policy, by, reason);
     });
   }
 
-  deletePolicy(keyStore: string, by: Actor, reason: string): Promise<{ keyStore: string; generation: number }> {
+  /** Deleting returns the key store to the default for key stores without a policy: a loosening unless that default is deny. */
+  deletePolicy(keyStore: string, by: Actor, reason: string): Promise<PolicyChangeResult> {
     return this.serial(async () => {
-      this.checkKeyStore(keyStore);
+      if (!this.policy(keyStore)) this.checkKeyStore(keyStore);
       checkReason(reason);
-      const { state } = await this.change((b) => ({ body: applyPolicyDelete(b, keyStore, by, reason, this.now()), result: undefined }), 'policy-delete');
-      return { keyStore, generation: state.generation };
+      return this.changePolicy(keyStore, undefined, by, reason);
     });
+  }
+
+  private async changePolicy(keyStore: string, next: PolicyDoc | undefined, by: Actor, reason: string): Promise<PolicyChangeResult> {
+    const none = noPolicy(this.defaultWithoutPolicy);
+    const inForce = (b: StateBody) => b.policies[keyStore]?.policy ?? none;
+    const kind = (b: StateBody): PolicyChangeResult['kind'] => (isTightening(inForce(b), next ?? none) ? 'tightening' : 'loosening');
+    const change = next ? ('set' as const) : ('delete' as const);
+    const digest = crypto.createHash('sha256').update(canonicalJson({ change, policy: next ?? null })).digest('hex');
+    type Outcome = Pick<PolicyChangeResult, 'kind' | 'applied' | 'approvers' | 'required'>;
+    const { state, result } = await this.change<Outcome>(
+      (b) => {
+        const k = kind(b);
+        if (k === 'tightening') {
+          const body = next ? applyPolicySet(b, keyStore, next, by, reason, this.now(), 'tightening') : applyPolicyDelete(b, keyStore, by, reason, this.now(), 'tightening');
+          return { body, result: { kind: k, applied: true, approvers: [by.operator], required: 1 } };
+        }
+        const o = applyPolicyApproval(b, { keyStore, change, policy: next, digest }, by, reason, this.now(), this.opts.approvalsRequired, this.opts.approvalWindowMs);
+        return { body: o.state, result: { kind: k, applied: o.applied, approvers: o.approvers, required: o.required } };
+      },
+      next ? 'policy-set' : 'policy-delete',
+    );
+    return { keyStore, ...result, generation: state.generation, revision: state.body.policies[keyStore]?.revision };
   }
 
   private checkKeyStore(name: string): void {
-    if (!this.opts.keyStores.includes(name)) throw new ControlError('invalid', `no key store named "${name}"`);
+    if (!this.directory.names().includes(name)) throw new ControlError('invalid', `no key store named "${name}"`);
+  }
+
+  private isBlocked(scope: string): boolean {
+    return this.snap.state?.body.blocks.some((b) => b.scope === scope) ?? false;
   }
 
   // ---- reading -------------------------------------------------------------------------------
@@ -406,6 +508,19 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   policyDoc(keyStore: string): PolicyDoc | undefined {
     return this.policy(keyStore)?.policy;
+  }
+
+  /**
+   * The scopes in force as the metrics count them: proxy and key store blocks as engaged, and one
+   * key:KS/ID for every external key id a key block stops now (ids sharing its HSM key included).
+   */
+  effectiveScopes(): string[] {
+    const out = new Set<string>();
+    for (const b of this.snap.state?.body.blocks ?? []) {
+      if (!b.scope.startsWith('key:')) out.add(b.scope);
+      else for (const p of blockCoverage(b, this.directory).externalKeys) out.add(`key:${keyRef(p.keyStore, p.externalKeyId)}`);
+    }
+    return [...out];
   }
 
   isFailClosed(): boolean {
@@ -424,10 +539,12 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       failClosed: s.failClosed ?? null,
       generation: s.state?.generation ?? null,
       writtenAt: s.state?.writtenAt ?? null,
-      blocks: body?.blocks ?? [],
+      blocks: (body?.blocks ?? []).map((b) => ({ ...b, covers: blockCoverage(b, this.directory) })),
       pendingApprovals: (body?.approvals ?? []).filter((a) => nowMs - a.atMs <= this.opts.approvalWindowMs).map((a) => ({ scope: a.scope, operator: a.by.operator, at: a.at, reason: a.reason })),
       quorum: { approvalsRequired: this.opts.approvalsRequired, approvalWindowSeconds: Math.round(this.opts.approvalWindowMs / 1000) },
       policies,
+      pendingPolicyApprovals: (body?.policyApprovals ?? []).filter((a) => nowMs - a.atMs <= this.opts.approvalWindowMs).map((a) => ({ keyStore: a.keyStore, change: a.change, digest: a.digest, operator: a.by.operator, at: a.at, reason: a.reason })),
+      defaultForKeyStoresWithoutPolicy: this.defaultWithoutPolicy,
       history: (body?.history ?? []).slice(-50),
       inFlight: this.live.size,
     };
@@ -444,5 +561,9 @@ function newEvents(prev: HistoryEvent[], next: HistoryEvent[]): HistoryEvent[] {
 }
 
 function failClosedSnapshot(reason: string): Snapshot {
-  return { failClosed: reason, proxy: undefined, stores: new Map(), keys: new Map(), policies: new Map(), sha256: '', state: undefined };
+  return { failClosed: reason, proxy: undefined, stores: new Map(), keys: new Map(), hsmKeys: new Map(), policies: new Map(), sha256: '', state: undefined };
+}
+
+function isDirectory(k: KeyDirectory | readonly string[]): k is KeyDirectory {
+  return !Array.isArray(k);
 }

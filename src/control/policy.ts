@@ -5,10 +5,15 @@
  * an effect, an optional `keys` selector (external key ids, so rules can be per key) and
  * conditions. All conditions of a statement must match (AND); within one condition any pattern may
  * match (OR). Patterns are exact strings or wildcards (`*` any run of characters, `?` one
- * character), compiled once into anchored regular expressions. A condition on a field the request
- * does not carry never matches.
+ * character), compiled once into anchored regular expressions.
+ *
+ * A field the request does not carry (kmsViaService on a direct call, awsSourceVpc outside a VPC):
+ * fail safe. A deny condition on it matches (a deny on optional fields must not fail open), unless
+ * the statement says `onAbsentField: "noMatch"`; an allow condition on it never matches (and may not
+ * say otherwise).
  *
  * Decision: any matching deny wins; else any matching allow; else the policy's defaultDecision.
+ * Order does not matter, which makes "tightening" decidable statement by statement (isTightening).
  * GetHealthStatus is never evaluated (the caller skips it). kmsOperation is free text: an unknown
  * operation is never a validation error, a rule may name it or match it with a wildcard.
  */
@@ -42,8 +47,14 @@ const Statement = z
     /** External key ids (patterns allowed) this statement applies to; absent: every key of the store. */
     keys: Patterns.optional(),
     conditions: Conditions.default({}),
+    /**
+     * What a condition on a field the request does not carry does. Deny statements: "match" (the
+     * default: the deny applies) or "noMatch". Allow statements: only "noMatch" (the default).
+     */
+    onAbsentField: z.enum(['match', 'noMatch']).optional(),
   })
-  .strict();
+  .strict()
+  .refine((s) => !(s.effect === 'allow' && s.onAbsentField === 'match'), { path: ['onAbsentField'], message: 'an allow condition on a field the request does not carry never matches; only deny statements may say "match"' });
 
 export const PolicyDoc = z
   .object({
@@ -172,6 +183,7 @@ interface CompiledStatement {
 }
 
 function compileStatement(s: PolicyDoc['statements'][number]): CompiledStatement {
+  const absentMatches = s.effect === 'deny' && (s.onAbsentField ?? 'match') === 'match';
   const tests: ((r: PolicyRequest) => boolean)[] = [];
   if (s.keys) {
     const m = compilePatterns(s.keys);
@@ -184,7 +196,7 @@ function compileStatement(s: PolicyDoc['statements'][number]): CompiledStatement
     const get = FIELD_VALUE[f];
     tests.push((r) => {
       const v = get(r.metadata);
-      return v !== undefined && m(v);
+      return v === undefined ? absentMatches : m(v);
     });
   }
   return { sid: s.sid, deny: s.effect === 'deny', matches: (r) => tests.every((t) => t(r)) };
@@ -207,4 +219,29 @@ export class CompiledPolicy {
     for (const s of this.allows) if (s.matches(r)) return { allow: true, statement: s.sid };
     return this.defaultAllow ? { allow: true, statement: DEFAULT_ALLOW } : { allow: false, statement: DEFAULT_DENY };
   }
+}
+
+/** The policy in force for a key store without one: allow-all, or deny-all (control.policies). */
+export function noPolicy(defaultDecision: 'allow' | 'deny'): PolicyDoc {
+  return { defaultDecision, statements: [] };
+}
+
+/**
+ * True only when `next` allows a subset of what `current` allows, judged conservatively from the
+ * documents (not from traffic). Statements compare by their whole content (reordering patterns
+ * inside one counts as a change). The decision does not depend on statement order, so:
+ *  - every deny statement of `current` must still be in `next` (new ones may be added); then a
+ *    request `next` allows is denied by nothing in `current` either;
+ *  - if `current` allows by default, that is enough: `current` allows everything it does not deny;
+ *  - if `current` denies by default, `next` must deny by default too and bring no allow statement
+ *    that `current` lacks (some may be removed).
+ * Anything else is a loosening and needs the lift quorum.
+ */
+export function isTightening(current: PolicyDoc, next: PolicyDoc): boolean {
+  const key = (st: PolicyDoc['statements'][number]) => JSON.stringify(st);
+  const has = new Set(next.statements.map(key));
+  if (!current.statements.filter((st) => st.effect === 'deny').every((st) => has.has(key(st)))) return false;
+  if (current.defaultDecision === 'allow') return true;
+  const had = new Set(current.statements.map(key));
+  return next.defaultDecision === 'deny' && next.statements.filter((st) => st.effect === 'allow').every((st) => had.has(key(st)));
 }

@@ -1,7 +1,11 @@
 /**
  * Builds the control plane and the admin listener from the `control` config section, for the
- * composition root (main.ts). Without a `control` section the proxy runs with the open gate
- * (no kill switch, no allowlists, no admin API) and says so in the log.
+ * composition root (main.ts, and the cluster primary). Without a `control` section the proxy runs
+ * with the open gate (no kill switch, no allowlists, no admin API) and says so in the log.
+ *
+ * Both read the live configuration (src/reload.ts LiveConfiguration): key store names and key ->
+ * HSM key mappings come from its registry, and each reload recompiles the control snapshot, so a key
+ * store added by reload can be blocked or given a policy at once.
  */
 import type { KeyStoreRegistry } from '../auth/key-stores';
 import type { Config } from '../config/schema';
@@ -32,17 +36,27 @@ export interface RunningControl {
   close(graceMs?: number): Promise<void>;
 }
 
-export async function startControl(config: Readonly<Config> & { control?: ControlConfig | undefined }, registry: KeyStoreRegistry, log: AppLogger, opts: ControlStartOptions = {}): Promise<RunningControl> {
-  const c = config.control;
+/** The live configuration as the control plane reads it (src/reload.ts LiveConfiguration). */
+export interface LiveControlConfig {
+  readonly config: Readonly<Config> & { control?: ControlConfig | undefined };
+  readonly registry: KeyStoreRegistry;
+  onReload(part: { controlState?(): void }): void;
+}
+
+export async function startControl(live: LiveControlConfig, log: AppLogger, opts: ControlStartOptions = {}): Promise<RunningControl> {
+  const { registry } = live;
+  // Control settings apply at start (a reload reports them as needing a restart).
+  const c = live.config.control;
   if (!c) {
     log.warn('no "control" section in the configuration: kill switch, key blocking, allowlists and the admin API are off');
     return { gate: OPEN_GATE, control: undefined, adminPort: undefined, close: async () => undefined };
   }
   const onAdminAction = opts.onAdminAction ?? logAdminActions(log);
-  if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch alone');
+  if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch or loosen a policy alone');
   const control = await ControlPlane.open({
     stateDir: c.stateDir,
-    keyStores: registry.all().map((k) => k.name),
+    keyStores: registry,
+    defaultForKeyStoresWithoutPolicy: c.policies.defaultForKeyStoresWithoutPolicy,
     approvalsRequired: c.killSwitch.approvalsRequired,
     approvalWindowMs: c.killSwitch.approvalWindowSeconds * 1000,
     drainTimeoutMs: c.killSwitch.drainTimeoutMs,
@@ -57,6 +71,12 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
     for (const e of events) onAdminAction(historyToRecord(e));
   });
   control.startWatching();
+  live.onReload({
+    controlState: () => {
+      control.reload('reload');
+      control.refresh();
+    },
+  });
   const st = control.publicState();
   if (st.failClosed) log.error('control state unreadable at start-up: every key store is blocked until it is repaired', { reason: st.failClosed });
   else log.info('control state loaded', { generation: st.generation, blocks: st.blocks.map((b) => b.scope), policies: Object.keys(st.policies) });
@@ -64,7 +84,7 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}) });
     } catch (e) {
       control.close();
       throw e;
@@ -82,6 +102,6 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
 }
 
 function historyToRecord(e: HistoryEvent): AdminActionRecord {
-  const action = { engage: 'kill-switch.engage', 'approve-lift': 'kill-switch.approve-lift', lift: 'kill-switch.lift', 'policy-set': 'policy.set', 'policy-delete': 'policy.delete', repair: 'kill-switch.repair' }[e.action];
+  const action = { engage: 'kill-switch.engage', 'approve-lift': 'kill-switch.approve-lift', lift: 'kill-switch.lift', 'policy-set': 'policy.set', 'policy-delete': 'policy.delete', 'policy-approve': 'policy.approve', repair: 'kill-switch.repair' }[e.action];
   return { time: e.at, operator: e.by.operator, via: e.by.via, action, scope: e.scope, keyStore: e.keyStore, reason: e.reason, outcome: 'ok', detail: [e.detail, e.by.osUser ? `os user ${e.by.osUser}` : undefined].filter(Boolean).join('; ') || undefined };
 }

@@ -25,6 +25,11 @@ const Block = z
     engagedBy: ActorSchema,
     engagedAt: z.string(),
     reason: z.string(),
+    /**
+     * For a key block: the HSM key (label) the external key id named when it was engaged. The block
+     * stops every id that reaches this HSM key, even if a later reload points the id elsewhere.
+     */
+    hsmKey: z.string().min(1).optional(),
   })
   .strict();
 export type Block = z.infer<typeof Block>;
@@ -52,10 +57,30 @@ const StoredPolicy = z
   .strict();
 export type StoredPolicy = z.infer<typeof StoredPolicy>;
 
+/**
+ * One operator's approval of a policy change that loosens (or deletes) a key store's policy: like a
+ * lift, it takes effect once `approvalsRequired` distinct operators approved the same change
+ * (same document, compared by `digest`) inside the approval window.
+ */
+const PolicyApproval = z
+  .object({
+    keyStore: z.string().min(1),
+    change: z.enum(['set', 'delete']),
+    /** SHA-256 of the canonical JSON of { change, policy }: approvals count only for the same change. */
+    digest: z.string().min(1),
+    policy: PolicyDoc.optional(),
+    by: ActorSchema,
+    at: z.string(),
+    atMs: z.number(),
+    reason: z.string(),
+  })
+  .strict();
+export type PolicyApproval = z.infer<typeof PolicyApproval>;
+
 const HistoryEvent = z
   .object({
     at: z.string(),
-    action: z.enum(['engage', 'approve-lift', 'lift', 'policy-set', 'policy-delete', 'repair']),
+    action: z.enum(['engage', 'approve-lift', 'lift', 'policy-set', 'policy-delete', 'policy-approve', 'repair']),
     by: ActorSchema,
     scope: z.string().optional(),
     keyStore: z.string().optional(),
@@ -70,6 +95,8 @@ export const StateBody = z
     blocks: z.array(Block),
     approvals: z.array(Approval),
     policies: z.record(z.string(), StoredPolicy),
+    /** Pending approvals of policy loosenings and deletions (absent in states written before them). */
+    policyApprovals: z.array(PolicyApproval).optional(),
     /** The most recent events (older ones are in the audit log). */
     history: z.array(HistoryEvent),
   })
@@ -106,10 +133,10 @@ function withEvent(s: StateBody, e: HistoryEvent): StateBody {
 }
 
 /** Engaging needs one authorised operator. Re-engaging a blocked scope restarts its lift quorum. */
-export function applyEngage(s: StateBody, scope: string, by: Actor, reason: string, nowMs: number): StateBody {
+export function applyEngage(s: StateBody, scope: string, by: Actor, reason: string, nowMs: number, hsmKey?: string): StateBody {
   const at = new Date(nowMs).toISOString();
   const blocks = s.blocks.filter((b) => b.scope !== scope);
-  blocks.push({ scope, engagedBy: by, engagedAt: at, reason });
+  blocks.push({ scope, engagedBy: by, engagedAt: at, reason, ...(hsmKey !== undefined ? { hsmKey } : {}) });
   const approvals = s.approvals.filter((a) => a.scope !== scope);
   return withEvent({ ...s, blocks, approvals }, { at, action: 'engage', by, scope, reason });
 }
@@ -145,18 +172,62 @@ export function applyApproval(s: StateBody, scope: string, by: Actor, reason: st
   return { state: next, lifted: true, approvers, required };
 }
 
-export function applyPolicySet(s: StateBody, keyStore: string, policy: PolicyDoc, by: Actor, reason: string, nowMs: number): StateBody {
+/** Any change of a key store's policy makes its pending approvals void: they approved another base. */
+function withoutPolicyApprovals(s: StateBody, keyStore: string): StateBody {
+  if (!s.policyApprovals) return s;
+  return { ...s, policyApprovals: s.policyApprovals.filter((a) => a.keyStore !== keyStore) };
+}
+
+export function applyPolicySet(s: StateBody, keyStore: string, policy: PolicyDoc, by: Actor, reason: string, nowMs: number, note?: string): StateBody {
   const at = new Date(nowMs).toISOString();
   const revision = (s.policies[keyStore]?.revision ?? 0) + 1;
   const policies = { ...s.policies, [keyStore]: { policy, revision, updatedBy: by, updatedAt: at, reason } };
-  return withEvent({ ...s, policies }, { at, action: 'policy-set', by, keyStore, reason, detail: `revision ${revision}, ${policy.statements.length} statements, default ${policy.defaultDecision}` });
+  const detail = [`revision ${revision}, ${policy.statements.length} statements, default ${policy.defaultDecision}`, note].filter(Boolean).join('; ');
+  return withEvent({ ...withoutPolicyApprovals(s, keyStore), policies }, { at, action: 'policy-set', by, keyStore, reason, detail });
 }
 
-export function applyPolicyDelete(s: StateBody, keyStore: string, by: Actor, reason: string, nowMs: number): StateBody {
+export function applyPolicyDelete(s: StateBody, keyStore: string, by: Actor, reason: string, nowMs: number, note?: string): StateBody {
+  if (!s.policies[keyStore]) throw new ControlError('not-found', `key store ${keyStore} has no policy`);
   const at = new Date(nowMs).toISOString();
   const policies = { ...s.policies };
   delete policies[keyStore];
-  return withEvent({ ...s, policies }, { at, action: 'policy-delete', by, keyStore, reason });
+  return withEvent({ ...withoutPolicyApprovals(s, keyStore), policies }, { at, action: 'policy-delete', by, keyStore, reason, ...(note ? { detail: note } : {}) });
+}
+
+export interface PolicyChange {
+  keyStore: string;
+  change: 'set' | 'delete';
+  policy?: PolicyDoc | undefined;
+  digest: string;
+}
+
+export interface PolicyApprovalOutcome {
+  state: StateBody;
+  applied: boolean;
+  /** Distinct operators whose approvals of this very change currently count (after this one). */
+  approvers: string[];
+  required: number;
+}
+
+/**
+ * One operator's approval of a policy loosening or deletion, with the lift's rules: approvals older
+ * than the window are dropped, an operator has one pending approval per key store (the newer
+ * replaces the older), and only approvals of the same change (digest) count together. When
+ * `required` distinct operators approved it inside the window, the change is applied.
+ */
+export function applyPolicyApproval(s: StateBody, c: PolicyChange, by: Actor, reason: string, nowMs: number, required: number, windowMs: number): PolicyApprovalOutcome {
+  if (c.change === 'delete' && !s.policies[c.keyStore]) throw new ControlError('not-found', `key store ${c.keyStore} has no policy`);
+  const at = new Date(nowMs).toISOString();
+  const fresh = (s.policyApprovals ?? []).filter((a) => nowMs - a.atMs <= windowMs && a.atMs <= nowMs);
+  const others = fresh.filter((a) => !(a.keyStore === c.keyStore && a.by.operator === by.operator));
+  const mine: PolicyApproval = { keyStore: c.keyStore, change: c.change, digest: c.digest, ...(c.policy ? { policy: c.policy } : {}), by, at, atMs: nowMs, reason };
+  const policyApprovals = [...others, mine];
+  const approvers = policyApprovals.filter((a) => a.keyStore === c.keyStore && a.digest === c.digest).map((a) => a.by.operator);
+  const next = withEvent({ ...s, policyApprovals }, { at, action: 'policy-approve', by, keyStore: c.keyStore, reason, detail: `${c.change} ${c.digest.slice(0, 12)}: ${approvers.length} of ${required} approvals` });
+  if (approvers.length < required) return { state: next, applied: false, approvers, required };
+  const note = `approved by ${approvers.join(', ')}`;
+  const state = c.change === 'set' ? applyPolicySet(next, c.keyStore, c.policy!, by, reason, nowMs, note) : applyPolicyDelete(next, c.keyStore, by, reason, nowMs, note);
+  return { state, applied: true, approvers, required };
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * server.workers = 2: the CLI's `serve` as a cluster (a primary and two worker processes on one
  * port). The kill switch holds for every worker once the engage call returns; metrics aggregate
- * over the workers; SIGTERM stops everything cleanly.
+ * over the workers; a key store added by reload can be blocked and given a policy at once;
+ * SIGTERM stops everything cleanly.
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -26,6 +27,8 @@ describe('cluster: server.workers = 2', function () {
   let cred: Credential;
   let ops: Operators;
   let ca: Buffer;
+  let configFile: string;
+  let credC: Credential;
 
   before(async () => {
     token = createTestToken();
@@ -43,7 +46,8 @@ describe('cluster: server.workers = 2', function () {
       metrics: { port: 0 },
       control: { stateDir: path.join(token.dir, 'state'), admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile } },
     };
-    const configFile = path.join(token.dir, 'cluster.json');
+    credC = writeCredential(path.join(token.dir, 'creds-c'));
+    configFile = path.join(token.dir, 'cluster.json');
     fs.writeFileSync(configFile, JSON.stringify(config));
     child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
     ports = await new Promise((resolve, reject) => {
@@ -62,10 +66,10 @@ describe('cluster: server.workers = 2', function () {
   });
 
   /** A signed Encrypt on a fresh connection (so that requests spread over the workers). */
-  async function encrypt(): Promise<{ status: number; errorName?: string }> {
+  async function encrypt(ks = 'a', key = 'k1', c: Credential = cred): Promise<{ status: number; errorName?: string }> {
     const body = JSON.stringify({ requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: 'Encrypt', kmsRequestId: 'c' }, plaintext: 'eA==', encryptionAlgorithm: 'AES_GCM' });
-    const p = '/a/kms/xks/v1/keys/k1/encrypt';
-    const headers = await signedHeaders({ host: `localhost:${ports.port}`, path: p, body, accessKeyId: cred.accessKeyId, secret: cred.secret });
+    const p = `/${ks}/kms/xks/v1/keys/${key}/encrypt`;
+    const headers = await signedHeaders({ host: `localhost:${ports.port}`, path: p, body, accessKeyId: c.accessKeyId, secret: c.secret });
     return new Promise((resolve, reject) => {
       const req = https.request({ host: 'localhost', port: ports.port, method: 'POST', path: p, headers, ca, agent: false }, (res) =>
         collectResponse(res).then((r) => resolve({ status: r.status, errorName: r.json?.errorName }), reject),
@@ -102,6 +106,35 @@ describe('cluster: server.workers = 2', function () {
     // primary hands connections to workers over the same, ordered IPC channel).
     const open = await Promise.all(Array.from({ length: 10 }, () => encrypt()));
     expect(open.map((r) => r.status)).to.deep.equal(Array(10).fill(200));
+  });
+
+  it('a key store added by reload can be blocked and given a policy at once, in every worker', async () => {
+    const c = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    c.keyStores.push({ name: 'c', pathPrefix: '/c', credentialsDir: path.join(token.dir, 'creds-c'), keys: [{ externalKeyId: 'kc', label: 'k1' }] });
+    fs.writeFileSync(configFile, JSON.stringify(c));
+    const reload = await adminRaw(ports.adminPort, 'POST', '/admin/v1/reload', await ops.token('alice'), { reason: 'new tenant' });
+    expect(reload.status, JSON.stringify(reload.json)).to.equal(200);
+    // The reload returns once every worker applied it: each one serves the new key store. A worker
+    // compares the file with its own view of it (no metrics port, its own audit folder), so it
+    // reports no setting as changed.
+    expect(reload.json.needsRestart).to.deep.equal([]);
+    expect(reload.json.workers).to.deep.equal({ reloaded: 2, failed: [], needsRestart: [] });
+    const served = await Promise.all(Array.from({ length: 10 }, () => encrypt('c', 'kc', credC)));
+    expect(served.map((r) => r.status)).to.deep.equal(Array(10).fill(200));
+
+    const engage = await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/engage', await ops.token('alice'), { scope: 'keystore:c', reason: 'new tenant drill' });
+    expect(engage.status, JSON.stringify(engage.json)).to.equal(200);
+    const blocked = await Promise.all(Array.from({ length: 10 }, () => encrypt('c', 'kc', credC)));
+    expect(blocked.map((r) => r.errorName)).to.deep.equal(Array(10).fill('InvalidStateException'));
+    await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/approve-lift', await ops.token('alice'), { scope: 'keystore:c', reason: 'ok' });
+    expect((await adminRaw(ports.adminPort, 'POST', '/admin/v1/kill-switch/approve-lift', await ops.token('bob'), { scope: 'keystore:c', reason: 'ok' })).json.lifted).to.equal(true);
+
+    const put = await adminRaw(ports.adminPort, 'PUT', '/admin/v1/policies/c', await ops.token('alice'), { policy: { defaultDecision: 'deny', statements: [] }, reason: 'closed until onboarding' });
+    expect(put.status, JSON.stringify(put.json)).to.equal(200);
+    const denied = await Promise.all(Array.from({ length: 10 }, () => encrypt('c', 'kc', credC)));
+    expect(denied.map((r) => r.errorName)).to.deep.equal(Array(10).fill('AccessDeniedException'));
+    // The key store configured at start is not affected.
+    expect((await encrypt()).status).to.equal(200);
   });
 
   it('SIGTERM stops the primary and its workers, exit 0', async () => {

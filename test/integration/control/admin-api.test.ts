@@ -164,9 +164,15 @@ describe('admin API', function () {
       expect((await encrypt('k1', { kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/abc' })).status).to.equal(403);
     });
 
-    it('deleting the policy restores the default (allow)', async () => {
-      const d = await admin('bob', 'DELETE', '/admin/v1/policies/a', { reason: 'rollback' });
+    it('deleting the policy restores the default (allow), once the lift quorum approved it', async () => {
+      const d1 = await admin('bob', 'DELETE', '/admin/v1/policies/a', { reason: 'rollback' });
+      expect(d1.status, JSON.stringify(d1.json)).to.equal(202);
+      expect(d1.json).to.include({ applied: false, kind: 'loosening', required: 2 });
+      // One operator alone changed nothing: still denied.
+      expect((await encrypt('k1', { kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/abc' })).status).to.equal(403);
+      const d = await admin('alice', 'DELETE', '/admin/v1/policies/a', { reason: 'agreed' });
       expect(d.status, JSON.stringify(d.json)).to.equal(200);
+      expect(d.json.approvers).to.deep.equal(['bob', 'alice']);
       const after = await encrypt('k1', { kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/abc' });
       expect(after.status, after.text).to.equal(200);
     });

@@ -14,6 +14,8 @@ import { XksError } from '../../../src/errors/xks-error';
 import { createSilentLogger } from '../../../src/log/logger';
 import type { XksApi } from '../../../src/xks/requests';
 import type { GateContext } from '../../../src/control/access-gate';
+import { directoryOf } from '../../../src/control/key-directory';
+import type { KeyStoreConfig } from '../../../src/config/schema';
 
 const op = (name: string): Actor => ({ operator: name, via: 'admin-api' });
 const md = { kmsRequestId: 'r1', kmsOperation: 'Encrypt', awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/x' };
@@ -246,6 +248,103 @@ describe('control plane', () => {
       await r;
       expect(cp.isFailClosed()).to.equal(false);
       expect(outcome(cp, ctx('GetHealthStatus'))).to.equal('ok');
+    });
+  });
+
+  describe('key blocks reach the HSM key; key stores are read live', () => {
+    // The configuration in force, changed in place as a reload would.
+    let stores: Pick<KeyStoreConfig, 'name' | 'keys'>[];
+    const key = (externalKeyId: string, label?: string) => ({ externalKeyId, enabled: true, ...(label ? { label } : {}) });
+    const on = (api: XksApi, keyStore: string, externalKeyId: string, hsmKey: string | undefined): GateContext => ({ api, keyStore, externalKeyId, hsmKey, metadata: md });
+    beforeEach(async () => {
+      cp.close();
+      stores = [
+        { name: 'a', keys: [key('k1', 'L'), key('alias', 'L'), key('k2')] },
+        { name: 'b', keys: [key('other', 'L')] },
+      ];
+      cp = await make({ keyStores: directoryOf(stores) });
+    });
+
+    it('a block on one id stops every id naming the same HSM key, in any key store', async () => {
+      await cp.engage('key:a/k1', op('alice'), 'leak');
+      expect(outcome(cp, on('Encrypt', 'a', 'alias', 'L'))).to.equal('InvalidStateException');
+      expect(outcome(cp, on('Decrypt', 'b', 'other', 'L'))).to.equal('InvalidStateException');
+      expect(outcome(cp, on('GetKeyMetadata', 'b', 'other', 'L'))).to.equal('keyBlocked');
+      expect(outcome(cp, on('Encrypt', 'a', 'k2', 'k2'))).to.equal('ok');
+      const b = cp.publicState().blocks[0]!;
+      expect(b.hsmKey).to.equal('L');
+      expect(b.covers.externalKeys.map((p) => `${p.keyStore}/${p.externalKeyId}`)).to.deep.equal(['a/k1', 'a/alias', 'b/other']);
+    });
+
+    it('waits for operations already running on another id of the same HSM key', async () => {
+      const running = cp.enter(on('Encrypt', 'b', 'other', 'L'));
+      let resolved = false;
+      const p = cp.engage('key:a/k1', op('alice'), 'leak').then((r) => {
+        resolved = true;
+        return r;
+      });
+      await once(cp, 'reload');
+      expect(resolved).to.equal(false);
+      running.done();
+      expect(await p).to.include({ drained: true, stillInFlight: 0 });
+    });
+
+    it('after a reload: a new id for a blocked HSM key is blocked, a new key store can be blocked and given a policy', async () => {
+      await cp.engage('key:a/k1', op('alice'), 'leak');
+      stores[1]!.keys.push(key('late', 'L'));
+      stores.push({ name: 'c', keys: [] });
+      cp.refresh();
+      expect(cp.publicState().blocks[0]!.covers.externalKeys.map((p) => `${p.keyStore}/${p.externalKeyId}`)).to.include('b/late');
+      await cp.engage('keystore:c', op('alice'), 'new tenant');
+      expect(outcome(cp, ctx('Encrypt', 'c'))).to.equal('InvalidStateException');
+      expect((await cp.setPolicy('b', { defaultDecision: 'deny' }, op('alice'), 'closed')).applied).to.equal(true);
+    });
+
+    it('a block on a key store removed by reload stays, can still be lifted, and shows as not configured', async () => {
+      await cp.engage('keystore:b', op('alice'), 'x');
+      stores.splice(1, 1);
+      cp.refresh();
+      expect(cp.publicState().blocks[0]!.covers.notConfigured).to.deep.equal(['b']);
+      expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('InvalidStateException');
+      await cp.approveLift('keystore:b', op('alice'), 'gone');
+      expect((await cp.approveLift('keystore:b', op('bob'), 'gone')).lifted).to.equal(true);
+    });
+  });
+
+  describe('policy changes and the quorum', () => {
+    const allowAlice = { defaultDecision: 'deny', statements: [{ sid: 'AllowAlice', effect: 'allow', conditions: { awsPrincipalArn: [md.awsPrincipalArn] } }] };
+
+    it('a loosening waits for a second operator inside the window; an expired approval does not count', async () => {
+      await cp.setPolicy('a', allowAlice, op('alice'), 'start');
+      const r1 = await cp.deletePolicy('a', op('alice'), 'open up');
+      expect(r1).to.include({ applied: false, kind: 'loosening' });
+      expect(cp.policy('a')).to.not.equal(undefined);
+      clock += 600_001;
+      const r2 = await cp.deletePolicy('a', op('bob'), 'open up');
+      expect(r2.approvers).to.deep.equal(['bob']);
+      expect(cp.policy('a')).to.not.equal(undefined);
+      clock += 1000;
+      expect((await cp.deletePolicy('a', op('carol'), 'agreed')).applied).to.equal(true);
+      expect(cp.policy('a')).to.equal(undefined);
+      expect(cp.publicState().pendingPolicyApprovals).to.deep.equal([]);
+    });
+
+    it('a tightening applied meanwhile voids the pending approvals of a loosening', async () => {
+      await cp.setPolicy('a', allowAlice, op('alice'), 'start');
+      await cp.setPolicy('a', { defaultDecision: 'allow' }, op('alice'), 'open up');
+      expect(cp.publicState().pendingPolicyApprovals).to.have.length(1);
+      await cp.setPolicy('a', { defaultDecision: 'deny' }, op('carol'), 'close');
+      expect(cp.publicState().pendingPolicyApprovals).to.deep.equal([]);
+      expect((await cp.setPolicy('a', { defaultDecision: 'allow' }, op('bob'), 'open up')).applied).to.equal(false);
+    });
+
+    it('defaultForKeyStoresWithoutPolicy deny: no policy denies; a first policy is then a loosening', async () => {
+      cp.close();
+      cp = await make({ defaultForKeyStoresWithoutPolicy: 'deny' });
+      expect(outcome(cp, ctx('Encrypt'))).to.equal('AccessDeniedException');
+      expect(outcome(cp, { ...ctx('GetHealthStatus'), metadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } })).to.equal('ok');
+      expect((await cp.setPolicy('a', allowAlice, op('alice'), 'open for alice')).applied).to.equal(false);
+      expect((await cp.setPolicy('a', { defaultDecision: 'deny' }, op('alice'), 'explicit deny-all')).applied).to.equal(true);
     });
   });
 });

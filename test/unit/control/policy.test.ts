@@ -2,7 +2,7 @@
  * Allowlist policies (spec "Authorization"): validation before replacement, and evaluation tables.
  */
 import { expect } from 'chai';
-import { CompiledPolicy, DEFAULT_ALLOW, DEFAULT_DENY, compilePattern, validatePolicy, type PolicyRequest } from '../../../src/control/policy';
+import { CompiledPolicy, DEFAULT_ALLOW, DEFAULT_DENY, compilePattern, isTightening, validatePolicy, type PolicyDoc, type PolicyRequest } from '../../../src/control/policy';
 import type { XksApi } from '../../../src/xks/requests';
 
 const ALICE = 'arn:aws:iam::111122223333:user/Alice';
@@ -93,9 +93,9 @@ describe('allowlist policy', () => {
         { sid: 'AllowAppRoleViaEbs', effect: 'allow', conditions: { awsPrincipalArn: ['arn:aws:sts::111122223333:assumed-role/AppRole/*'], kmsViaService: ['ebs'] } },
         { sid: 'AllowAliceEu', effect: 'allow', conditions: { awsPrincipalArn: [ALICE], kmsKeyRegion: ['eu-west-1'] } },
         { sid: 'AllowAccountDescribe', effect: 'allow', conditions: { awsPrincipalAccount: ['111122223333'], kmsOperation: ['DescribeKey', 'CreateKey'] } },
-        { sid: 'DenyOtherKeyAccounts', effect: 'deny', conditions: { kmsKeyAccount: ['999988887777'] } },
+        { sid: 'DenyOtherKeyAccounts', effect: 'deny', conditions: { kmsKeyAccount: ['999988887777'] }, onAbsentField: 'noMatch' },
         { sid: 'DenyReEncrypt', effect: 'deny', conditions: { kmsOperation: ['ReEncrypt*'] } },
-        { sid: 'DenyVpcOutsiders', effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'] } },
+        { sid: 'DenyVpcOutsiders', effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'] }, onAbsentField: 'noMatch' },
         { sid: 'AllowVpce', effect: 'allow', keys: ['k-vpce'], conditions: { awsSourceVpce: ['vpce-0123'] } },
         { sid: 'DenyLegacyKey', effect: 'deny', keys: ['legacy-*'] },
         { sid: 'AllowByKeyArn', effect: 'allow', conditions: { kmsKeyArn: [KEY_US], awsPrincipalArn: [OTHER] } },
@@ -134,5 +134,52 @@ describe('allowlist policy', () => {
       const q = policy({ defaultDecision: 'allow', statements: [{ sid: 'DenyAll', effect: 'deny' }] });
       expect(q.evaluate(req())).to.deep.equal({ allow: false, statement: 'DenyAll' });
     });
+  });
+
+  describe('fields the request does not carry', () => {
+    const noVpc = req();
+    const table: [string, unknown, boolean, string][] = [
+      ['a deny condition on an absent field matches (fails safe)', { effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'] } }, false, 'S'],
+      ['unless the deny statement says "noMatch"', { effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'] }, onAbsentField: 'noMatch' }, true, DEFAULT_ALLOW],
+      ['a deny with a present and an absent field needs the present one to match', { effect: 'deny', conditions: { awsSourceVpc: ['vpc-bad*'], kmsOperation: ['Decrypt'] } }, true, DEFAULT_ALLOW],
+      ['a deny on kmsViaService denies a direct call', { effect: 'deny', conditions: { kmsViaService: ['ebs'] } }, false, 'S'],
+    ];
+    for (const [name, st, allow, statement] of table) {
+      it(name, () => expect(policy({ defaultDecision: 'allow', statements: [{ sid: 'S', ...(st as object) }] }).evaluate(noVpc)).to.deep.equal({ allow, statement }));
+    }
+
+    it('an allow condition on an absent field never matches, and may not say otherwise', () => {
+      expect(policy({ defaultDecision: 'deny', statements: [{ sid: 'S', effect: 'allow', conditions: { awsSourceVpce: ['vpce-1'] } }] }).evaluate(noVpc)).to.deep.equal({ allow: false, statement: DEFAULT_DENY });
+      const v = validatePolicy({ defaultDecision: 'deny', statements: [{ sid: 'S', effect: 'allow', conditions: { awsSourceVpce: ['vpce-1'] }, onAbsentField: 'match' }] });
+      expect(v.ok).to.equal(false);
+      if (!v.ok) expect(v.errors.join()).to.match(/statements\.0\.onAbsentField/);
+    });
+  });
+
+  describe('tightening (applies at once) versus loosening (needs the quorum)', () => {
+    const doc = (raw: unknown): PolicyDoc => {
+      const v = validatePolicy(raw);
+      if (!v.ok) throw new Error(v.errors.join('; '));
+      return v.policy;
+    };
+    const allowA = { sid: 'A', effect: 'allow', conditions: { awsPrincipalArn: [ALICE] } };
+    const allowB = { sid: 'B', effect: 'allow', conditions: { awsPrincipalArn: [OTHER] } };
+    const denyUs = { sid: 'D', effect: 'deny', conditions: { kmsKeyRegion: ['us-*'] } };
+    const denyUsWider = { sid: 'D', effect: 'deny', conditions: { kmsKeyRegion: ['us-*', 'ap-*'] } };
+    const table: [string, unknown, unknown, boolean][] = [
+      ['add a deny', { defaultDecision: 'deny', statements: [allowA] }, { defaultDecision: 'deny', statements: [allowA, denyUs] }, true],
+      ['remove an allow', { defaultDecision: 'deny', statements: [allowA, allowB] }, { defaultDecision: 'deny', statements: [allowA] }, true],
+      ['default allow -> deny', { defaultDecision: 'allow', statements: [denyUs] }, { defaultDecision: 'deny', statements: [denyUs] }, true],
+      ['anything that keeps the denies of an allow-by-default policy', { defaultDecision: 'allow', statements: [denyUs] }, { defaultDecision: 'deny', statements: [denyUs, allowA, allowB] }, true],
+      ['the same policy', { defaultDecision: 'deny', statements: [allowA, denyUs] }, { defaultDecision: 'deny', statements: [denyUs, allowA] }, true],
+      ['add an allow', { defaultDecision: 'deny', statements: [allowA] }, { defaultDecision: 'deny', statements: [allowA, allowB] }, false],
+      ['remove a deny', { defaultDecision: 'allow', statements: [denyUs] }, { defaultDecision: 'allow', statements: [] }, false],
+      ['default deny -> allow', { defaultDecision: 'deny', statements: [] }, { defaultDecision: 'allow', statements: [] }, false],
+      ['change a deny, even to a wider one (judged by content, not meaning)', { defaultDecision: 'allow', statements: [denyUs] }, { defaultDecision: 'allow', statements: [denyUsWider] }, false],
+      ['opt a deny out of absent fields', { defaultDecision: 'allow', statements: [denyUs] }, { defaultDecision: 'allow', statements: [{ ...denyUs, onAbsentField: 'noMatch' }] }, false],
+    ];
+    for (const [name, current, next, tight] of table) {
+      it(`${name}: ${tight ? 'tightening' : 'loosening'}`, () => expect(isTightening(doc(current), doc(next))).to.equal(tight));
+    }
   });
 });
