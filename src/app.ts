@@ -13,7 +13,7 @@ import type { KeyStoreRegistry } from './auth/key-stores';
 import { OPEN_GATE, type AccessGate, type GateTicket } from './control/access-gate';
 import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
 import type { Config } from './config/schema';
-import { XksError, toXksError } from './errors/xks-error';
+import { XksError, methodNotAllowed, toXksError } from './errors/xks-error';
 import { readRawBody } from './http/body';
 import type { OverloadGuard } from './http/overload';
 import { sendError, sendJson } from './http/respond';
@@ -110,7 +110,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.keyStore = route.keyStore.name;
       record.externalKeyId = route.externalKeyId;
       // Spec: a GET on an API URI MUST be rejected with 405; so is any other non-POST method.
-      if (req.method !== 'POST') throw new XksError('MethodNotAllowed', undefined, `method ${req.method}`);
+      if (req.method !== 'POST') throw methodNotAllowed(req.method);
       const body = await readRawBody(req, config.server.maxBodyBytes);
       // Over capacity: refuse before spending SigV4 or HSM work (spec: ThrottlingException when
       // the proxy "is unable to keep up").

@@ -23,7 +23,7 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, ext
 
 export function sendError(res: ServerResponse, err: XksError): void {
   const headers: Record<string, string> = {};
-  if (err.errorName === 'MethodNotAllowed') headers['Allow'] = 'POST';
+  if (err.status === 405) headers['Allow'] = 'POST';
   // A body we refused to read leaves bytes on the connection: do not keep it alive.
   if (err.closeConnection) headers['Connection'] = 'close';
   sendJson(res, err.status, err.toBody(), headers);
