@@ -120,6 +120,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.externalKeyId = route.externalKeyId;
       // Spec: a GET on an API URI MUST be rejected with 405; so is any other non-POST method.
       if (req.method !== 'POST') throw methodNotAllowed(req.method);
+      // HTTP/1.1 requires Host (RFC 9112 section 3.2) and SigV4 signs it (spec Appendix A).
+      if (req.headers.host === undefined) throw new XksError('ValidationException', 'The Host header is required.', 'no Host header');
       // Until its body is in and its signature checks, a request holds a pre-authentication slot
       // (bounded in total and per peer), never the in-flight capacity of authenticated callers.
       const admission = preAuth.admit(req.socket.remoteAddress);
