@@ -156,7 +156,8 @@ export const ConfigSchema = z
         /**
          * Requests whose body or signature is not checked yet, bounded apart from the capacity
          * that authenticated requests use (server.overload.maxInFlight): in total and per peer
-         * address. Beyond either, 429 ThrottlingException and the connection is closed.
+         * address. Beyond either, 429 ThrottlingException and the connection is closed. Per
+         * process: with server.workers, each worker has these bounds.
          */
         preAuth: z
           .object({
@@ -251,6 +252,10 @@ export const ConfigSchema = z
     }
     if (c.server.headersTimeoutMs > c.server.requestTimeoutMs) {
       ctx.addIssue({ code: 'custom', path: ['server', 'headersTimeoutMs'], message: 'must not exceed server.requestTimeoutMs' });
+    }
+    if (c.server.bodyTimeoutMs > c.server.requestTimeoutMs) {
+      // Node's request timeout would answer first, from under the pipeline.
+      ctx.addIssue({ code: 'custom', path: ['server', 'bodyTimeoutMs'], message: 'must not exceed server.requestTimeoutMs' });
     }
     const prefixes = new Map<string, number>();
     const akids = new Map<string, string>();

@@ -43,6 +43,8 @@ async function startSlowHarness(label: string, bodyTimeoutMs: number): Promise<{
       overload: { maxEventLoopLagMs: 1000, maxInFlight: PER_PEER },
       preAuth: { maxPending: TOTAL, maxPendingPerPeer: PER_PEER },
       bodyTimeoutMs,
+      // Node's own request timeout must not end the slow requests first.
+      requestTimeoutMs: 300000,
     },
     keyStores: [{ name: 'slow', pathPrefix: '/slow', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }] }],
   });
