@@ -2,13 +2,14 @@
  * Slow-upload attack against the proxy (issue 9, item 1), with figures. Asserts nothing.
  *
  * An attacker process opens N TLS connections from 127.0.0.2 (another loopback source address, so
- * that a per-peer bound is tested honestly), sends the headers of a POST to the Encrypt URI with
+ * that a per-peer bound is tested honestly; --sources K spreads them over 127.0.0.2 .. 127.0.0.K+1,
+ * a distributed attacker that the per-peer bound does not stop), sends the headers of a POST to the Encrypt URI with
  * no credentials, then one body byte per second; whenever the proxy answers or closes one, it
  * reconnects after --reconnect-ms. Meanwhile this process sends signed Encrypts from 127.0.0.1 at
  * --rate per second for --seconds, and prints how many were served or refused, and their latency.
  *
  *   npm run build && node dist/bench/attack-slow-upload.js [--connections 300] [--seconds 30]
- *        [--rate 10] [--reconnect-ms 1000] [--warmup-seconds 5]
+ *        [--rate 10] [--reconnect-ms 1000] [--warmup-seconds 5] [--sources 1]
  *   (against a running proxy instead of a fresh one on a temp SoftHSM2 token:
  *        --port 8443 --ca data/tls/cert.pem --kms-config data/kms-proxy-config-demo.json
  *        --prefix /demo --key demo-key-1)
@@ -24,7 +25,8 @@ import { parseArgs } from 'node:util';
 import { signedHeaders } from '../test/helpers/signer';
 import { BENCH_KEY, KEY_STORE_PREFIX, startTarget } from './lib/setup';
 
-const ATTACKER_ADDRESS = '127.0.0.2';
+/** The attacker's i-th source address: 127.0.0.2 onwards. */
+const attackerAddress = (i: number, sources: number) => `127.0.0.${2 + (i % sources)}`;
 const CALLER_ADDRESS = '127.0.0.1';
 
 interface AttackStats {
@@ -38,15 +40,15 @@ interface AttackStats {
 }
 
 /** The attacker, in a child process of its own so that its TLS work does not delay the measurements. */
-function runAttacker(port: number, connections: number, reconnectMs: number, path: string): void {
+function runAttacker(port: number, connections: number, sources: number, reconnectMs: number, path: string): void {
   const stats: AttackStats = { opened: 0, answered: {}, closedSilently: 0, maxOpen: 0 };
   let open = 0;
   let stopping = false;
   const sockets = new Set<tls.TLSSocket>();
-  const connect = (): void => {
+  const connect = (i: number): void => {
     if (stopping) return;
     // localAddress reaches net.Socket#connect; the tls typings just do not list it.
-    const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...({ localAddress: ATTACKER_ADDRESS } as tls.ConnectionOptions) });
+    const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, ...({ localAddress: attackerAddress(i, sources) } as tls.ConnectionOptions) });
     sockets.add(s);
     let answered = false;
     let connected = false;
@@ -74,10 +76,10 @@ function runAttacker(port: number, connections: number, reconnectMs: number, pat
       sockets.delete(s);
       if (connected) open--;
       if (connected && !answered) stats.closedSilently++;
-      setTimeout(connect, reconnectMs);
+      setTimeout(() => connect(i), reconnectMs);
     });
   };
-  for (let i = 0; i < connections; i++) connect();
+  for (let i = 0; i < connections; i++) connect(i);
   process.on('message', (m) => {
     if (m !== 'stop') return;
     stopping = true;
@@ -100,6 +102,7 @@ async function main(): Promise<void> {
       'warmup-seconds': { type: 'string', default: '5' },
       rate: { type: 'string', default: '10' },
       'reconnect-ms': { type: 'string', default: '1000' },
+      sources: { type: 'string', default: '1' },
       port: { type: 'string' },
       ca: { type: 'string' },
       'kms-config': { type: 'string' },
@@ -110,8 +113,9 @@ async function main(): Promise<void> {
     },
   });
   const connections = Math.min(2000, Math.max(1, Number(values.connections)));
+  const sources = Math.min(250, Math.max(1, Number(values.sources)));
   if (values.role === 'attacker') {
-    runAttacker(Number(values['target-port']), connections, Number(values['reconnect-ms']), values.path!);
+    runAttacker(Number(values['target-port']), connections, sources, Number(values['reconnect-ms']), values.path!);
     return;
   }
   const seconds = Math.min(300, Math.max(1, Number(values.seconds)));
@@ -158,7 +162,7 @@ async function main(): Promise<void> {
   // Before the attack: the proxy serves (and the connection pool is warm).
   const baseline = await encrypt();
 
-  const attacker: ChildProcess = fork(__filename, ['--role', 'attacker', '--target-port', String(port), '--connections', String(connections), '--reconnect-ms', String(values['reconnect-ms']), '--path', path], { stdio: 'inherit' });
+  const attacker: ChildProcess = fork(__filename, ['--role', 'attacker', '--target-port', String(port), '--connections', String(connections), '--sources', String(sources), '--reconnect-ms', String(values['reconnect-ms']), '--path', path], { stdio: 'inherit' });
   await new Promise((r) => setTimeout(r, warmup * 1000)); // let the attack reach its full size
 
   const results: { status: number; ms: number }[] = [];
@@ -186,7 +190,7 @@ async function main(): Promise<void> {
   console.log(
     JSON.stringify(
       {
-        attack: { connections, from: ATTACKER_ADDRESS, bodyBytePerSecond: 1, reconnectMs: Number(values['reconnect-ms']), ...attack },
+        attack: { connections, from: sources === 1 ? attackerAddress(0, 1) : `${attackerAddress(0, sources)} .. ${attackerAddress(sources - 1, sources)}`, bodyBytePerSecond: 1, reconnectMs: Number(values['reconnect-ms']), ...attack },
         signedEncrypts: {
           from: CALLER_ADDRESS,
           ratePerSecond: rate,

@@ -20,7 +20,7 @@ import type { Config } from './config/schema';
 import { XksError, methodNotAllowed, toXksError } from './errors/xks-error';
 import { readRawBody } from './http/body';
 import type { OverloadGuard } from './http/overload';
-import { PreAuthLimiter, type PreAuthTicket } from './http/pre-auth';
+import { OVER_BOUND_GRACE_MS, PreAuthLimiter, type PreAuthTicket } from './http/pre-auth';
 import { sendError, sendJson } from './http/respond';
 import type { AppLogger } from './log/logger';
 import type { RequestLog, RequestRecord } from './log/request-log';
@@ -124,17 +124,19 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       if (req.headers.host === undefined) throw new XksError('ValidationException', 'The Host header is required.', 'no Host header');
       // Until its body is in and its signature checks, a request holds a pre-authentication slot
       // (bounded in total and per peer), never the in-flight capacity of authenticated callers.
+      // Beyond the bounds, only a body that is in at once (as KMS sends it) goes on, slot-less.
       const admission = preAuth.admit(req.socket.remoteAddress);
-      if (!admission.ticket) throw preAuthRefused(admission.refused);
       unauthenticated = admission.ticket;
-      const body = await readRawBody(req, config.server.maxBodyBytes, config.server.bodyTimeoutMs);
+      const body = admission.ticket
+        ? await readRawBody(req, config.server.maxBodyBytes, config.server.bodyTimeoutMs)
+        : await readRawBody(req, config.server.maxBodyBytes, Math.min(OVER_BOUND_GRACE_MS, config.server.bodyTimeoutMs), () => preAuthRefused(admission.refused));
       // Over capacity: refuse before spending SigV4 or HSM work (spec: ThrottlingException when
       // the proxy "is unable to keep up").
       const shed = overload?.shedReason();
       if (shed) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${shed}`);
       const caller = verifySigV4({ method: req.method, url, rawHeaders: req.rawHeaders, body }, route.keyStore, { ...sigv4Opts, now: now() }, keyCache);
       record.accessKeyId = caller.accessKeyId;
-      unauthenticated.release();
+      unauthenticated?.release();
       // Authenticated: now it may take in-flight capacity (bounded for slow, network HSMs).
       const full = overload?.tryEnter();
       if (full) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${full}`);
@@ -173,7 +175,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
   };
 }
 
-/** Cheap refusal of a request beyond the pre-authentication bound; its body is never read. */
+/** Refusal of a request beyond the pre-authentication bounds whose body was not in at once; the rest is never read. */
 function preAuthRefused(reason: string): XksError {
   const e = new XksError('ThrottlingException', 'Too many requests are waiting to be authenticated. Retry later.', `pre-auth: ${reason}`);
   e.closeConnection = true;

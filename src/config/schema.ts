@@ -156,7 +156,8 @@ export const ConfigSchema = z
         /**
          * Requests whose body or signature is not checked yet, bounded apart from the capacity
          * that authenticated requests use (server.overload.maxInFlight): in total and per peer
-         * address. Beyond either, 429 ThrottlingException and the connection is closed. Per
+         * address. Beyond either, a request whose body is not in at once (src/http/pre-auth.ts,
+         * OVER_BOUND_GRACE_MS) gets 429 ThrottlingException and the connection closed. Per
          * process: with server.workers, each worker has these bounds.
          */
         preAuth: z

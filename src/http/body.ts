@@ -10,7 +10,7 @@
 import type { IncomingMessage } from 'node:http';
 import { XksError } from '../errors/xks-error';
 
-export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?: number): Promise<Buffer> {
+export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?: number, late: (deadlineMs: number, received: number) => XksError = tooSlow): Promise<Buffer> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBytes) {
     return Promise.reject(tooLarge(maxBytes, `declared Content-Length ${declared}`));
@@ -21,7 +21,7 @@ export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?:
     let done = false;
     const timer = deadlineMs === undefined ? undefined : setTimeout(() => {
       req.pause();
-      finish(tooSlow(deadlineMs, size));
+      finish(late(deadlineMs, size));
     }, deadlineMs);
     const finish = (err: XksError | undefined, body?: Buffer) => {
       if (done) return;

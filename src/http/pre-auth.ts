@@ -14,6 +14,14 @@
  * client addresses every caller shares the balancer's addresses; the total bound and the body
  * deadline still hold then.
  */
+/**
+ * A request beyond the bounds is not turned away before its body had a chance: KMS sends its body
+ * with its headers, so it is in at once, and such a request goes on without a slot. Only a body
+ * still missing after this long is refused. Without this grace, an attacker spread over enough
+ * addresses to fill the total bound would have KMS refused with it.
+ */
+export const OVER_BOUND_GRACE_MS = 50;
+
 export interface PreAuthOptions {
   maxPending: number;
   maxPendingPerPeer: number;

@@ -5,6 +5,9 @@
  * bounded in total and per peer address, and each is answered and disconnected at the body
  * deadline; the in-flight capacity (server.overload.maxInFlight) is for authenticated requests.
  *
+ * Beyond the bounds, a request whose body is in at once (as KMS sends it) still goes on; only a
+ * body that is not is refused (429, connection closed).
+ *
  * Synchronisation without sleeps: the slow requests carry "Expect: 100-continue", and the server
  * writes "100 Continue" in the same turn of the event loop in which it hands the request to the
  * pipeline, so receiving it means the request holds its slot.
@@ -125,11 +128,15 @@ describe('slow uploads without credentials cannot lock out signed requests', fun
     expect(line.accessKeyId).to.equal(undefined);
   });
 
-  it('the total bound refuses a new peer once the slots are full, and none of them counts against authenticated capacity', async () => {
+  it('with every slot in total held, a slow upload from a new peer is refused, a signed Encrypt whose body comes with its headers is served, and none of them counts against authenticated capacity', async () => {
     const first = await Promise.all(Array.from({ length: PER_PEER }, () => attacker.upload(ATTACKER)));
     const second = await Promise.all(Array.from({ length: TOTAL - PER_PEER }, () => attacker.upload(OTHER_ATTACKER)));
     await Promise.all([...first, ...second].map(Attacker.holding));
     expect(h.proxy.overload.state().inFlight).to.equal(0);
+
+    // KMS's body arrives with its headers (one write here): it does not need a slot.
+    const r = await xksCall(h, ENCRYPT, encryptBody(), { cred });
+    expect(r.status, r.text).to.equal(200);
 
     const third = await attacker.upload('127.0.0.4');
     const refused = await third.finalResponse();
