@@ -141,7 +141,7 @@ async function main(): Promise<void> {
   const path = `${values.prefix}/kms/xks/v1/keys/${values.key}/encrypt`;
   const agent = new https.Agent({ keepAlive: true, ca, localAddress: CALLER_ADDRESS });
 
-  const encrypt = async (): Promise<{ status: number; ms: number }> => {
+  const encrypt = async (): Promise<{ status: number; ms: number; error?: string }> => {
     const body = JSON.stringify({
       requestMetadata: { awsPrincipalArn: 'arn:aws:iam::123456789012:role/bench', kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/bench', kmsOperation: 'Encrypt', kmsRequestId: crypto.randomUUID() },
       plaintext: crypto.randomBytes(32).toString('base64'),
@@ -151,8 +151,12 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     return new Promise((resolve) => {
       const req = https.request({ host: '127.0.0.1', servername: 'localhost', port, path, method: 'POST', headers, agent }, (res) => {
-        res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, ms: performance.now() - t0 }));
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => {
+          const ms = performance.now() - t0;
+          resolve(res.statusCode === 200 ? { status: 200, ms } : { status: res.statusCode ?? 0, ms, error: text.slice(0, 200) });
+        });
       });
       req.on('error', () => resolve({ status: 0, ms: performance.now() - t0 }));
       req.end(body);
@@ -165,7 +169,7 @@ async function main(): Promise<void> {
   const attacker: ChildProcess = fork(__filename, ['--role', 'attacker', '--target-port', String(port), '--connections', String(connections), '--sources', String(sources), '--reconnect-ms', String(values['reconnect-ms']), '--path', path], { stdio: 'inherit' });
   await new Promise((r) => setTimeout(r, warmup * 1000)); // let the attack reach its full size
 
-  const results: { status: number; ms: number }[] = [];
+  const results: { status: number; ms: number; error?: string }[] = [];
   const pending: Promise<void>[] = [];
   const started = performance.now();
   for (let i = 0; performance.now() - started < seconds * 1000; i++) {
@@ -184,7 +188,11 @@ async function main(): Promise<void> {
   await stop();
 
   const byStatus: Record<string, number> = {};
-  for (const r of results) byStatus[r.status] = (byStatus[r.status] ?? 0) + 1;
+  const errors: Record<string, number> = {};
+  for (const r of results) {
+    byStatus[r.status] = (byStatus[r.status] ?? 0) + 1;
+    if (r.error !== undefined) errors[r.error] = (errors[r.error] ?? 0) + 1;
+  }
   const served = results.filter((r) => r.status === 200).map((r) => r.ms).sort((a, b) => a - b);
   const all = results.map((r) => r.ms).sort((a, b) => a - b);
   console.log(
@@ -200,6 +208,7 @@ async function main(): Promise<void> {
           served: byStatus['200'] ?? 0,
           refused429: byStatus['429'] ?? 0,
           byStatus,
+          errors,
           servedP50ms: percentile(served, 0.5),
           servedP99ms: percentile(served, 0.99),
           allP50ms: percentile(all, 0.5),
