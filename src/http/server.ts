@@ -150,10 +150,19 @@ function clientErrorAnswer(code: string | undefined): XksError {
   }
 }
 
-/** Answer on a raw socket and close it once the answer is written. */
+/**
+ * Answer on a raw socket and close our side. The socket is not destroyed at once: closing it with
+ * unread input makes the kernel reset the connection, which can discard the answer before the
+ * client reads it. A client that does not close its side in time is cut off.
+ */
 function endWith(socket: Duplex, err: XksError): void {
-  socket.end(rawErrorResponse(err), () => socket.destroy());
+  socket.end(rawErrorResponse(err));
+  const cutOff = setTimeout(() => socket.destroy(), RAW_ANSWER_LINGER_MS);
+  cutOff.unref();
+  socket.once('close', () => clearTimeout(cutOff));
 }
+
+const RAW_ANSWER_LINGER_MS = 2000;
 
 export function listen(s: http.Server, port: number, host: string): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
