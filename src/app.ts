@@ -1,8 +1,12 @@
 /**
  * The request's way through the appliance. Only this file knows the order:
  *
- *   route -> method -> raw body (capped) -> SigV4 over those bytes -> JSON + field checks
+ *   route -> method -> [pre-auth slot] raw body (capped, deadline) -> lag shedding -> SigV4 over
+ *   those bytes [slot released] -> in-flight bound -> quota -> JSON + field checks
  *   -> service (AAD, IV, CDIV, round trip) -> HSM -> JSON response; one request-log record in a finally.
+ *
+ * Unauthenticated work (a body still arriving, a signature not yet checked) is bounded on its own
+ * (src/http/pre-auth.ts) and never counts against the capacity authenticated callers use.
  *
  * Load-balancer probes (spec "Load balancer health checks") are plain GETs, unauthenticated, that
  * never touch the HSM: liveness says the process serves; readiness reports the cached deep check.
@@ -13,9 +17,10 @@ import type { KeyStoreRegistry } from './auth/key-stores';
 import { OPEN_GATE, type AccessGate, type GateTicket } from './control/access-gate';
 import { SigningKeyCache, verifySigV4 } from './auth/sigv4';
 import type { Config } from './config/schema';
-import { XksError, toXksError } from './errors/xks-error';
+import { XksError, methodNotAllowed, toXksError } from './errors/xks-error';
 import { readRawBody } from './http/body';
 import type { OverloadGuard } from './http/overload';
+import { OVER_BOUND_GRACE_MS, PreAuthLimiter, type PreAuthTicket } from './http/pre-auth';
 import { sendError, sendJson } from './http/respond';
 import type { AppLogger } from './log/logger';
 import type { RequestLog, RequestRecord } from './log/request-log';
@@ -36,6 +41,8 @@ export interface AppDeps {
   gate?: AccessGate;
   /** Load shedding; none when absent. */
   overload?: OverloadGuard;
+  /** Bound on requests not yet authenticated; built from config.server.preAuth when absent. */
+  preAuth?: PreAuthLimiter;
   /** Request metrics; none when absent. */
   meter?: Meter;
   /** Clock for SigV4 date checks; injectable for tests. */
@@ -90,6 +97,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
   const { config, registry, service, requestLog, log } = deps;
   const gate = deps.gate ?? OPEN_GATE;
   const overload = deps.overload;
+  const preAuth = deps.preAuth ?? new PreAuthLimiter(config.server.preAuth);
   const meter = deps.meter ?? NOOP_METER;
   const now = deps.now ?? Date.now;
   const keyCache = new SigningKeyCache();
@@ -102,7 +110,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
     let ticket: GateTicket | undefined;
-    overload?.enter();
+    let unauthenticated: PreAuthTicket | undefined;
+    let inFlight = false;
     try {
       const q = url.indexOf('?');
       const route: Route = resolveRoute(registry, q < 0 ? url : url.slice(0, q));
@@ -110,14 +119,28 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.keyStore = route.keyStore.name;
       record.externalKeyId = route.externalKeyId;
       // Spec: a GET on an API URI MUST be rejected with 405; so is any other non-POST method.
-      if (req.method !== 'POST') throw new XksError('MethodNotAllowed', undefined, `method ${req.method}`);
-      const body = await readRawBody(req, config.server.maxBodyBytes);
+      if (req.method !== 'POST') throw methodNotAllowed(req.method);
+      // HTTP/1.1 requires Host (RFC 9112 section 3.2) and SigV4 signs it (spec Appendix A).
+      if (req.headers.host === undefined) throw new XksError('ValidationException', 'The Host header is required.', 'no Host header');
+      // Until its body is in and its signature checks, a request holds a pre-authentication slot
+      // (bounded in total and per peer), never the in-flight capacity of authenticated callers.
+      // Beyond the bounds, only a body that is in at once (as KMS sends it) goes on, slot-less.
+      const admission = preAuth.admit(req.socket.remoteAddress);
+      unauthenticated = admission.ticket;
+      const body = admission.ticket
+        ? await readRawBody(req, config.server.maxBodyBytes, config.server.bodyTimeoutMs)
+        : await readRawBody(req, config.server.maxBodyBytes, Math.min(OVER_BOUND_GRACE_MS, config.server.bodyTimeoutMs), () => preAuthRefused(admission.refused));
       // Over capacity: refuse before spending SigV4 or HSM work (spec: ThrottlingException when
       // the proxy "is unable to keep up").
       const shed = overload?.shedReason();
       if (shed) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${shed}`);
       const caller = verifySigV4({ method: req.method, url, rawHeaders: req.rawHeaders, body }, route.keyStore, { ...sigv4Opts, now: now() }, keyCache);
       record.accessKeyId = caller.accessKeyId;
+      unauthenticated?.release();
+      // Authenticated: now it may take in-flight capacity (bounded for slow, network HSMs).
+      const full = overload?.tryEnter();
+      if (full) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${full}`);
+      inFlight = overload !== undefined;
       // The key store's own quota counts authenticated requests only, so that nobody without its
       // credentials can use it up.
       if (route.keyStore.quota && !route.keyStore.quota.take()) {
@@ -142,7 +165,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
       sendError(res, err);
     } finally {
-      overload?.leave();
+      unauthenticated?.release();
+      if (inFlight) overload!.leave();
       ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
@@ -151,6 +175,13 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       requestLog.write(record);
     }
   };
+}
+
+/** Refusal of a request beyond the pre-authentication bounds whose body was not in at once; the rest is never read. */
+function preAuthRefused(reason: string): XksError {
+  const e = new XksError('ThrottlingException', 'Too many requests are waiting to be authenticated. Retry later.', `pre-auth: ${reason}`);
+  e.closeConnection = true;
+  return e;
 }
 
 function dispatch(service: XksService, route: Route, json: Record<string, unknown>, limits: Config['limits'], t: HsmTiming, keyBlocked: boolean): Promise<unknown> {

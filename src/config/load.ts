@@ -110,7 +110,7 @@ function matchKey(obj: Record<string, unknown>, seg: string): string {
 /** Keys that may be absent from the file but set by env (so their camelCase is known). */
 const KNOWN_KEYS = [
   'server', 'host', 'port', 'tls', 'certFile', 'keyFile', 'plainHttp', 'maxBodyBytes', 'headersTimeoutMs',
-  'requestTimeoutMs', 'keepAliveTimeoutMs', 'healthEndpoints', 'livePath', 'readyPath', 'plainPort', 'plainHost',
+  'requestTimeoutMs', 'keepAliveTimeoutMs', 'bodyTimeoutMs', 'preAuth', 'maxPending', 'maxPendingPerPeer', 'healthEndpoints', 'livePath', 'readyPath', 'plainPort', 'plainHost',
   'health', 'intervalMs', 'degradedAboveMs', 'hsm', 'module', 'moduleEnv', 'tokenLabel', 'pin', 'env', 'file',
   'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'callMode', 'proxy', 'vendor', 'model', 'fleetSize',
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',

@@ -151,8 +151,28 @@ export const ConfigSchema = z
         plainHttp: z.boolean().default(false),
         /** The body is refused before it is buffered past this many bytes. */
         maxBodyBytes: z.number().int().min(32768).max(1048576).default(65536),
-        headersTimeoutMs: z.number().int().min(100).max(120000).default(5000),
-        requestTimeoutMs: z.number().int().min(100).max(300000).default(10000),
+        /**
+         * KMS sends its small requests at once and gives up after 250 ms: a client still sending
+         * headers after 2 s, or a request after 5 s, is not KMS. Node checks both every second.
+         */
+        headersTimeoutMs: z.number().int().min(100).max(120000).default(2000),
+        requestTimeoutMs: z.number().int().min(100).max(300000).default(5000),
+        /** Once the headers are in, the body must arrive within this (checked per request). */
+        bodyTimeoutMs: z.number().int().min(50).max(60000).default(1000),
+        /**
+         * Requests whose body or signature is not checked yet, bounded apart from the capacity
+         * that authenticated requests use (server.overload.maxInFlight): in total and per peer
+         * address. Beyond either, a request whose body is not in at once (src/http/pre-auth.ts,
+         * OVER_BOUND_GRACE_MS) gets 429 ThrottlingException and the connection closed. Per
+         * process: with server.workers, each worker has these bounds.
+         */
+        preAuth: z
+          .object({
+            maxPending: z.number().int().min(1).max(100000).default(256),
+            maxPendingPerPeer: z.number().int().min(1).max(100000).default(32),
+          })
+          .strict()
+          .default({ maxPending: 256, maxPendingPerPeer: 32 }),
         keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
         /**
          * Worker processes (node:cluster), each with its own HSM sessions; 1 = a single process.
@@ -236,6 +256,13 @@ export const ConfigSchema = z
   .superRefine((c, ctx) => {
     if (!c.server.plainHttp && !c.server.tls) {
       ctx.addIssue({ code: 'custom', path: ['server', 'tls'], message: 'required unless server.plainHttp is true' });
+    }
+    if (c.server.headersTimeoutMs > c.server.requestTimeoutMs) {
+      ctx.addIssue({ code: 'custom', path: ['server', 'headersTimeoutMs'], message: 'must not exceed server.requestTimeoutMs' });
+    }
+    if (c.server.bodyTimeoutMs > c.server.requestTimeoutMs) {
+      // Node's request timeout would answer first, from under the pipeline.
+      ctx.addIssue({ code: 'custom', path: ['server', 'bodyTimeoutMs'], message: 'must not exceed server.requestTimeoutMs' });
     }
     const prefixes = new Map<string, number>();
     const akids = new Map<string, string>();

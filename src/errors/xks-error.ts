@@ -16,9 +16,6 @@ export const ERROR_STATUS = {
   AccessDeniedException: 403,
   KeyNotFoundException: 404,
   InvalidUriPathException: 404,
-  // Not an XKS error name: the spec only says GET on an API URI MUST answer 405. We still answer
-  // with a JSON body so that nothing ever sees an HTML page.
-  MethodNotAllowed: 405,
   ThrottlingException: 429,
   UnsupportedOperationException: 501,
   DependencyTimeoutException: 503,
@@ -38,7 +35,6 @@ const DEFAULT_MESSAGE: Record<ErrorName, string> = {
   AccessDeniedException: 'The operation is not authorized by the proxy policy.',
   KeyNotFoundException: 'The external key was not found.',
   InvalidUriPathException: 'The URI path is not valid.',
-  MethodNotAllowed: 'Method not allowed: the XKS APIs accept POST only.',
   ThrottlingException: 'The request rate is too high.',
   UnsupportedOperationException: 'The operation or a parameter size is not supported.',
   DependencyTimeoutException: 'The proxy timed out while waiting for the external key manager.',
@@ -55,7 +51,11 @@ export class XksError extends Error {
   /** For AccessDeniedException: the policy statement responsible (spec "Authorization": log it). */
   statement: string | undefined;
 
-  constructor(errorName: ErrorName, publicMessage?: string, detail?: string) {
+  /**
+   * `status` overrides the table's status only where HTTP itself requires another one for the
+   * same meaning (405 for a method, 417 for an expectation): the errorName stays a spec name.
+   */
+  constructor(errorName: ErrorName, publicMessage?: string, detail?: string, status?: number) {
     // An XksError is an answer, not a bug: nothing reads its stack, and capturing one cost ~9 us,
     // the largest share of a 429 under overload after the socket write.
     const stackTraceLimit = Error.stackTraceLimit;
@@ -67,13 +67,26 @@ export class XksError extends Error {
     }
     this.name = 'XksError';
     this.errorName = errorName;
-    this.status = ERROR_STATUS[errorName];
+    this.status = status ?? ERROR_STATUS[errorName];
     this.detail = detail;
   }
 
   toBody(): { errorName: string; errorMessage: string } {
     return { errorName: this.errorName, errorMessage: this.message };
   }
+}
+
+/**
+ * A method other than POST on an API URI (or CONNECT anywhere). Spec "API operations": a GET on
+ * any of the four API URIs MUST be rejected with 405 Method Not Allowed, but the spec's error table
+ * has no name for it, and an answer without a listed errorName is "uninterpretable" to KMS. Of the
+ * listed names, UnsupportedOperationException fits: it applies to ALL four APIs (health included,
+ * which ValidationException does not) and means "the requested operation is not implemented",
+ * which is what another method asks for. The status stays the 405 the spec demands; the response
+ * writer adds `Allow: POST`.
+ */
+export function methodNotAllowed(method: string | undefined): XksError {
+  return new XksError('UnsupportedOperationException', 'Method not allowed: the XKS APIs accept POST only.', `method ${method ?? '(none)'}`, 405);
 }
 
 /** Spec: errorMessage MUST be < 512 characters of printable ASCII (0x20-0x7e). */

@@ -2,11 +2,15 @@
  * Read the raw request body with a hard cap: a declared Content-Length over the cap is refused
  * before a byte is read, and a streamed (chunked) body is refused as soon as it passes the cap,
  * so nothing is ever buffered past it. SigV4 then verifies exactly these bytes.
+ *
+ * The body also has a deadline of its own, counted from the moment the headers are in: KMS sends
+ * its small bodies at once, and a client that dribbles one (a slow upload holding a slot without
+ * credentials) is answered and disconnected when it passes.
  */
 import type { IncomingMessage } from 'node:http';
 import { XksError } from '../errors/xks-error';
 
-export function readRawBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?: number, late: (deadlineMs: number, received: number) => XksError = tooSlow): Promise<Buffer> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBytes) {
     return Promise.reject(tooLarge(maxBytes, `declared Content-Length ${declared}`));
@@ -15,9 +19,14 @@ export function readRawBody(req: IncomingMessage, maxBytes: number): Promise<Buf
     const chunks: Buffer[] = [];
     let size = 0;
     let done = false;
+    const timer = deadlineMs === undefined ? undefined : setTimeout(() => {
+      req.pause();
+      finish(late(deadlineMs, size));
+    }, deadlineMs);
     const finish = (err: XksError | undefined, body?: Buffer) => {
       if (done) return;
       done = true;
+      if (timer) clearTimeout(timer);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
@@ -43,6 +52,12 @@ export function readRawBody(req: IncomingMessage, maxBytes: number): Promise<Buf
     req.on('error', onError);
     req.on('aborted', onAborted);
   });
+}
+
+function tooSlow(deadlineMs: number, received: number): XksError {
+  const e = new XksError('ValidationException', `The request body did not arrive within ${deadlineMs} ms.`, `body deadline passed after ${received} bytes`);
+  e.closeConnection = true;
+  return e;
 }
 
 function tooLarge(maxBytes: number, what: string): XksError {

@@ -16,13 +16,35 @@
  *    loop is more than maxEventLoopLagMs / 2 late (every connection still has a request waiting)
  *    and falls back, more slowly, once it is not; the overload ends when it reaches 0;
  *  - requests in flight: bounded, for slow (network) HSMs where work queues up asynchronously.
- * The shed requests are spread evenly (error diffusion), not refused in runs.
+ *    Only authenticated requests count (tryEnter, once the body is in and the signature checks):
+ *    unauthenticated work is bounded apart, in src/http/pre-auth.ts, so that nobody without
+ *    credentials can take the capacity KMS needs.
+ * The lag-based share is refused before any SigV4 work (shedReason); the shed requests are spread
+ * evenly (error diffusion), not refused in runs.
  */
 export interface OverloadOptions {
   maxEventLoopLagMs: number;
   maxInFlight: number;
   sampleIntervalMs?: number;
+  /** Time and timers; the real ones by default, a manual one in tests. */
+  clock?: LoopClock;
 }
+
+/** What the lag sampler needs from the runtime, injectable so that a test drives it step by step. */
+export interface LoopClock {
+  now(): number;
+  /** Call fn every intervalMs (late when the loop is busy, which is what is measured); returns a stop function. */
+  every(intervalMs: number, fn: () => void): () => void;
+}
+
+export const REAL_LOOP_CLOCK: LoopClock = {
+  now: () => performance.now(),
+  every: (intervalMs, fn) => {
+    const t = setInterval(fn, intervalMs);
+    t.unref();
+    return () => clearInterval(t);
+  },
+};
 
 /** Weight of a new lag sample in the average: a single 120 ms stall moves it by 24 ms. */
 const LAG_SMOOTHING = 0.2;
@@ -64,28 +86,31 @@ export class OverloadGuard {
   private injectedLagMs = 0;
   /** Error-diffusion accumulator: sheds exactly the computed share, spread evenly. */
   private owed = 0;
-  private timers: NodeJS.Timeout[] = [];
+  private stops: (() => void)[] = [];
+  private readonly clock: LoopClock;
 
-  constructor(private readonly o: OverloadOptions) {}
+  constructor(private readonly o: OverloadOptions) {
+    this.clock = o.clock ?? REAL_LOOP_CLOCK;
+  }
 
   start(): void {
+    const clock = this.clock;
     const interval = this.o.sampleIntervalMs ?? 10;
-    let expected = performance.now() + interval;
-    const sampler = setInterval(() => {
-      const t = performance.now();
+    let expected = clock.now() + interval;
+    const stopSampler = clock.every(interval, () => {
+      const t = clock.now();
       this.lagMs += LAG_SMOOTHING * (Math.max(0, t - expected) - this.lagMs);
       expected = t + interval;
-    }, interval);
-    const adapter = setInterval(() => {
+    });
+    const stopAdapter = clock.every(ADAPT_INTERVAL_MS, () => {
       this.adaptive = adaptShare(this.adaptive, this.currentLagMs(), this.o.maxEventLoopLagMs);
-    }, ADAPT_INTERVAL_MS);
-    for (const t of [sampler, adapter]) t.unref();
-    this.timers = [sampler, adapter];
+    });
+    this.stops = [stopSampler, stopAdapter];
   }
 
   stop(): void {
-    for (const t of this.timers) clearInterval(t);
-    this.timers = [];
+    for (const stop of this.stops) stop();
+    this.stops = [];
   }
 
   /** Share of new requests to refuse now, from 0 to 1. */
@@ -97,9 +122,11 @@ export class OverloadGuard {
     return Math.max(byLag, this.adaptive.share);
   }
 
-  /** Why a new request must be shed now, or undefined when it may proceed. */
+  /**
+   * Why a new request must be shed now because the event loop is late, or undefined when it may
+   * proceed. Cheap, and asked before SigV4: a refusal must cost less than the work it saves.
+   */
   shedReason(): string | undefined {
-    if (this.inFlight >= this.o.maxInFlight) return `${this.inFlight} requests in flight (max ${this.o.maxInFlight})`;
     const share = this.shedShare();
     if (share === 0) {
       this.owed = 0;
@@ -111,8 +138,14 @@ export class OverloadGuard {
     return `overloaded (event loop ${Math.round(this.currentLagMs())} ms late, max ${this.o.maxEventLoopLagMs}): shedding ${Math.round(share * 100)}% of requests`;
   }
 
-  enter(): void {
+  /**
+   * Count an authenticated request in flight, or say why not (the bound is full). Every
+   * successful tryEnter is paired with one leave().
+   */
+  tryEnter(): string | undefined {
+    if (this.inFlight >= this.o.maxInFlight) return `${this.inFlight} authenticated requests in flight (max ${this.o.maxInFlight})`;
     this.inFlight++;
+    return undefined;
   }
 
   leave(): void {

@@ -9,7 +9,10 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { RequestListener } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Config } from '../config/schema';
+import { XksError, methodNotAllowed } from '../errors/xks-error';
+import { rawErrorResponse, sendError } from './respond';
 
 export const TLS_CIPHERS = [
   // TLS 1.3
@@ -24,8 +27,6 @@ export const TLS_CIPHERS = [
   'ECDHE-ECDSA-AES128-GCM-SHA256',
   'ECDHE-RSA-AES128-GCM-SHA256',
 ].join(':');
-
-const BAD_REQUEST = JSON.stringify({ errorName: 'ValidationException', errorMessage: 'Malformed HTTP request.' });
 
 export function tlsOptions(tls: NonNullable<Config['server']['tls']>): https.ServerOptions {
   return {
@@ -56,6 +57,7 @@ export function createMainServer(server: Config['server'], handler: RequestListe
     requestTimeout: server.requestTimeoutMs,
     keepAliveTimeout: server.keepAliveTimeoutMs,
     maxHeaderSize: 16384,
+    ...JSON_ONLY_OPTIONS,
   };
   const s = server.plainHttp || !server.tls
     ? http.createServer(common, handler)
@@ -95,22 +97,72 @@ export function reloadTls(s: http.Server, tls: NonNullable<Config['server']['tls
 }
 
 export function createPlainServer(handler: RequestListener): http.Server {
-  const s = http.createServer({ headersTimeout: 5000, requestTimeout: 10000 }, handler);
+  const s = http.createServer({ headersTimeout: 2000, requestTimeout: 5000, ...JSON_ONLY_OPTIONS }, handler);
   hardenClientErrors(s);
   return s;
 }
 
-/** A malformed request gets a JSON 400 (never an HTML page), and never crashes the process. */
+/**
+ * Options that keep Node from answering on its own: without them a request lacking Host gets an
+ * empty 400 from Node itself (the pipeline answers it in JSON instead), and the header/request
+ * timeouts are only checked every 30 s (Node's default), which lets a slow client hold a
+ * connection far past them.
+ */
+const JSON_ONLY_OPTIONS: http.ServerOptions = { requireHostHeader: false, connectionsCheckingInterval: 1000 };
+
+/**
+ * Every answer on the listener is JSON with a spec errorName (spec "Error codes": a response
+ * without one is "uninterpretable" to KMS), including the ones Node would otherwise write itself
+ * with an empty body, or answer by closing the connection:
+ *  - a malformed request, oversize headers, a request timeout ('clientError'): 400/431/408
+ *    ValidationException, written only while no response of ours is under way on the socket;
+ *  - an Expect other than 100-continue ('checkExpectation'): 417 ValidationException
+ *    (100-continue keeps Node's handling: "100 Continue", then the request runs);
+ *  - CONNECT ('connect'): 405 UnsupportedOperationException, as for any method but POST.
+ * None of these crashes the process.
+ */
 function hardenClientErrors(s: http.Server): void {
-  s.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+  s.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: { headersSent?: boolean } }) => {
+    const responding = socket._httpMessage?.headersSent === true;
+    if (err.code === 'ECONNRESET' || !socket.writable || responding) {
       socket.destroy();
       return;
     }
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(BAD_REQUEST)}\r\nConnection: close\r\n\r\n${BAD_REQUEST}`);
+    endWith(socket, clientErrorAnswer(err.code));
   });
+  s.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const e = new XksError('ValidationException', 'Unsupported Expect header: only "100-continue" is supported.', `expect ${String(req.headers.expect).slice(0, 64)}`, 417);
+    // The body the client may send anyway is not read.
+    e.closeConnection = true;
+    sendError(res, e);
+  });
+  s.on('connect', (_req: http.IncomingMessage, socket: Duplex) => endWith(socket, methodNotAllowed('CONNECT')));
 }
+
+function clientErrorAnswer(code: string | undefined): XksError {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return new XksError('ValidationException', 'The request headers are too large.', 'header overflow', 431);
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new XksError('ValidationException', 'The request did not arrive in time.', 'request timeout', 408);
+    default:
+      return new XksError('ValidationException', 'Malformed HTTP request.', `parse error ${code ?? ''}`);
+  }
+}
+
+/**
+ * Answer on a raw socket and close our side. The socket is not destroyed at once: closing it with
+ * unread input makes the kernel reset the connection, which can discard the answer before the
+ * client reads it. A client that does not close its side in time is cut off.
+ */
+function endWith(socket: Duplex, err: XksError): void {
+  socket.end(rawErrorResponse(err));
+  const cutOff = setTimeout(() => socket.destroy(), RAW_ANSWER_LINGER_MS);
+  cutOff.unref();
+  socket.once('close', () => clearTimeout(cutOff));
+}
+
+const RAW_ANSWER_LINGER_MS = 2000;
 
 export function listen(s: http.Server, port: number, host: string): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {

@@ -1,6 +1,55 @@
 import { expect } from 'chai';
-import { OverloadGuard, adaptShare, type AdaptiveState } from '../../../src/http/overload';
+import { OverloadGuard, adaptShare, type AdaptiveState, type LoopClock } from '../../../src/http/overload';
 import { TokenBucket } from '../../../src/xks/quota';
+
+/**
+ * A manual event loop for the lag sampler: time moves only when the test says so. run() lets
+ * periodic timers fire on time; block() keeps the loop busy (nothing fires), after which every
+ * overdue timer fires once, late, and is rescheduled from then on, as Node's setInterval does.
+ */
+class ManualLoop implements LoopClock {
+  t = 0;
+  private timers: { interval: number; due: number; fn: () => void; live: boolean }[] = [];
+
+  now(): number {
+    return this.t;
+  }
+
+  every(intervalMs: number, fn: () => void): () => void {
+    const timer = { interval: intervalMs, due: this.t + intervalMs, fn, live: true };
+    this.timers.push(timer);
+    return () => {
+      timer.live = false;
+    };
+  }
+
+  /** An idle loop for ms: each timer fires when due. */
+  run(ms: number): void {
+    const end = this.t + ms;
+    for (;;) {
+      const next = this.live().filter((x) => x.due <= end).sort((a, b) => a.due - b.due)[0];
+      if (!next) break;
+      this.t = next.due;
+      this.fire(next);
+    }
+    this.t = end;
+  }
+
+  /** Synchronous work for ms, then the overdue timers fire (late). */
+  block(ms: number): void {
+    this.t += ms;
+    for (const x of this.live().filter((x) => x.due <= this.t)) this.fire(x);
+  }
+
+  private live() {
+    return this.timers.filter((x) => x.live);
+  }
+
+  private fire(x: { interval: number; due: number; fn: () => void }): void {
+    x.fn();
+    x.due = this.t + x.interval;
+  }
+}
 
 describe('TokenBucket (per-key-store quota)', () => {
   it('allows the burst, refuses beyond it, and refills at the rate', () => {
@@ -15,14 +64,16 @@ describe('TokenBucket (per-key-store quota)', () => {
 });
 
 describe('OverloadGuard (load shedding)', () => {
-  it('sheds when too many requests are in flight, and recovers', () => {
+  it('bounds authenticated requests in flight, and recovers', () => {
     const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 2 });
-    g.enter();
+    expect(g.tryEnter()).to.equal(undefined);
+    expect(g.tryEnter()).to.equal(undefined);
+    expect(g.tryEnter()).to.match(/2 authenticated requests in flight \(max 2\)/);
+    expect(g.state().inFlight).to.equal(2);
+    // The in-flight bound is not a lag: the cheap pre-SigV4 check does not refuse for it.
     expect(g.shedReason()).to.equal(undefined);
-    g.enter();
-    expect(g.shedReason()).to.match(/2 requests in flight \(max 2\)/);
     g.leave();
-    expect(g.shedReason()).to.equal(undefined);
+    expect(g.tryEnter()).to.equal(undefined);
   });
 
   it('sheds a share of requests that grows with the lag: none up to the maximum, all from three times it', () => {
@@ -65,41 +116,40 @@ describe('OverloadGuard (load shedding)', () => {
     expect(pattern).to.equal('...x...x');
   });
 
-  it('ignores a single stall (one GC pause is not overload)', async () => {
-    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5 });
+  it('ignores a single stall (one GC pause is not overload)', () => {
+    const loop = new ManualLoop();
+    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5, clock: loop });
     g.start();
-    try {
-      await new Promise((r) => setTimeout(r, 6));
-      const until = performance.now() + 150;
-      while (performance.now() < until) {
-        /* one long stall, three times the maximum lag */
-      }
-      await new Promise((r) => setTimeout(r, 6));
-      expect(g.state().lagMs).to.be.below(50);
-      expect(g.shedReason()).to.equal(undefined);
-    } finally {
-      g.stop();
-    }
+    loop.run(20);
+    loop.block(150); // one long stall, three times the maximum lag
+    // The sample due at 25 ms fires at 170 ms, 145 ms late, and moves the average by a fifth.
+    expect(g.state().lagMs).to.be.closeTo(0.2 * 145, 1e-9);
+    loop.run(20);
+    expect(g.state().lagMs).to.be.below(50);
+    expect(g.shedReason()).to.equal(undefined);
+    loop.run(200); // the adapter saw no overload either
+    expect(g.state().shedShare).to.equal(0);
+    g.stop();
   });
 
-  it('measures sustained event-loop lag', async () => {
-    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5 });
+  it('measures sustained event-loop lag, and sheds for it', () => {
+    const loop = new ManualLoop();
+    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5, clock: loop });
     g.start();
-    try {
-      // A saturated loop: every turn is 200 ms of synchronous work, so every sample is late.
-      await new Promise((r) => setTimeout(r, 6));
-      for (let n = 0; n < 10; n++) {
-        await new Promise((r) => setImmediate(r));
-        const until = performance.now() + 200;
-        while (performance.now() < until) {
-          /* busy */
-        }
-      }
-      await new Promise((r) => setTimeout(r, 0));
-      expect(g.state().lagMs).to.be.greaterThan(150);
-      expect(g.shedReason()).to.match(/event loop \d+ ms late/);
-    } finally {
-      g.stop();
-    }
+    loop.run(20);
+    // A saturated loop: every turn is 200 ms of synchronous work, so every sample is late.
+    for (let n = 0; n < 10; n++) loop.block(200);
+    expect(g.state().lagMs).to.be.greaterThan(150);
+    expect(g.shedReason()).to.match(/event loop \d+ ms late/);
+    g.stop();
+  });
+
+  it('stops sampling once stopped', () => {
+    const loop = new ManualLoop();
+    const g = new OverloadGuard({ maxEventLoopLagMs: 50, maxInFlight: 100, sampleIntervalMs: 5, clock: loop });
+    g.start();
+    g.stop();
+    for (let n = 0; n < 10; n++) loop.block(200);
+    expect(g.state().lagMs).to.equal(0);
   });
 });
