@@ -30,6 +30,7 @@ describe('throttling', () => {
     h = await startHarness(
       {
         hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+        server: { overload: { maxEventLoopLagMs: 50 } },
         keyStores: [
           // 0.1 per second: the burst is all a test run can use.
           { name: 'limited', pathPrefix: '/limited', credentialsDir: path.join(token.dir, 'q'), quota: { requestsPerSecond: 0.1, burst: 3 } },

@@ -78,6 +78,7 @@ describe('observability: metrics and the audit log over HTTPS against SoftHSM2',
       keyStores: [{ name: 'obs', pathPrefix: '/obs', credentialsDir: credDir, keys: [{ externalKeyId: 'k-both' }] }],
       metrics: { port: 0 },
       audit: { file: auditFile, signingKeyFile: priv, stdout: true },
+      server: { overload: { maxEventLoopLagMs: 50 } },
     });
   });
 
