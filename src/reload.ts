@@ -24,29 +24,28 @@ export interface ReloadResult {
   needsRestart: string[];
 }
 
-/** Sections (or sub-settings) that a reload does not apply. */
-function fixedParts(c: Readonly<Config>): Record<string, unknown> {
-  const { tls, ...server } = c.server;
+/**
+ * The configuration less what a reload applies (the TLS files and allowed client subjects, the
+ * key stores, the log level). Everything else is compared whole, section by section, so that a
+ * setting added to the schema later counts as "needs a restart" without being listed anywhere:
+ * a forgotten entry can only over-report, never hide a change.
+ */
+function withoutLiveParts(c: Readonly<Config>): Record<string, unknown> {
+  const { keyStores: _live, ...rest } = c;
+  const tls = c.server.tls;
   return {
-    server,
-    'server.tls (on/off, client certificates on/off)': { tls: tls !== undefined, clientAuth: tls?.clientAuth !== undefined },
-    healthEndpoints: c.healthEndpoints,
-    health: c.health,
-    hsm: c.hsm,
-    proxy: c.proxy,
-    limits: c.limits,
-    sigv4: c.sigv4,
-    'log (except level)': { ...c.log, level: undefined },
-    metrics: c.metrics,
-    audit: c.audit,
-    control: c.control,
+    ...rest,
+    // Turning TLS or client certificates on or off changes the listener: a restart.
+    server: { ...c.server, tls: { on: tls !== undefined, clientAuth: tls?.clientAuth !== undefined } },
+    log: { ...c.log, level: undefined },
   };
 }
 
+/** Top-level sections whose settings changed beyond what a reload applies. */
 export function restartOnlyChanges(current: Readonly<Config>, next: Readonly<Config>): string[] {
-  const a = fixedParts(current);
-  const b = fixedParts(next);
-  return Object.keys(a).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+  const a = withoutLiveParts(current);
+  const b = withoutLiveParts(next);
+  return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
 }
 
 export interface ReloadTargets {

@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ConfigSchema, type Config } from './schema';
-import { CONTROL_CONFIG_KEYS, resolveControlPaths } from '../control/config';
+import { resolveControlPaths } from '../control/config';
+import { schemaKeys } from './schema-keys';
 
 export const ENV_PREFIX = 'XKS__';
 export const DEFAULT_CONFIG_PATH = 'config/softhsm.yaml';
@@ -107,18 +108,11 @@ function matchKey(obj: Record<string, unknown>, seg: string): string {
   return known ?? seg.toLowerCase();
 }
 
-/** Keys that may be absent from the file but set by env (so their camelCase is known). */
-const KNOWN_KEYS = [
-  'server', 'host', 'port', 'tls', 'certFile', 'keyFile', 'plainHttp', 'maxBodyBytes', 'headersTimeoutMs',
-  'requestTimeoutMs', 'keepAliveTimeoutMs', 'bodyTimeoutMs', 'preAuth', 'maxPending', 'maxPendingPerPeer', 'healthEndpoints', 'livePath', 'readyPath', 'plainPort', 'plainHost',
-  'health', 'intervalMs', 'degradedAboveMs', 'hsm', 'module', 'moduleEnv', 'tokenLabel', 'pin', 'env', 'file',
-  'pool', 'size', 'acquireTimeoutMs', 'healthKeyLabel', 'ivMode', 'callMode', 'proxy', 'vendor', 'model', 'fleetSize',
-  'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
-  'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
-  'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'workers', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',
-  'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes',
-  ...CONTROL_CONFIG_KEYS,
-];
+/**
+ * Keys that may be absent from the file but set by env (so their camelCase is known): every key
+ * of the schema, derived from it (src/config/schema-keys.ts).
+ */
+const KNOWN_KEYS = schemaKeys(ConfigSchema);
 
 function parseEnvValue(v: string): unknown {
   try {

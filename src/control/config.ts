@@ -80,13 +80,6 @@ export const ControlConfig = z
   });
 export type ControlConfig = z.infer<typeof ControlConfig>;
 
-/** camelCase keys of this section, so that XKS__CONTROL__... overrides can name absent keys. */
-export const CONTROL_CONFIG_KEYS = [
-  'control', 'stateDir', 'killSwitch', 'approvalsRequired', 'approvalWindowSeconds', 'drainTimeoutMs', 'watchIntervalMs',
-  'policies', 'defaultForKeyStoresWithoutPolicy',
-  'admin', 'enabled', 'audience', 'jwksFile', 'clientCaFile', 'maxTokenLifetimeSeconds', 'clockToleranceSeconds', 'replayCacheSize',
-];
-
 /** Relative paths are relative to the config file, like every other path. */
 export function resolveControlPaths(c: ControlConfig, abs: (p: string) => string): ControlConfig {
   return {

@@ -95,6 +95,20 @@ describe('configuration', () => {
     expect(config.log.requestLogStdout).to.equal(false);
   });
 
+  it('knows every key of the schema for overrides of settings the file does not have, at any depth', () => {
+    // None of these is in minimal(): their camelCase comes from the schema itself.
+    const { config } = parseConfig(minimal(), '/etc/xks/config.yaml', {
+      XKS__SERVER__PREAUTH__MAXPENDINGPERPEER: '7',
+      XKS__SERVER__OVERLOAD__MAXEVENTLOOPLAGMS: '75',
+      XKS__KEYSTORES__0__COMPATIBILITY: 'aws-sample',
+      XKS__HSM__POOL__ACQUIRETIMEOUTMS: '150',
+    });
+    expect(config.server.preAuth.maxPendingPerPeer).to.equal(7);
+    expect(config.server.overload.maxEventLoopLagMs).to.equal(75);
+    expect(config.keyStores[0]!.compatibility).to.equal('aws-sample');
+    expect(config.hsm.pool.acquireTimeoutMs).to.equal(150);
+  });
+
   it('validates environment overrides like the file', () => {
     expect(problems(minimal(), { XKS__SERVER__PORT: '70000' }).join('\n')).to.match(/^server\.port: /m);
   });
