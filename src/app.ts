@@ -161,6 +161,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.errorName = err.errorName;
       record.status = err.status;
       record.reason = err.detail;
+      record.reasonCode = err.reason;
       record.policyStatement = err.statement;
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
       sendError(res, err);

@@ -60,6 +60,7 @@ export function xksFields(r: Readonly<RequestRecord>): Record<string, unknown> {
     status: r.status,
     errorName: r.errorName,
     reason: clip(r.reason),
+    reasonCode: r.reasonCode,
     policyStatement: clip(r.policyStatement),
     allowedBy: clip(r.allowedBy),
     latencyMs: r.latencyMs,

@@ -39,8 +39,12 @@ export interface SigV4Options {
   now: number;
 }
 
-function fail(reason: string): never {
-  throw new XksError('AuthenticationFailedException', undefined, `sigv4: ${reason}`);
+/** Why a signature was refused: the bounded reason code metrics and logs read (XksError.reason). */
+export type SigV4FailureReason = 'missing_auth' | 'malformed' | 'clock_skew' | 'unknown_key_id' | 'wrong_key_store' | 'signature_mismatch';
+export const SIGV4_FAILURE_REASONS: readonly SigV4FailureReason[] = ['missing_auth', 'malformed', 'clock_skew', 'unknown_key_id', 'wrong_key_store', 'signature_mismatch'];
+
+function fail(text: string, reason: SigV4FailureReason = 'malformed'): never {
+  throw new XksError('AuthenticationFailedException', undefined, `sigv4: ${text}`).because(`sigv4.${reason}`);
 }
 
 interface ParsedAuthorization {
@@ -304,7 +308,7 @@ export function verifySigV4(
 ): VerifiedCaller {
   const headers = headerValues(req.rawHeaders);
   const authValues = headers.get('authorization');
-  if (!authValues) fail('missing Authorization header');
+  if (!authValues) fail('missing Authorization header', 'missing_auth');
   if (authValues.length !== 1) fail('more than one Authorization header');
   const auth = parseAuthorization(authValues[0]!);
   if (auth.service !== XKS_SERVICE) fail(`service in credential scope is not ${XKS_SERVICE}`);
@@ -317,7 +321,7 @@ export function verifySigV4(
   const t = parseAmzDate(amzDate);
   if (Number.isNaN(t)) fail('malformed X-Amz-Date');
   if (Math.abs(opts.now - t) > opts.clockSkewSeconds * 1000) {
-    fail(`X-Amz-Date is ${Math.round((t - opts.now) / 1000)} s off the proxy clock (allowed +-${opts.clockSkewSeconds} s)`);
+    fail(`X-Amz-Date is ${Math.round((t - opts.now) / 1000)} s off the proxy clock (allowed +-${opts.clockSkewSeconds} s)`, 'clock_skew');
   }
   if (amzDate.slice(0, 8) !== auth.date) fail('credential date differs from X-Amz-Date');
 
@@ -327,7 +331,7 @@ export function verifySigV4(
     // The id, never the secret, so that an operator can tell a stale KMS credential from a probe.
     // Shown only when it has the spec's form (20-30 of A-Z and 2-7): anything else is caller noise.
     const id = /^[A-Z2-7]{20,30}$/.test(auth.accessKeyId) ? auth.accessKeyId : `(malformed, ${auth.accessKeyId.length} characters)`;
-    fail(owner ? `access key id ${id} belongs to key store "${owner}", not to this URI's key store` : `unknown access key id ${id}`);
+    fail(owner ? `access key id ${id} belongs to key store "${owner}", not to this URI's key store` : `unknown access key id ${id}`, owner ? 'wrong_key_store' : 'unknown_key_id');
   }
 
   const signature = computeSignature({
@@ -343,6 +347,6 @@ export function verifySigV4(
   const expected = Buffer.from(signature, 'latin1');
   const given = Buffer.from(auth.signature, 'latin1');
   // Both are 64 hex characters (checked when parsing), so the comparison is constant-time.
-  if (!crypto.timingSafeEqual(expected, given)) fail('signature does not match');
+  if (!crypto.timingSafeEqual(expected, given)) fail('signature does not match', 'signature_mismatch');
   return { accessKeyId: auth.accessKeyId, region: auth.region };
 }

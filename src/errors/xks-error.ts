@@ -50,6 +50,11 @@ export class XksError extends Error {
   closeConnection = false;
   /** For AccessDeniedException: the policy statement responsible (spec "Authorization": log it). */
   statement: string | undefined;
+  /**
+   * A stable, bounded code for why (e.g. "sigv4.clock_skew"), read by metrics, the request log and
+   * the audit log; `detail` is wording for people and free to change.
+   */
+  reason: string | undefined;
 
   /**
    * `status` overrides the table's status only where HTTP itself requires another one for the
@@ -69,6 +74,12 @@ export class XksError extends Error {
     this.errorName = errorName;
     this.status = status ?? ERROR_STATUS[errorName];
     this.detail = detail;
+  }
+
+  /** Sets the structured reason code (see `reason`) and returns the error. */
+  because(reason: string): this {
+    this.reason = reason;
+    return this;
   }
 
   toBody(): { errorName: string; errorMessage: string } {

@@ -28,8 +28,10 @@ export interface RequestRecord {
   policyStatement?: string | undefined;
   /** The allowlist statement that allowed it. */
   allowedBy?: string | undefined;
-  /** Log-safe internal reason of an error (e.g. why SigV4 failed). */
+  /** Log-safe internal reason of an error (e.g. why SigV4 failed), in words. */
   reason?: string | undefined;
+  /** The same as a stable code (XksError.reason, e.g. "sigv4.clock_skew"): what metrics and tools read. */
+  reasonCode?: string | undefined;
   status: number;
   latencyMs: number;
   hsmMs?: number | undefined;

@@ -6,6 +6,7 @@
  * URLs): every label value a meter emits comes from the configuration or from a fixed table.
  */
 import type { RequestRecord } from '../log/request-log';
+import { SIGV4_FAILURE_REASONS, type SigV4FailureReason } from '../auth/sigv4';
 
 /** HSM operations as the metered backend names them. */
 export type HsmOperation = 'describe_key' | 'encrypt' | 'decrypt';
@@ -55,25 +56,8 @@ export const NOOP_METER: Meter = {
   hsmOperation: () => undefined,
 };
 
-/** Bounded SigV4 failure reasons, from the detail text src/auth/sigv4.ts gives its errors. */
-export type SigV4FailureReason = 'missing_auth' | 'malformed' | 'clock_skew' | 'unknown_key_id' | 'wrong_key_store' | 'signature_mismatch' | 'other';
-
-/** First match wins. The texts are those of fail(...) in src/auth/sigv4.ts (after "sigv4: "). */
-const SIGV4_REASONS: readonly [RegExp, SigV4FailureReason][] = [
-  [/^missing Authorization header$/, 'missing_auth'],
-  [/^X-Amz-Date is -?\d+ s off the proxy clock/, 'clock_skew'],
-  [/^unknown access key id /, 'unknown_key_id'],
-  [/^access key id \S+ belongs to key store /, 'wrong_key_store'],
-  [/^signature does not match$/, 'signature_mismatch'],
-  [
-    /^(more than one Authorization header|malformed |unsupported signing algorithm|duplicate |Authorization header lacks |credential scope does not end|credential date differs|SignedHeaders not sorted|service in credential scope|host is not a signed header|x-amz-date is not a signed header|missing or repeated X-Amz-Date|signed header .* is missing)/,
-    'malformed',
-  ],
-];
-
-export function sigv4FailureReason(detail: string | undefined): SigV4FailureReason {
-  if (detail === undefined || !detail.startsWith('sigv4: ')) return 'other';
-  const text = detail.slice('sigv4: '.length);
-  for (const [re, reason] of SIGV4_REASONS) if (re.test(text)) return reason;
-  return 'other';
+/** The metric label for a refused signature: the verifier's reason code (XksError.reason), bounded. */
+export function sigv4FailureReason(reasonCode: string | undefined): SigV4FailureReason | 'other' {
+  const r = reasonCode?.startsWith('sigv4.') ? reasonCode.slice('sigv4.'.length) : undefined;
+  return (SIGV4_FAILURE_REASONS as readonly string[]).includes(r ?? '') ? (r as SigV4FailureReason) : 'other';
 }

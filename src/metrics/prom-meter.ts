@@ -233,7 +233,7 @@ export class PromMeter implements Meter {
     if (this.keyIdLabels) labels.external_key_id = this.keyIdLabel(r);
     this.requests.inc(labels);
     this.latency.observe(labels, r.latencyMs / 1000);
-    if (r.errorName === 'AuthenticationFailedException') this.sigv4Failures.inc({ key_store: keyStore, reason: sigv4FailureReason(r.reason) });
+    if (r.errorName === 'AuthenticationFailedException') this.sigv4Failures.inc({ key_store: keyStore, reason: sigv4FailureReason(r.reasonCode) });
     else if (r.errorName === 'ThrottlingException') this.throttledRequests.inc({ key_store: keyStore });
     if (r.aadLayout === 'aws-sample') this.sampleAadDecrypts.inc({ key_store: keyStore });
   }

@@ -29,6 +29,15 @@ function verify(headers: Record<string, string>, opts: { body?: string; url?: st
   );
 }
 
+function reasonOf(f: () => unknown): string | undefined {
+  try {
+    f();
+  } catch (e) {
+    return (e as XksError).reason;
+  }
+  return undefined;
+}
+
 function expectAuthFailure(f: () => unknown, reason: RegExp): void {
   try {
     f();
@@ -90,6 +99,9 @@ describe('SigV4 verification (spec Appendix A)', () => {
     expectAuthFailure(() => verify(other), new RegExp(`access key id ${OTHER_AKID} belongs to key store "tenant-b"`));
     const unknown = await signed({ accessKeyId: 'CCCCXKSTESTKEY2345ABCDEFG' });
     expectAuthFailure(() => verify(unknown), /unknown access key id CCCCXKSTESTKEY2345ABCDEFG$/);
+    // The structured reasons metrics and logs read, whatever the wording.
+    expect(reasonOf(() => verify(unknown))).to.equal('sigv4.unknown_key_id');
+    expect(reasonOf(() => verify(other))).to.equal('sigv4.wrong_key_store');
     // A value that is not an access key id is not echoed into the log.
     const junk = await signed({ accessKeyId: 'not-an-id"\n{"forged":1}' });
     expectAuthFailure(() => verify(junk), /unknown access key id \(malformed, 23 characters\)$/);
