@@ -10,7 +10,8 @@ export interface AdminActionRecord {
   /** The operator identity (JWT sub = kid), or the name given to the emergency CLI. */
   operator: string;
   role?: string | undefined;
-  via: 'admin-api' | 'local-cli';
+  /** state-folder: found by the proxy in its state folder, made by nobody it knows (tampering). */
+  via: 'admin-api' | 'local-cli' | 'state-folder';
   /** e.g. kill-switch.engage, kill-switch.approve-lift, policy.set, policy.delete, credentials.add, credentials.remove. */
   action: string;
   scope?: string | undefined;

@@ -2,7 +2,8 @@
  * Serving on several cores: `server.workers` > 1 forks that many worker processes (node:cluster),
  * each a full proxy with its own PKCS#11 sessions on the shared listening port. The primary serves
  * no XKS request; it owns what must exist once:
- *  - the admin API and the control plane's writes. An engage returns only once every worker has
+ *  - the admin API and the control plane's writes (with one HSM session: the control state is
+ *    authenticated inside the HSM). An engage returns only once every worker has
  *    loaded the new state and drained its own operations in scope (IPC, with acknowledgement), so
  *    "no HSM operation starts in scope once the engage call has returned" holds for the cluster;
  *  - /metrics, aggregated over the workers (prom-client's AggregatorRegistry);
@@ -21,7 +22,8 @@ import { startControl, type RunningControl } from '../control/start';
 import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import { METRICS_PATH } from '../metrics/http';
-import { StartupError } from '../main';
+import { StartupError, openConfiguredHsm } from '../main';
+import type { HsmBackend } from '../hsm/backend';
 import type { EngageAck, PrimaryMessage, WorkerMessage } from './messages';
 
 export interface RunningPrimary {
@@ -73,11 +75,14 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   }
 
   const registry = new KeyStoreRegistry(config, log);
+  // The primary writes the control state, which the HSM authenticates: one session is enough.
+  const stateHsm: HsmBackend | undefined = config.control ? await openConfiguredHsm({ ...config.hsm, pool: { ...config.hsm.pool, size: 1 } }, process.env, log) : undefined;
   const audit = openRequestOrAuditLog(config, log);
   const adminSink = asAuditSink(audit, log);
   let control: RunningControl;
   try {
     control = await startControl(config, registry, log, {
+      ...(stateHsm ? { stateHsm } : {}),
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
       propagateEngage,
@@ -90,6 +95,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     });
   } catch (e) {
     await audit.close();
+    await stateHsm?.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
 
@@ -174,6 +180,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   } catch (e) {
     await stopWorkers();
     await control.close(0);
+    await stateHsm?.close();
     if (metricsServer) await closeServer(metricsServer, 0);
     await audit.close();
     throw e;
@@ -189,6 +196,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     async close() {
       await stopWorkers();
       await control.close(1000);
+      await stateHsm?.close();
       if (metricsServer) await closeServer(metricsServer, 1000);
       await audit.close();
     },

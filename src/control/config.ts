@@ -41,6 +41,7 @@ export const AdminConfig = z
   .strict();
 export type AdminConfig = z.infer<typeof AdminConfig>;
 
+const STATE_AUTH_DEFAULTS = { hsmKeyLabel: 'xks-control-state', anchorLabel: 'xks-control-state-generation' };
 const KILL_SWITCH_DEFAULTS = { approvalsRequired: 2, approvalWindowSeconds: 3600, drainTimeoutMs: 5000 };
 
 export const ControlConfig = z
@@ -58,6 +59,20 @@ export const ControlConfig = z
       })
       .strict()
       .default(KILL_SWITCH_DEFAULTS),
+    /**
+     * The state file is authenticated inside the HSM (docs/runbook-kill-switch.md "Tampering"): an
+     * HMAC-SHA256 with the token's key `hsmKeyLabel` (create it: xks-proxy keys create --type hmac
+     * --label xks-control-state), and the highest generation kept in the token's private data
+     * object `anchorLabel`, so that an older file is refused. Every state folder that shares one
+     * token needs an anchorLabel of its own.
+     */
+    stateAuth: z
+      .object({
+        hsmKeyLabel: z.string().min(1).max(256).default(STATE_AUTH_DEFAULTS.hsmKeyLabel),
+        anchorLabel: z.string().min(1).max(256).default(STATE_AUTH_DEFAULTS.anchorLabel),
+      })
+      .strict()
+      .default(STATE_AUTH_DEFAULTS),
     /** Fallback poll of the state file (changes made by the emergency CLI); fs.watch is the fast path. */
     watchIntervalMs: z.number().int().min(50).max(60000).default(1000),
     admin: AdminConfig.optional(),
@@ -73,6 +88,7 @@ export type ControlConfig = z.infer<typeof ControlConfig>;
 /** camelCase keys of this section, so that XKS__CONTROL__... overrides can name absent keys. */
 export const CONTROL_CONFIG_KEYS = [
   'control', 'stateDir', 'killSwitch', 'approvalsRequired', 'approvalWindowSeconds', 'drainTimeoutMs', 'watchIntervalMs',
+  'stateAuth', 'hsmKeyLabel', 'anchorLabel',
   'admin', 'enabled', 'audience', 'jwksFile', 'clientCaFile', 'maxTokenLifetimeSeconds', 'clockToleranceSeconds', 'replayCacheSize',
 ];
 

@@ -7,13 +7,15 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ControlPlane } from '../../../src/control/control-plane';
+import { ControlPlane, type ControlPlaneOptions } from '../../../src/control/control-plane';
+import type { StateAuthenticator } from '../../../src/control/state-auth';
 import { applyEngage, type Actor } from '../../../src/control/state-model';
 import { STATE_FILE, StateStore } from '../../../src/control/state-store';
 import { XksError } from '../../../src/errors/xks-error';
 import { createSilentLogger } from '../../../src/log/logger';
 import type { XksApi } from '../../../src/xks/requests';
 import type { GateContext } from '../../../src/control/access-gate';
+import { openStateHsm, type StateHsm } from '../../helpers/state-hsm';
 
 const op = (name: string): Actor => ({ operator: name, via: 'admin-api' });
 const md = { kmsRequestId: 'r1', kmsOperation: 'Encrypt', awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/x' };
@@ -34,11 +36,18 @@ describe('control plane', () => {
   let dir: string;
   let clock: number;
   let cp: ControlPlane;
-  const make = (over: Partial<ConstructorParameters<typeof ControlPlane>[0]> = {}) =>
-    ControlPlane.open({ stateDir: dir, keyStores: ['a', 'b'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 2000, watchIntervalMs: 50, log: createSilentLogger(), now: () => clock, ...over });
+  let shsm: StateHsm;
+  let auth: StateAuthenticator;
+  const make = (over: Partial<ControlPlaneOptions> = {}) =>
+    ControlPlane.open({ stateDir: dir, keyStores: ['a', 'b'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 2000, watchIntervalMs: 50, stateAuth: auth, log: createSilentLogger(), now: () => clock, ...over });
 
+  before(async () => {
+    shsm = await openStateHsm();
+  });
+  after(() => shsm.close());
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-cp-'));
+    auth = shsm.newAuth();
     clock = Date.parse('2030-01-01T00:00:00Z');
     cp = await make();
   });
@@ -216,6 +225,7 @@ describe('control plane', () => {
 
     it('a state folder that cannot be created fails closed', async () => {
       cp.close();
+      auth = shsm.newAuth();
       const file = path.join(dir, 'not-a-folder');
       fs.writeFileSync(file, 'x');
       cp = await make({ stateDir: path.join(file, 'state') });
@@ -228,7 +238,7 @@ describe('control plane', () => {
     it('are picked up through the watcher, with a reload event and an external-change record', async () => {
       cp.startWatching();
       const changed = once(cp, 'external-change');
-      const store = new StateStore(dir);
+      const store = new StateStore(dir, auth);
       await store.mutate((b) => ({ body: applyEngage(b, 'keystore:b', { operator: 'eve', via: 'local-cli', osUser: 'root' }, 'admin API down', clock), result: undefined }));
       const [events] = (await changed) as [{ action: string; by: Actor }[]];
       expect(events.map((e) => `${e.action}:${e.by.operator}`)).to.deep.equal(['engage:eve']);
@@ -242,7 +252,7 @@ describe('control plane', () => {
       await r;
       expect(outcome(cp, ctx('GetHealthStatus'))).to.equal('InvalidStateException');
       r = once(cp, 'reload');
-      await new StateStore(dir).repair(false, (base, note) => ({ ...(base ?? { blocks: [], approvals: [], policies: {}, history: [] }), history: [{ at: new Date(clock).toISOString(), action: 'repair', by: { operator: 'x', via: 'local-cli' }, reason: note }] }));
+      await new StateStore(dir, auth).repair('empty', (base, note) => ({ ...(base ?? { blocks: [], approvals: [], policies: {}, history: [] }), history: [{ at: new Date(clock).toISOString(), action: 'repair', by: { operator: 'x', via: 'local-cli' }, reason: note }] }));
       await r;
       expect(cp.isFailClosed()).to.equal(false);
       expect(outcome(cp, ctx('GetHealthStatus'))).to.equal('ok');
