@@ -74,6 +74,34 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     return { drained: answers.every((a) => a.drained), stillInFlight: answers.reduce((n, a) => n + a.stillInFlight, 0) };
   }
 
+  /**
+   * Every live worker has loaded a control change (a lift, a policy) before the admin call
+   * returns: loading verifies the state in the HSM, asynchronously, so a worker could otherwise
+   * serve a new connection with the old state.
+   */
+  const reloadAcks = new Map<number, () => void>();
+  function propagateChange(): Promise<void> {
+    const timeoutMs = 5000;
+    return Promise.all(
+      [...workers.values()].map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            const id = ++nextAck;
+            const timer = setTimeout(() => {
+              reloadAcks.delete(id);
+              log.error('a worker did not confirm a control state change in time', { pid: w.process.pid });
+              resolve();
+            }, timeoutMs);
+            reloadAcks.set(id, () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            send(w, { type: 'xks:control-reload', id });
+          }),
+      ),
+    ).then(() => undefined);
+  }
+
   const registry = new KeyStoreRegistry(config, log);
   // The primary writes the control state, which the HSM authenticates: one session is enough.
   const stateHsm: HsmBackend | undefined = config.control ? await openConfiguredHsm({ ...config.hsm, pool: { ...config.hsm.pool, size: 1 } }, process.env, log) : undefined;
@@ -86,7 +114,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
       propagateEngage,
-      propagateChange: () => workers.forEach((w) => send(w, { type: 'xks:control-reload' })),
+      propagateChange,
       // The admin API's reload: each worker re-reads the file itself (as on SIGHUP).
       reload: async () => {
         reloadAll();
@@ -130,6 +158,9 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
       if (m.type === 'xks:engaged') {
         acks.get(m.id)?.(m);
         acks.delete(m.id);
+      } else if (m.type === 'xks:reloaded') {
+        reloadAcks.get(m.id)?.();
+        reloadAcks.delete(m.id);
       }
     });
     return new Promise<number>((resolve, reject) => {

@@ -62,8 +62,11 @@ export interface ControlPlaneOptions {
    * in scope before the engage returns.
    */
   propagateEngage?: (scope: string) => Promise<{ drained: boolean; stillInFlight: number }>;
-  /** Called after any other change, so that other processes load it at once (not only on fs.watch). */
-  propagateChange?: () => void;
+  /**
+   * Called after any other change, so that other processes load it at once (not only on fs.watch);
+   * the change returns once the promise settles.
+   */
+  propagateChange?: () => void | Promise<void>;
 }
 
 interface Snapshot {
@@ -342,7 +345,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     }
     this.install(this.compile(out.state), origin);
     this.lastStat = this.statKey();
-    if (origin !== 'engage') this.opts.propagateChange?.();
+    if (origin !== 'engage') await this.opts.propagateChange?.();
     return out;
   }
 

@@ -245,6 +245,23 @@ describe('control plane', () => {
       expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('InvalidStateException');
     });
 
+    it('a rollback or a deletion while running is tampering: a tamper event, fail closed, not ready; an engaged block is ready', async () => {
+      await cp.engage('keystore:a', op('alice'), 'x');
+      expect(cp.readinessFault()).to.equal(undefined);
+      await cp.engage('keystore:b', op('alice'), 'y');
+      cp.startWatching();
+      const tampered = once(cp, 'tamper');
+      fs.copyFileSync(path.join(dir, 'state.prev.json'), path.join(dir, STATE_FILE));
+      const [t] = (await tampered) as [{ reason: string }];
+      expect(t.reason).to.match(/rollback/);
+      expect(cp.tamperReason()).to.match(/rollback/);
+      expect(cp.readinessFault()).to.match(/tampering/);
+      for (const ks of ['a', 'b']) expect(outcome(cp, ctx('Encrypt', ks))).to.equal('InvalidStateException');
+      const again = once(cp, 'tamper');
+      fs.rmSync(path.join(dir, STATE_FILE));
+      expect(((await again) as [{ reason: string }])[0].reason).to.match(/missing/);
+    });
+
     it('a file corrupted while running fails closed at once, and a repaired one is picked up', async () => {
       cp.startWatching();
       let r = once(cp, 'reload');
