@@ -24,7 +24,7 @@ import type { AppLogger } from '../log/logger';
 import { METRICS_PATH } from '../metrics/http';
 import { StartupError, openConfiguredHsm } from '../main';
 import type { HsmBackend } from '../hsm/backend';
-import type { EngageAck, PrimaryMessage, WorkerMessage } from './messages';
+import type { EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
 
 export interface RunningPrimary {
   port: number;
@@ -44,33 +44,41 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   const workers = new Map<number, Worker>();
   let stopping = false;
   let nextAck = 0;
-  const acks = new Map<number, (a: EngageAck) => void>();
+  /** Answers awaited from workers, by message id (engage and reload acknowledgements). */
+  const acks = new Map<number, (a: EngageAck | ReloadAck) => void>();
 
   const send = (w: Worker, m: PrimaryMessage) => {
     if (w.isConnected()) w.send(m);
   };
 
-  /** Every live worker loads the engaged state and drains its operations in scope. */
-  async function propagateEngage(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
-    const timeoutMs = (config.control?.killSwitch.drainTimeoutMs ?? 5000) + 2000;
-    const answers = await Promise.all(
+  /** Sends each live worker the message made for a fresh id; a worker that does not answer in time gets `late`. */
+  function askEachWorker<A extends EngageAck | ReloadAck>(message: (id: number) => PrimaryMessage, timeoutMs: number, late: (w: Worker, id: number) => A): Promise<A[]> {
+    return Promise.all(
       [...workers.values()].map(
         (w) =>
-          new Promise<EngageAck>((resolve) => {
+          new Promise<A>((resolve) => {
             const id = ++nextAck;
             const timer = setTimeout(() => {
               acks.delete(id);
-              log.error('a worker did not confirm a kill switch engage in time', { pid: w.process.pid, scope });
-              resolve({ type: 'xks:engaged', id, drained: false, stillInFlight: 1 });
+              resolve(late(w, id));
             }, timeoutMs);
             acks.set(id, (a) => {
               clearTimeout(timer);
-              resolve(a);
+              resolve(a as A);
             });
-            send(w, { type: 'xks:engage', id, scope });
+            send(w, message(id));
           }),
       ),
     );
+  }
+
+  /** Every live worker loads the engaged state and drains its operations in scope. */
+  async function propagateEngage(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
+    const timeoutMs = (config.control?.killSwitch.drainTimeoutMs ?? 5000) + 2000;
+    const answers = await askEachWorker<EngageAck>((id) => ({ type: 'xks:engage', id, scope }), timeoutMs, (w, id) => {
+      log.error('a worker did not confirm a kill switch engage in time', { pid: w.process.pid, scope });
+      return { type: 'xks:engaged', id, drained: false, stillInFlight: 1 };
+    });
     return { drained: answers.every((a) => a.drained), stillInFlight: answers.reduce((n, a) => n + a.stillInFlight, 0) };
   }
 
@@ -79,27 +87,11 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
    * returns: loading verifies the state in the HSM, asynchronously, so a worker could otherwise
    * serve a new connection with the old state.
    */
-  const reloadAcks = new Map<number, () => void>();
-  function propagateChange(): Promise<void> {
-    const timeoutMs = 5000;
-    return Promise.all(
-      [...workers.values()].map(
-        (w) =>
-          new Promise<void>((resolve) => {
-            const id = ++nextAck;
-            const timer = setTimeout(() => {
-              reloadAcks.delete(id);
-              log.error('a worker did not confirm a control state change in time', { pid: w.process.pid });
-              resolve();
-            }, timeoutMs);
-            reloadAcks.set(id, () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            send(w, { type: 'xks:control-reload', id });
-          }),
-      ),
-    ).then(() => undefined);
+  async function propagateChange(): Promise<void> {
+    await askEachWorker<ReloadAck>((id) => ({ type: 'xks:control-reload', id }), 5000, (w, id) => {
+      log.error('a worker did not confirm a control state change in time', { pid: w.process.pid });
+      return { type: 'xks:reloaded', id };
+    });
   }
 
   const registry = new KeyStoreRegistry(config, log);
@@ -155,12 +147,9 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     const w = cluster.fork({ XKS_WORKER_INDEX: String(index) });
     workers.set(index, w);
     w.on('message', (m: WorkerMessage) => {
-      if (m.type === 'xks:engaged') {
+      if (m.type === 'xks:engaged' || m.type === 'xks:reloaded') {
         acks.get(m.id)?.(m);
         acks.delete(m.id);
-      } else if (m.type === 'xks:reloaded') {
-        reloadAcks.get(m.id)?.();
-        reloadAcks.delete(m.id);
       }
     });
     return new Promise<number>((resolve, reject) => {
