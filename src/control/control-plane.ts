@@ -295,6 +295,10 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       if (k !== this.lastStat) {
         this.lastStat = k;
         check('poll');
+      } else if (this.snap.failClosed !== undefined && !this.snap.tamper) {
+        // A fault, not tampering (e.g. the HSM did not answer while verifying): try again, so
+        // that the node recovers by itself once the HSM is back, without a change to the file.
+        check('retry');
       }
     }, this.opts.watchIntervalMs);
     this.timer.unref();

@@ -262,6 +262,38 @@ describe('control plane', () => {
       expect(((await again) as [{ reason: string }])[0].reason).to.match(/missing/);
     });
 
+    it('an HSM that cannot verify the state is a fault (fail closed, not ready, no tamper event), and the node recovers by itself', async () => {
+      await cp.engage('keystore:a', op('alice'), 'x');
+      cp.close();
+      // Fault injection around the real authenticator: the HSM stops answering for a while.
+      let hsmDown = false;
+      const real = auth;
+      const flaky: StateAuthenticator = {
+        ...real,
+        readAnchor: () => (hsmDown ? Promise.reject(new Error('CKR_DEVICE_REMOVED')) : real.readAnchor()),
+        verify: (d, m) => (hsmDown ? Promise.reject(new Error('CKR_DEVICE_REMOVED')) : real.verify(d, m)),
+      };
+      cp = await make({ stateAuth: flaky });
+      cp.startWatching();
+      let tampers = 0;
+      cp.on('tamper', () => tampers++);
+      hsmDown = true;
+      const down = once(cp, 'reload');
+      await cp.reload('test');
+      await down;
+      expect(cp.readinessFault()).to.match(/cannot be verified/);
+      expect(cp.tamperReason()).to.equal(undefined);
+      expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('InvalidStateException');
+      const up = once(cp, 'reload');
+      hsmDown = false;
+      await up;
+      expect(cp.isFailClosed()).to.equal(false);
+      expect(cp.readinessFault()).to.equal(undefined);
+      expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('ok');
+      expect(outcome(cp, ctx('Encrypt', 'a'))).to.equal('InvalidStateException');
+      expect(tampers).to.equal(0);
+    });
+
     it('a file corrupted while running fails closed at once, and a repaired one is picked up', async () => {
       cp.startWatching();
       let r = once(cp, 'reload');
