@@ -107,6 +107,8 @@ export interface ApproveResult {
 
 export interface PublicState {
   failClosed: string | null;
+  /** failClosed because the state on disk was changed outside the proxy (audited as tampering). */
+  tampered: boolean;
   generation: number | null;
   writtenAt: string | null;
   blocks: Block[];
@@ -486,6 +488,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     }
     return {
       failClosed: s.failClosed ?? null,
+      tampered: s.tamper,
       generation: s.state?.generation ?? null,
       writtenAt: s.state?.writtenAt ?? null,
       blocks: body?.blocks ?? [],

@@ -151,6 +151,9 @@ describe('control state tampering by file access (SoftHSM2, real proxy)', functi
     expect(r.status, JSON.stringify(r.json)).to.equal(503);
     expect(r.json).to.include({ status: 'not ready', control: 'fail-closed' });
     expect(r.json.reason).to.match(/tampering/);
+    const st = await admin('alice', 'GET', '/admin/v1/state');
+    expect(st.json).to.include({ tampered: true });
+    expect(st.json.failClosed).to.match(reason);
     // No approval opens it; the quorum acts only after a repair.
     const refused = await admin('alice', 'POST', '/admin/v1/kill-switch/approve-lift', { scope: 'keystore:a', reason: 'try to open' });
     expect(refused.status).to.equal(409);
