@@ -97,7 +97,7 @@ export async function startControl(config: Readonly<Config> & { control?: Contro
 }
 
 function tamperRecord(reason: string, origin: string, now: (() => number) | undefined): AdminActionRecord {
-  return { time: new Date((now ?? Date.now)()).toISOString(), operator: 'unknown', via: 'state-folder', action: 'control-state.tamper', outcome: 'error', reason: 'the control state on disk does not authenticate; failing closed', detail: `${reason} (detected on ${origin})` };
+  return { time: new Date((now ?? Date.now)()).toISOString(), operator: 'unknown', via: 'state-folder', action: 'control-state.tamper', outcome: 'error', errorName: 'Tampering', reason: 'the control state on disk does not authenticate; failing closed', detail: `${reason} (detected on ${origin})` };
 }
 
 function historyToRecord(e: HistoryEvent): AdminActionRecord {

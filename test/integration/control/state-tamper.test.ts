@@ -104,7 +104,7 @@ describe('control state tampering by file access (SoftHSM2, real proxy)', functi
       .map((l) => JSON.parse(l) as { level: string; message: string; reason?: string })
       .filter((l) => l.level === 'error' && /TAMPERING/.test(l.message));
   /** Tamper records in the audit log. */
-  function tamperAudits(): { action: string; detail: string; outcome: string }[] {
+  function tamperAudits(): { action: string; detail: string; outcome: string; errorName: string }[] {
     (h.proxy.audit as AuditLog).flush?.();
     if (!fs.existsSync(auditFile)) return [];
     return fs
@@ -147,6 +147,8 @@ describe('control state tampering by file access (SoftHSM2, real proxy)', functi
     const audits = tamperAudits();
     expect(audits.length, 'a tampering record in the audit log').to.be.greaterThan(auditsBefore);
     expect(audits.at(-1)!.detail).to.match(reason);
+    expect(audits.at(-1)).to.include({ outcome: 'error', errorName: 'Tampering' });
+    expect(audits.at(-1)!.detail).to.include('via state-folder');
     const r = await ready();
     expect(r.status, JSON.stringify(r.json)).to.equal(503);
     expect(r.json).to.include({ status: 'not ready', control: 'fail-closed' });
