@@ -10,7 +10,7 @@
 # Demo initialisation: when XKS_INIT_DEMO=1 and /data is empty, it first creates, inside /data,
 # the same embedded default as scripts/quickstart.sh: a SoftHSM2 token "xks-demo" with random user
 # and SO PINs (/data/secrets, mode 0600), the keys xks-health, demo-key-1, demo-encrypt-only and
-# demo-decrypt-only, a self-signed TLS certificate for localhost (/data/tls) and one SigV4
+# demo-decrypt-only, the control state's HMAC key xks-control-state, a self-signed TLS certificate for localhost (/data/tls) and one SigV4
 # credential for key store "demo" (/data/credentials/demo, and the KMS proxy configuration file
 # /data/kms-proxy-config-demo.json). A /data that holds anything is never touched: existing
 # material is never replaced. Secrets are never printed.
@@ -78,6 +78,9 @@ init_demo() {
   for spec in xks-health:encrypt-decrypt demo-key-1:encrypt-decrypt demo-encrypt-only:encrypt demo-decrypt-only:decrypt; do
     xks_builtin keys create --label "${spec%%:*}" --usage "${spec#*:}" >&2
   done
+  # The control state's MAC key (control.stateAuth.hsmKeyLabel): the kill switch state is
+  # authenticated inside the HSM, and the proxy does not start without it.
+  xks_builtin keys create --type hmac --label xks-control-state >&2
 
   # Self-signed TLS certificate for localhost (EC P-256).
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \

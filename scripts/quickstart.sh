@@ -204,6 +204,13 @@ for spec in xks-health:encrypt-decrypt demo-key-1:encrypt-decrypt demo-encrypt-o
     xks keys create --label "$label" --usage "$usage"
   fi
 done
+# The control state's MAC key (control.stateAuth.hsmKeyLabel): the kill switch state is
+# authenticated inside the HSM, and the proxy does not start without it.
+if grep -Fxq -- xks-control-state <<<"$existing_keys"; then
+  say "key \"xks-control-state\" exists"
+else
+  xks keys create --type hmac --label xks-control-state
+fi
 
 # --- 7. TLS -----------------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ export interface AppDeps {
   log: AppLogger;
   /** Kill switch, key blocking and allowlists; everything passes when absent. */
   gate?: AccessGate;
+  /** Why the control state makes this node unfit to serve (fail closed for a fault), if it does. */
+  controlFault?: () => string | undefined;
   /** Load shedding; none when absent. */
   overload?: OverloadGuard;
   /** Bound on requests not yet authenticated; built from config.server.preAuth when absent. */
@@ -49,8 +51,15 @@ export interface AppDeps {
   now?: () => number;
 }
 
-/** Liveness and readiness answers (spec "Load balancer health checks"); never touch the HSM. */
-function probeAnswers(deps: Pick<AppDeps, 'config' | 'health'>): Map<string, (res: ServerResponse) => void> {
+type ProbeDeps = Pick<AppDeps, 'config' | 'health' | 'controlFault'>;
+
+/**
+ * Liveness and readiness answers (spec "Load balancer health checks"); never touch the HSM.
+ * Not ready when the deep check failed, or when the control state cannot be trusted: the node then
+ * refuses every call (fail closed) and a load balancer should send KMS elsewhere. An engaged kill
+ * switch is not a fault: the node stays ready, so that KMS gets the spec's InvalidStateException.
+ */
+function probeAnswers(deps: ProbeDeps): Map<string, (res: ServerResponse) => void> {
   const { livePath, readyPath } = deps.config.healthEndpoints;
   return new Map([
     [livePath, (res: ServerResponse) => sendJson(res, 200, { status: 'ok' })],
@@ -58,15 +67,16 @@ function probeAnswers(deps: Pick<AppDeps, 'config' | 'health'>): Map<string, (re
       readyPath,
       (res: ServerResponse) => {
         const h = deps.health.cached();
-        const ready = h !== undefined && h.status !== 'UNAVAILABLE';
-        sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', hsm: h?.status ?? 'UNKNOWN', checkedAt: h ? new Date(h.checkedAt).toISOString() : null });
+        const control = deps.controlFault?.();
+        const ready = h !== undefined && h.status !== 'UNAVAILABLE' && control === undefined;
+        sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', hsm: h?.status ?? 'UNKNOWN', checkedAt: h ? new Date(h.checkedAt).toISOString() : null, ...(control ? { control: 'fail-closed', reason: control } : {}) });
       },
     ],
   ]);
 }
 
 /** The probes on an express app (the optional plain-HTTP probe listener). */
-export function addProbeRoutes(app: express.Express, deps: Pick<AppDeps, 'config' | 'health'>): void {
+export function addProbeRoutes(app: express.Express, deps: ProbeDeps): void {
   for (const [path, answer] of probeAnswers(deps)) app.get(path, (_req, res) => answer(res));
 }
 

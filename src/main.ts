@@ -101,7 +101,7 @@ export function healthFailureAdvice(hsm: Pick<Config['hsm'], 'healthKeyLabel' | 
 }
 
 /** Open the configured PKCS#11 module; every failure becomes a StartupError an operator can act on. */
-async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log: AppLogger): Promise<HsmBackend> {
+export async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log: AppLogger): Promise<HsmBackend> {
   let pin: string;
   try {
     pin = readSecret(cfg.pin, env);
@@ -152,7 +152,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
@@ -162,7 +162,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
   const overload = new OverloadGuard(config.server.overload);
   meter.bind({ overload: () => overload.state() });
-  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, overload, ...(opts.now ? { now: opts.now } : {}) });
+  const controlFault = () => plane?.readinessFault();
+  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, controlFault, overload, ...(opts.now ? { now: opts.now } : {}) });
 
   const servers: http.Server[] = [];
   let port: number;
@@ -175,7 +176,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     if (config.healthEndpoints.plainPort !== undefined) {
       const probes = express();
       probes.disable('x-powered-by');
-      addProbeRoutes(probes, { config, health });
+      addProbeRoutes(probes, { config, health, controlFault });
       const plain = createPlainServer(probes);
       servers.push(plain);
       plainPort = (await listen(plain, config.healthEndpoints.plainPort, config.healthEndpoints.plainHost)).port;

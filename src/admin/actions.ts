@@ -10,7 +10,8 @@ export interface AdminActionRecord {
   /** The operator identity (JWT sub = kid), or the name given to the emergency CLI. */
   operator: string;
   role?: string | undefined;
-  via: 'admin-api' | 'local-cli';
+  /** state-folder: found by the proxy in its state folder, made by nobody it knows (tampering). */
+  via: 'admin-api' | 'local-cli' | 'state-folder';
   /** e.g. kill-switch.engage, kill-switch.approve-lift, policy.set, policy.delete, credentials.add, credentials.remove. */
   action: string;
   scope?: string | undefined;
@@ -18,6 +19,8 @@ export interface AdminActionRecord {
   accessKeyId?: string | undefined;
   reason?: string | undefined;
   outcome: 'ok' | 'refused' | 'error';
+  /** For the audit record; by default derived from the outcome. */
+  errorName?: string | undefined;
   status?: number | undefined;
   /** Log-safe detail (never a secret). */
   detail?: string | undefined;
@@ -39,7 +42,7 @@ export function auditAdminActions(audit: { writeAdmin(a: AdminAction): void }): 
       scope: r.scope ?? (r.keyStore ? `keyStore:${r.keyStore}` : undefined),
       reason: r.reason,
       outcome: r.outcome === 'ok' ? 'ok' : 'error',
-      errorName: r.outcome === 'ok' ? undefined : r.outcome === 'refused' ? `Refused${r.status ? ` (HTTP ${r.status})` : ''}` : 'InternalError',
+      errorName: r.outcome === 'ok' ? undefined : (r.errorName ?? (r.outcome === 'refused' ? `Refused${r.status ? ` (HTTP ${r.status})` : ''}` : 'InternalError')),
       detail: [r.detail, `via ${r.via}`, r.role ? `role ${r.role}` : undefined, r.accessKeyId ? `accessKeyId ${r.accessKeyId}` : undefined, r.jti ? `jti ${r.jti}` : undefined].filter(Boolean).join('; '),
     });
 }

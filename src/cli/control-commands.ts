@@ -18,7 +18,11 @@ import { validatePolicy } from '../control/policy';
 import { directoryOf } from '../control/key-directory';
 import { blockCoverage, checkScope, parseScope } from '../control/scope';
 import { applyEngage, applyRepair, checkReason, type Actor } from '../control/state-model';
-import { StateStore } from '../control/state-store';
+import { hsmStateAuthenticator } from '../control/state-auth';
+import { StateStore, type RepairSource } from '../control/state-store';
+import { readSecret } from '../config/secrets';
+import { openPkcs11Backend } from '../hsm/pkcs11-backend';
+import { createSilentLogger } from '../log/logger';
 import { collectResponse } from '../util/http-response';
 
 export const CONTROL_USAGE: Record<string, string> = {
@@ -37,7 +41,7 @@ token:  prints a JWT for the admin API: sub = kid = the operator, aud = --audien
   xks-proxy killswitch engage --scope SCOPE --reason TEXT --key FILE [ADMIN OPTIONS]
   xks-proxy killswitch approve-lift --scope SCOPE --reason TEXT --key FILE [ADMIN OPTIONS]
   xks-proxy killswitch emergency-engage --scope SCOPE --reason TEXT --operator NAME [--config FILE]
-  xks-proxy killswitch repair --operator NAME --reason TEXT --confirm [--from-backup] [--config FILE]
+  xks-proxy killswitch repair --operator NAME --reason TEXT --confirm [--from-backup | --adopt-unauthenticated] [--config FILE]
 
 SCOPE: proxy | keystore:NAME | key:NAME/EXTERNALKEYID (a key block stops every id, in any key
   store, that names the same HSM key; "show" lists them under each block's "covers")
@@ -48,10 +52,13 @@ engage:           blocks the scope at once (one operator); returns once no HSM o
 approve-lift:     one operator's approval to lift; the block is lifted when control.killSwitch.
                   approvalsRequired distinct operators approved within the approval window.
 emergency-engage: writes the block into the state files directly (run it on the appliance, as the
-                  user that owns control.stateDir); the running proxy picks it up within a second.
-repair:           only when the state file is unreadable (the proxy fails closed): keeps the broken
-                  file as state.json.broken-*, writes a new state (empty, or --from-backup: the last
-                  good state) WITH a proxy-scope block, which then needs the normal lift quorum.`,
+                  user that owns control.stateDir; it logs in to the HSM from the config to
+                  authenticate the state); the running proxy picks it up within a second.
+repair:           only when the state is not trusted (unreadable, tampered, rolled back, deleted;
+                  the proxy fails closed): keeps the untrusted file as state.json.broken-*, writes
+                  a new authenticated state (empty; --from-backup: the verified last good state;
+                  --adopt-unauthenticated: a version 1 file from before state authentication) WITH a
+                  proxy-scope block, which then needs the normal lift quorum.`,
   policy: `Usage:
   xks-proxy policy get --key-store NAME --key FILE [ADMIN OPTIONS]
   xks-proxy policy set --key-store NAME --file POLICY.json --reason TEXT --key FILE [ADMIN OPTIONS]
@@ -217,6 +224,20 @@ const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, 
 
 // ---- killswitch ------------------------------------------------------------------------------
 
+/**
+ * The state store of the config, authenticated with the configured HSM (the emergency commands
+ * run on the appliance, with the proxy's PIN source), for the duration of `fn`.
+ */
+async function withLocalStore<T>(loaded: LoadedConfig, fn: (store: StateStore) => Promise<T>): Promise<T> {
+  const c = controlOf(loaded);
+  const hsm = await openPkcs11Backend({ ...loaded.config.hsm, pool: { ...loaded.config.hsm.pool, size: 1 } }, readSecret(loaded.config.hsm.pin), createSilentLogger());
+  try {
+    return await fn(new StateStore(c.stateDir, hsmStateAuthenticator(hsm, c.stateAuth)));
+  } finally {
+    await hsm.close();
+  }
+}
+
 function localActor(operator: string): Actor {
   let osUser: string | undefined;
   try {
@@ -229,14 +250,14 @@ function localActor(operator: string): Actor {
 
 export function killswitchCommand(argv: string[]): Promise<number> {
   return wrap('killswitch', async () => {
-    const { flags, positionals } = parse(argv, { ...ADMIN_FLAGS, scope: { type: 'string' }, reason: { type: 'string' }, operator: { type: 'string' }, local: { type: 'boolean' }, confirm: { type: 'boolean' }, 'from-backup': { type: 'boolean' } });
+    const { flags, positionals } = parse(argv, { ...ADMIN_FLAGS, scope: { type: 'string' }, reason: { type: 'string' }, operator: { type: 'string' }, local: { type: 'boolean' }, confirm: { type: 'boolean' }, 'from-backup': { type: 'boolean' }, 'adopt-unauthenticated': { type: 'boolean' } });
     const sub = positionals[0];
     if (flags.help || !sub) return usage('killswitch', flags.help ? undefined : 'a subcommand is required');
     switch (sub) {
       case 'show':
         if (flags.local) {
           const loaded = loadCfg(flags);
-          const r = new StateStore(controlOf(loaded).stateDir).read();
+          const r = await withLocalStore(loaded, (store) => store.read());
           // What each block covers in the configuration file as it is now (ids sharing an HSM key).
           const dir = directoryOf(loaded.config.keyStores);
           if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
@@ -255,13 +276,16 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         const hsmKey = sc.kind === 'key' ? dir.hsmKeyOf(sc.keyStore, sc.externalKeyId) : undefined;
         const reason = checkReason(need(flags, 'reason'));
         const by = localActor(need(flags, 'operator'));
-        const store = new StateStore(controlOf(loaded).stateDir);
-        const cur = store.read();
-        if (!cur.ok && !cur.fresh) {
-          io.stderr.write(`the state file is unreadable, so the proxy already blocks everything (fail closed): ${cur.reason}\n`);
+        const out = await withLocalStore(loaded, async (store) => {
+          const cur = await store.read();
+          if (!cur.ok && !cur.fresh) return cur.reason;
+          return (await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now(), hsmKey), result: undefined }))).state;
+        });
+        if (typeof out === 'string') {
+          io.stderr.write(`the state is not trusted, so the proxy already blocks everything (fail closed): ${out}\n`);
           return 0;
         }
-        const { state } = await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now(), hsmKey), result: undefined }));
+        const state = out;
         io.stdout.write(JSON.stringify({ engaged: true, scope, generation: state.generation, by }, null, 2) + '\n');
         io.stderr.write('written to the state file; a running proxy picks it up within control.watchIntervalMs (fs.watch usually at once).\n');
         return 0;
@@ -271,8 +295,9 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         const loaded = loadCfg(flags);
         const by = localActor(need(flags, 'operator'));
         const reason = checkReason(need(flags, 'reason'));
-        const store = new StateStore(controlOf(loaded).stateDir);
-        const state = await store.repair(Boolean(flags['from-backup']), (base, note) => applyRepair(base ?? { blocks: [], approvals: [], policies: {}, history: [] }, by, reason, Date.now(), note));
+        if (flags['from-backup'] && flags['adopt-unauthenticated']) throw new UsageError('--from-backup and --adopt-unauthenticated exclude each other');
+        const source: RepairSource = flags['from-backup'] ? 'backup' : flags['adopt-unauthenticated'] ? 'adopt-unauthenticated' : 'empty';
+        const state = await withLocalStore(loaded, (store) => store.repair(source, (base, note) => applyRepair(base ?? { blocks: [], approvals: [], policies: {}, history: [] }, by, reason, Date.now(), note)));
         io.stdout.write(JSON.stringify({ repaired: true, generation: state.generation, blocks: state.body.blocks.map((b) => b.scope), policies: Object.keys(state.body.policies), note: state.body.history[state.body.history.length - 1]?.detail }, null, 2) + '\n');
         io.stderr.write('the proxy stays blocked (scope proxy) until the lift quorum approves: xks-proxy killswitch approve-lift --scope proxy ...\n');
         return 0;

@@ -44,10 +44,13 @@ Runs the proxy: opens the HSM (refuses to start if the module, token, PIN or hea
 then serves the XKS API. SIGTERM or SIGINT stop it gracefully.`,
   keys: `Usage:
   xks-proxy keys create --label LABEL [--usage encrypt-decrypt|encrypt|decrypt|none] [--bits 256] [--config FILE]
+  xks-proxy keys create --type hmac --label LABEL [--config FILE]
   xks-proxy keys list [--json] [--config FILE]
 
 create: generates an AES key inside the token (non-extractable, sensitive) with the given label and
         allowed usage (default encrypt-decrypt, 256 bits). Refuses a label that already exists.
+        --type hmac: the control state's MAC key (256-bit generic secret, sign/verify only, never
+        leaves the HSM); its label is control.stateAuth.hsmKeyLabel (default xks-control-state).
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
         the key stores and externalKeyIds that use it.`,
   audit: AUDIT_USAGE,
@@ -120,13 +123,21 @@ function withReloadReport(proxy: RunningProxy, log: AppLogger): { close(): Promi
 }
 
 async function keys(argv: string[]): Promise<number> {
-  const { flags, positionals } = parse(argv, { label: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' } });
+  const { flags, positionals } = parse(argv, { label: { type: 'string' }, type: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' } });
   const sub = positionals[0];
   if (flags.help || !sub) return help('keys', !flags.help);
   const loaded = load(flags);
   if (sub === 'create') {
     const label = flags.label as string | undefined;
     if (!label) return usageError('keys', '--label is required');
+    const type = (flags.type as string | undefined) ?? 'aes';
+    if (type !== 'aes' && type !== 'hmac') return usageError('keys', `unknown --type ${type} (aes or hmac)`);
+    if (type === 'hmac') {
+      if (flags.usage !== undefined || flags.bits !== undefined) return usageError('keys', '--usage and --bits do not apply to --type hmac');
+      await createKey(loaded.config.hsm, hsmPin(loaded), { label, type, usage: 'none' });
+      process.stdout.write(`created HMAC-SHA256 key "${label}" (sign/verify, not extractable) in token "${loaded.config.hsm.tokenLabel}"\n`);
+      return 0;
+    }
     const usage = (flags.usage as string | undefined) ?? 'encrypt-decrypt';
     if (!['encrypt-decrypt', 'encrypt', 'decrypt', 'none'].includes(usage)) return usageError('keys', `unknown --usage ${usage}`);
     const bits = Number(flags.bits ?? 256);

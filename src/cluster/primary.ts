@@ -2,7 +2,8 @@
  * Serving on several cores: `server.workers` > 1 forks that many worker processes (node:cluster),
  * each a full proxy with its own PKCS#11 sessions on the shared listening port. The primary serves
  * no XKS request; it owns what must exist once:
- *  - the admin API and the control plane's writes. An engage returns only once every worker has
+ *  - the admin API and the control plane's writes (with one HSM session: the control state is
+ *    authenticated inside the HSM). An engage returns only once every worker has
  *    loaded the new state and drained its own operations in scope (IPC, with acknowledgement), so
  *    "no HSM operation starts in scope once the engage call has returned" holds for the cluster;
  *  - /metrics, aggregated over the workers (prom-client's AggregatorRegistry);
@@ -23,9 +24,10 @@ import { startControl, type RunningControl } from '../control/start';
 import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import { METRICS_PATH } from '../metrics/http';
-import { StartupError } from '../main';
+import { StartupError, openConfiguredHsm } from '../main';
 import { LiveConfiguration, type ReloadResult } from '../reload';
-import type { EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
+import type { HsmBackend } from '../hsm/backend';
+import type { ControlAck, EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
 
 export interface RunningPrimary {
   port: number;
@@ -45,14 +47,15 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   const workers = new Map<number, Worker>();
   let stopping = false;
   let nextAck = 0;
-  const acks = new Map<number, (a: EngageAck | ReloadAck) => void>();
+  /** Answers awaited from workers, by message id (engage and reload acknowledgements). */
+  const acks = new Map<number, (a: EngageAck | ReloadAck | ControlAck) => void>();
 
   const send = (w: Worker, m: PrimaryMessage) => {
     if (w.isConnected()) w.send(m);
   };
 
   /** Sends a request to every live worker and waits for each one's answer (or `late` after timeoutMs). */
-  function askAll<A extends EngageAck | ReloadAck>(request: (id: number) => PrimaryMessage, timeoutMs: number, late: (w: Worker, id: number) => A): Promise<A[]> {
+  function askAll<A extends EngageAck | ReloadAck | ControlAck>(request: (id: number) => PrimaryMessage, timeoutMs: number, late: (w: Worker, id: number) => A): Promise<A[]> {
     return Promise.all(
       [...workers.values()].map(
         (w) =>
@@ -82,23 +85,39 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     return { drained: answers.every((a) => a.drained), stillInFlight: answers.reduce((n, a) => n + a.stillInFlight, 0) };
   }
 
+  /**
+   * Every live worker has loaded a control change (a lift, a policy) before the admin call
+   * returns: loading verifies the state in the HSM, asynchronously, so a worker could otherwise
+   * serve a new connection with the old state.
+   */
+  async function propagateChange(): Promise<void> {
+    await askAll<ControlAck>((id) => ({ type: 'xks:control-reload', id }), 5000, (w, id) => {
+      log.error('a worker did not confirm a control state change in time', { pid: w.process.pid });
+      return { type: 'xks:control-loaded', id };
+    });
+  }
+
   const live = new LiveConfiguration(loaded.file, config, log);
   live.onReload({ logLevel: (level) => (log.level = level) });
+  // The primary writes the control state, which the HSM authenticates: one session is enough.
+  const stateHsm: HsmBackend | undefined = config.control ? await openConfiguredHsm({ ...config.hsm, pool: { ...config.hsm.pool, size: 1 } }, process.env, log) : undefined;
   const audit = openRequestOrAuditLog(config, log);
   const adminSink = asAuditSink(audit, log);
   let control: RunningControl;
   try {
     control = await startControl(live, log, {
+      ...(stateHsm ? { stateHsm } : {}),
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
       propagateEngage,
-      propagateChange: () => workers.forEach((w) => send(w, { type: 'xks:control-reload' })),
+      propagateChange,
       // The admin API's reload: here first (an invalid file is refused with its problems), then
       // each worker re-reads the file itself (as on SIGHUP).
       reload: () => reloadHereAndInWorkers(),
     });
   } catch (e) {
     await audit.close();
+    await stateHsm?.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
 
@@ -130,7 +149,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     const w = cluster.fork({ XKS_WORKER_INDEX: String(index) });
     workers.set(index, w);
     w.on('message', (m: WorkerMessage) => {
-      if (m.type === 'xks:engaged' || m.type === 'xks:reloaded') {
+      if (m.type === 'xks:engaged' || m.type === 'xks:reloaded' || m.type === 'xks:control-loaded') {
         acks.get(m.id)?.(m);
         acks.delete(m.id);
       }
@@ -197,6 +216,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   } catch (e) {
     await stopWorkers();
     await control.close(0);
+    await stateHsm?.close();
     if (metricsServer) await closeServer(metricsServer, 0);
     await audit.close();
     throw e;
@@ -212,6 +232,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     async close() {
       await stopWorkers();
       await control.close(1000);
+      await stateHsm?.close();
       if (metricsServer) await closeServer(metricsServer, 1000);
       await audit.close();
     },

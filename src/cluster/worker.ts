@@ -17,7 +17,8 @@ export async function startWorker(loaded: LoadedConfig, index: number, log: AppL
   const send = (m: WorkerMessage) => process.send?.(m);
   process.on('message', (m: PrimaryMessage) => {
     if (m.type === 'xks:control-reload') {
-      proxy.control?.reload('cluster');
+      const done = proxy.control ? proxy.control.reload('cluster') : Promise.resolve(false);
+      if (m.id !== undefined) void done.then(() => send({ type: 'xks:control-loaded', id: m.id! }));
     } else if (m.type === 'xks:reload') {
       proxy.reload().then(
         (r) => send({ type: 'xks:reloaded', id: m.id, needsRestart: r.needsRestart }),

@@ -41,6 +41,7 @@ export const AdminConfig = z
   .strict();
 export type AdminConfig = z.infer<typeof AdminConfig>;
 
+const STATE_AUTH_DEFAULTS = { hsmKeyLabel: 'xks-control-state', anchorLabel: 'xks-control-state-generation' };
 const KILL_SWITCH_DEFAULTS = { approvalsRequired: 2, approvalWindowSeconds: 3600, drainTimeoutMs: 5000 };
 
 export const ControlConfig = z
@@ -68,6 +69,20 @@ export const ControlConfig = z
       })
       .strict()
       .default({ defaultForKeyStoresWithoutPolicy: 'allow' }),
+    /**
+     * The state file is authenticated inside the HSM (docs/runbook-kill-switch.md "Tampering"): an
+     * HMAC-SHA256 with the token's key `hsmKeyLabel` (create it: xks-proxy keys create --type hmac
+     * --label xks-control-state), and the highest generation kept in the token's private data
+     * object `anchorLabel`, so that an older file is refused. Every state folder that shares one
+     * token needs an anchorLabel of its own.
+     */
+    stateAuth: z
+      .object({
+        hsmKeyLabel: z.string().min(1).max(256).default(STATE_AUTH_DEFAULTS.hsmKeyLabel),
+        anchorLabel: z.string().min(1).max(256).default(STATE_AUTH_DEFAULTS.anchorLabel),
+      })
+      .strict()
+      .default(STATE_AUTH_DEFAULTS),
     /** Fallback poll of the state file (changes made by the emergency CLI); fs.watch is the fast path. */
     watchIntervalMs: z.number().int().min(50).max(60000).default(1000),
     admin: AdminConfig.optional(),

@@ -12,7 +12,10 @@
  *
  * Fail closed: a state file that cannot be read or verified (at start or later) blocks everything,
  * GetHealthStatus included, until a valid file appears (`xks-proxy killswitch repair`). No approval
- * can lift it.
+ * can lift it. The state is authenticated inside the HSM (state-store.ts, state-auth.ts); a file
+ * changed, rolled back or deleted outside the proxy is tampering: logged at error level and
+ * emitted as 'tamper' (start.ts audits it). Such a fault, unlike an engaged block, makes the node
+ * not ready (readinessFault()), so that a load balancer sends KMS's calls elsewhere.
  *
  * One live configuration: key store names and key -> HSM key mappings are read from a KeyDirectory
  * (the registry hot reload updates), never copied at start-up. A key block stops every path to the
@@ -48,7 +51,9 @@ import {
   type StateBody,
   type StoredPolicy,
 } from './state-model';
-import { STATE_FILE, StateStore, canonicalJson, type StoredState } from './state-store';
+import type { StateAuthenticator } from './state-auth';
+import { STATE_FILE, StateStore, type StoredState } from './state-store';
+import { canonicalJson } from '../audit/canonical';
 
 export interface ControlPlaneOptions {
   stateDir: string;
@@ -63,6 +68,8 @@ export interface ControlPlaneOptions {
   approvalWindowMs: number;
   drainTimeoutMs: number;
   watchIntervalMs: number;
+  /** The HSM's MAC key and generation record for the state file (state-auth.ts). */
+  stateAuth: StateAuthenticator;
   log: AppLogger;
   now?: () => number;
   /**
@@ -71,20 +78,25 @@ export interface ControlPlaneOptions {
    * in scope before the engage returns.
    */
   propagateEngage?: (scope: string) => Promise<{ drained: boolean; stillInFlight: number }>;
-  /** Called after any other change, so that other processes load it at once (not only on fs.watch). */
-  propagateChange?: () => void;
+  /**
+   * Called after any other change, so that other processes load it at once (not only on fs.watch);
+   * the change returns once the promise settles.
+   */
+  propagateChange?: () => void | Promise<void>;
 }
 
 interface Snapshot {
   /** Set when the state cannot be trusted: everything is blocked. */
   failClosed: string | undefined;
+  /** failClosed because of a change on disk the proxy did not make (not a fault of its own). */
+  tamper: boolean;
   proxy: Block | undefined;
   stores: Map<string, Block>;
   keys: Map<string, Block>;
   /** HSM keys (labels) behind key blocks: every id that reaches one of them is blocked. */
   hsmKeys: Map<string, Block>;
   policies: Map<string, CompiledPolicy>;
-  sha256: string;
+  mac: string;
   state: StoredState | undefined;
 }
 
@@ -114,6 +126,8 @@ export interface ApproveResult {
 
 export interface PublicState {
   failClosed: string | null;
+  /** failClosed because the state on disk was changed outside the proxy (audited as tampering). */
+  tampered: boolean;
   generation: number | null;
   writtenAt: string | null;
   blocks: BlockView[];
@@ -159,30 +173,40 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private timer: NodeJS.Timeout | undefined;
   private lastStat = '';
   private reloadQueued = false;
+  /** Reloads run one at a time (each reads the HSM), so that an older read never replaces a newer one. */
+  private reloadChain: Promise<unknown> = Promise.resolve();
   /** In-process serialisation of changes (the file lock serialises processes). */
   private chain: Promise<unknown> = Promise.resolve();
   private readonly directory: KeyDirectory;
   private readonly defaultWithoutPolicy: 'allow' | 'deny';
 
-  constructor(private readonly opts: ControlPlaneOptions) {
+  private constructor(
+    private readonly opts: ControlPlaneOptions,
+    store: StateStore,
+  ) {
     super();
     this.now = opts.now ?? Date.now;
     this.directory = isDirectory(opts.keyStores) ? opts.keyStores : namesOnly(opts.keyStores);
     this.defaultWithoutPolicy = opts.defaultForKeyStoresWithoutPolicy ?? 'allow';
-    this.store = new StateStore(opts.stateDir);
-    this.snap = this.load();
+    this.store = store;
+    this.snap = failClosedSnapshot('not loaded yet', false);
   }
 
-  /** Creates the state folder and the first state file on a fresh appliance. */
+  /**
+   * Creates the state folder and the first state file on a fresh appliance (fresh: no file and no
+   * generation record in the HSM; a deleted state is never re-created), then loads and verifies it.
+   */
   static async open(opts: ControlPlaneOptions): Promise<ControlPlane> {
-    const store = new StateStore(opts.stateDir);
+    const store = new StateStore(opts.stateDir, opts.stateAuth);
     try {
       store.ensureDir();
       await store.initIfFresh((opts.now ?? Date.now)());
     } catch (e) {
       opts.log.error('control state folder cannot be initialised; failing closed', { stateDir: opts.stateDir, reason: (e as Error).message });
     }
-    return new ControlPlane(opts);
+    const cp = new ControlPlane(opts, store);
+    cp.snap = await cp.load();
+    return cp;
   }
 
   // ---- hot path ------------------------------------------------------------------------------
@@ -232,11 +256,16 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   // ---- snapshot ------------------------------------------------------------------------------
 
-  private load(): Snapshot {
-    const r = this.store.read();
-    if (r.ok) return this.compile(r.state);
-    const reason = r.fresh ? `${this.store.file} does not exist (the state folder was never initialised)` : r.reason;
-    return failClosedSnapshot(reason);
+  /** The verified state as a snapshot; anything untrusted is a fail-closed one. */
+  private async load(): Promise<Snapshot> {
+    try {
+      const r = await this.store.read();
+      if (r.ok) return this.compile(r.state);
+      if (r.fresh) return failClosedSnapshot(`${this.store.file} does not exist (the state folder was never initialised)`, false);
+      return failClosedSnapshot(r.reason, r.tamper);
+    } catch (e) {
+      return failClosedSnapshot(`cannot load: ${(e as Error).message}`, false);
+    }
   }
 
   private compile(state: StoredState): Snapshot {
@@ -256,7 +285,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     }
     const policies = new Map<string, CompiledPolicy>();
     for (const [ks, p] of Object.entries(b.policies)) policies.set(ks, new CompiledPolicy(p.policy));
-    return { failClosed: undefined, proxy, stores, keys, hsmKeys, policies, sha256: state.sha256, state };
+    return { failClosed: undefined, tamper: false, proxy, stores, keys, hsmKeys, policies, mac: state.mac, state };
   }
 
   /**
@@ -272,7 +301,10 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private install(next: Snapshot, origin: string): void {
     const prev = this.snap;
     this.snap = next;
-    if (next.failClosed !== undefined && prev.failClosed === undefined) {
+    if (next.failClosed !== undefined && next.tamper && next.failClosed !== prev.failClosed) {
+      this.opts.log.error('control state TAMPERING detected: the state on disk was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
+      this.emit('tamper', { reason: next.failClosed, origin });
+    } else if (next.failClosed !== undefined && prev.failClosed === undefined) {
       this.opts.log.error('control state unreadable: every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
     } else if (next.failClosed === undefined && prev.failClosed !== undefined) {
       this.opts.log.warn('control state readable again; fail-closed block removed', { generation: next.state?.generation, origin });
@@ -280,17 +312,24 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     this.emit('reload', { origin, failClosed: next.failClosed, generation: next.state?.generation });
   }
 
-  /** Re-read the state file; installs it when it changed. Returns true when the snapshot changed. */
-  reload(origin = 'reload'): boolean {
-    let next: Snapshot;
-    try {
-      next = this.load();
-    } catch (e) {
-      next = failClosedSnapshot(`cannot load: ${(e as Error).message}`);
-    }
+  /**
+   * Re-read and verify the state file; installs it when it changed. Resolves true when the
+   * snapshot changed. Never rejects (a failure to load is a fail-closed snapshot).
+   */
+  reload(origin = 'reload'): Promise<boolean> {
+    const run = this.reloadChain.then(() => this.reloadNow(origin));
+    this.reloadChain = run.catch(() => undefined);
+    return run;
+  }
+
+  private async reloadNow(origin: string): Promise<boolean> {
+    const next = await this.load();
     const cur = this.snap;
-    if (next.failClosed === undefined && cur.failClosed === undefined && next.sha256 === cur.sha256) return false;
+    if (next.failClosed === undefined && cur.failClosed === undefined && next.mac === cur.mac) return false;
     if (next.failClosed !== undefined && cur.failClosed === next.failClosed) return false;
+    // Read before a change this process installed meanwhile: stale, not newer (a rollback on disk
+    // is refused by the store against the HSM's record, not here).
+    if (next.state && cur.state && next.state.storeId === cur.state.storeId && next.state.generation < cur.state.generation) return false;
     this.install(next, origin);
     const events = newEvents(cur.state?.body.history ?? [], next.state?.body.history ?? []).filter((e) => e.by.via === 'local-cli');
     if (events.length) this.emit('external-change', events);
@@ -305,7 +344,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       this.reloadQueued = true;
       setImmediate(() => {
         this.reloadQueued = false;
-        this.reload(origin);
+        void this.reload(origin);
       });
     };
     try {
@@ -322,6 +361,10 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       if (k !== this.lastStat) {
         this.lastStat = k;
         check('poll');
+      } else if (this.snap.failClosed !== undefined && !this.snap.tamper) {
+        // A fault, not tampering (e.g. the HSM did not answer while verifying): try again, so
+        // that the node recovers by itself once the HSM is back, without a change to the file.
+        check('retry');
       }
     }, this.opts.watchIntervalMs);
     this.timer.unref();
@@ -361,10 +404,18 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   private async change<R>(f: (b: StateBody) => { body: StateBody; result: R }, origin: string): Promise<{ state: StoredState; result: R }> {
     this.refuseIfFailClosed();
-    const out = await this.store.mutate(f, this.now);
+    let out: { state: StoredState; result: R };
+    try {
+      out = await this.store.mutate(f, this.now);
+    } catch (e) {
+      // The store found the state untrusted before the watcher did: load it now, so that the
+      // tampering is logged and audited and the gate closes.
+      if (e instanceof ControlError && e.code === 'fail-closed') await this.reload('change');
+      throw e;
+    }
     this.install(this.compile(out.state), origin);
     this.lastStat = this.statKey();
-    if (origin !== 'engage') this.opts.propagateChange?.();
+    if (origin !== 'engage') await this.opts.propagateChange?.();
     return out;
   }
 
@@ -410,7 +461,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
    * (not on the next fs.watch event), then wait for this process's operations in scope.
    */
   async syncEngaged(scope: string): Promise<{ drained: boolean; stillInFlight: number }> {
-    this.reload('cluster');
+    await this.reload('cluster');
     return this.drainScope(scope);
   }
 
@@ -527,6 +578,22 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     return this.snap.failClosed !== undefined;
   }
 
+  /** Why the state is untrusted because of tampering (undefined otherwise). */
+  tamperReason(): string | undefined {
+    return this.snap.tamper ? this.snap.failClosed : undefined;
+  }
+
+  /**
+   * Not ready because of a fault: the state is not trusted and every call is refused. An engaged
+   * block is not a fault (the node stays ready so that KMS gets the spec's InvalidStateException).
+   * Short and without paths: the readiness probe is unauthenticated.
+   */
+  readinessFault(): string | undefined {
+    const s = this.snap;
+    if (s.failClosed === undefined) return undefined;
+    return s.tamper ? 'control state failed verification (tampering suspected); every call is refused until it is repaired' : 'control state cannot be verified; every call is refused until it is repaired';
+  }
+
   publicState(): PublicState {
     const s = this.snap;
     const body = s.state?.body;
@@ -537,6 +604,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     }
     return {
       failClosed: s.failClosed ?? null,
+      tampered: s.tamper,
       generation: s.state?.generation ?? null,
       writtenAt: s.state?.writtenAt ?? null,
       blocks: (body?.blocks ?? []).map((b) => ({ ...b, covers: blockCoverage(b, this.directory) })),
@@ -560,8 +628,8 @@ function newEvents(prev: HistoryEvent[], next: HistoryEvent[]): HistoryEvent[] {
   return next.slice(-1);
 }
 
-function failClosedSnapshot(reason: string): Snapshot {
-  return { failClosed: reason, proxy: undefined, stores: new Map(), keys: new Map(), hsmKeys: new Map(), policies: new Map(), sha256: '', state: undefined };
+function failClosedSnapshot(reason: string, tamper: boolean): Snapshot {
+  return { failClosed: reason, tamper, proxy: undefined, stores: new Map(), keys: new Map(), hsmKeys: new Map(), policies: new Map(), mac: '', state: undefined };
 }
 
 function isDirectory(k: KeyDirectory | readonly string[]): k is KeyDirectory {

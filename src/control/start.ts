@@ -16,8 +16,11 @@ import { OPEN_GATE, type AccessGate } from './access-gate';
 import type { ControlConfig } from './config';
 import { ControlPlane, type ControlPlaneOptions } from './control-plane';
 import type { HistoryEvent } from './state-model';
+import { checkStateKey, hsmStateAuthenticator, type StateHsm } from './state-auth';
 
 export interface ControlStartOptions {
+  /** The HSM that authenticates the control state (required with a `control` section). */
+  stateHsm?: StateHsm;
   onAdminAction?: AdminActionSink;
   /** Cluster: the primary propagates changes to the workers; workers run no admin listener. */
   propagateEngage?: ControlPlaneOptions['propagateEngage'];
@@ -53,7 +56,12 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   }
   const onAdminAction = opts.onAdminAction ?? logAdminActions(log);
   if (c.killSwitch.approvalsRequired < 2) log.warn('control.killSwitch.approvalsRequired is 1: one operator can lift a kill switch or loosen a policy alone');
+  if (!opts.stateHsm) throw new Error('the control state needs the HSM to authenticate it');
+  const stateAuth = hsmStateAuthenticator(opts.stateHsm, c.stateAuth);
+  // Refuse to start without the MAC key: a state that cannot be authenticated would fail closed.
+  await checkStateKey(stateAuth, live.config.hsm.tokenLabel);
   const control = await ControlPlane.open({
+    stateAuth,
     stateDir: c.stateDir,
     keyStores: registry,
     defaultForKeyStoresWithoutPolicy: c.policies.defaultForKeyStoresWithoutPolicy,
@@ -70,15 +78,23 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   control.on('external-change', (events: HistoryEvent[]) => {
     for (const e of events) onAdminAction(historyToRecord(e));
   });
+  // A change on disk the proxy did not make (bad MAC, older generation, deleted): audited, the
+  // control plane has logged it at error level.
+  control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(t.reason, t.origin, opts.now)));
   control.startWatching();
   live.onReload({
     controlState: () => {
-      control.reload('reload');
+      // The key store directory first (sync), then the state file (verified in the HSM, async).
       control.refresh();
+      void control.reload('reload');
     },
   });
   const st = control.publicState();
-  if (st.failClosed) log.error('control state unreadable at start-up: every key store is blocked until it is repaired', { reason: st.failClosed });
+  const tamper = control.tamperReason();
+  if (tamper) {
+    log.error('control state TAMPERING detected at start-up: the state on disk was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: tamper });
+    onAdminAction(tamperRecord(tamper, 'start', opts.now));
+  } else if (st.failClosed) log.error('control state unreadable at start-up: every key store is blocked until it is repaired', { reason: st.failClosed });
   else log.info('control state loaded', { generation: st.generation, blocks: st.blocks.map((b) => b.scope), policies: Object.keys(st.policies) });
 
   let admin: RunningAdminServer | undefined;
@@ -99,6 +115,10 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
       await admin?.close(graceMs);
     },
   };
+}
+
+function tamperRecord(reason: string, origin: string, now: (() => number) | undefined): AdminActionRecord {
+  return { time: new Date((now ?? Date.now)()).toISOString(), operator: 'unknown', via: 'state-folder', action: 'control-state.tamper', outcome: 'error', errorName: 'Tampering', reason: 'the control state on disk does not authenticate; failing closed', detail: `${reason} (detected on ${origin})` };
 }
 
 function historyToRecord(e: HistoryEvent): AdminActionRecord {

@@ -55,4 +55,14 @@ export interface HsmBackend {
   tokenInfo(): TokenInfo;
   poolStats(): PoolStats;
   close(): Promise<void>;
+
+  // ---- control state authentication (state-auth-ops.ts; used by src/control/state-auth.ts) ----
+  /** HMAC-SHA256 of `data` inside the HSM with the generic secret key `keyLabel` (KeyNotFoundException if absent). */
+  hmacSign(keyLabel: string, data: Buffer): Promise<Buffer>;
+  /** Checked inside the HSM: false for a MAC that does not match. */
+  hmacVerify(keyLabel: string, data: Buffer, mac: Buffer): Promise<boolean>;
+  /** The values of the private token data objects labelled `label` (normally one; none: empty). */
+  readDataObjects(label: string): Promise<Buffer[]>;
+  /** Replaces the private token data object labelled `label` (a new object, then the old ones destroyed). */
+  writeDataObject(label: string, value: Buffer): Promise<void>;
 }

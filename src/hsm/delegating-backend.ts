@@ -30,4 +30,20 @@ export class DelegatingBackend implements HsmBackend {
   close(): Promise<void> {
     return this.inner.close();
   }
+
+  hmacSign(keyLabel: string, data: Buffer): Promise<Buffer> {
+    return this.inner.hmacSign(keyLabel, data);
+  }
+
+  hmacVerify(keyLabel: string, data: Buffer, mac: Buffer): Promise<boolean> {
+    return this.inner.hmacVerify(keyLabel, data, mac);
+  }
+
+  readDataObjects(label: string): Promise<Buffer[]> {
+    return this.inner.readDataObjects(label);
+  }
+
+  writeDataObject(label: string, value: Buffer): Promise<void> {
+    return this.inner.writeDataObject(label, value);
+  }
 }

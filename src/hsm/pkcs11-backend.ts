@@ -31,6 +31,7 @@ import type { AppLogger } from '../log/logger';
 import type { GcmEncryptResult, HsmBackend, KeyInfo, KeyUsage, PoolStats, TokenInfo } from './backend';
 import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
 import { SessionPool, type Lease } from './session-pool';
+import * as stateAuth from './state-auth-ops';
 
 /** The GCM tag is always 128 bits (gcm-iv-modes.ts). */
 const TAG_BITS = GCM_TAG_BYTES * 8;
@@ -527,6 +528,24 @@ export class Pkcs11Backend implements HsmBackend {
       if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_DecryptAsync(s.handle, input, out)).then(plaintextOf);
       return plaintextOf(this.p.C_Decrypt(s.handle, input, out));
     });
+  }
+
+  // ---- control state authentication: the operations live in state-auth-ops.ts ----------------
+
+  hmacSign(keyLabel: string, data: Buffer): Promise<Buffer> {
+    return this.withSession(keyLabel, (s) => stateAuth.hmacSign(this.p, s.handle, keyLabel, data));
+  }
+
+  hmacVerify(keyLabel: string, data: Buffer, mac: Buffer): Promise<boolean> {
+    return this.withSession(keyLabel, (s) => stateAuth.hmacVerify(this.p, s.handle, keyLabel, data, mac));
+  }
+
+  readDataObjects(label: string): Promise<Buffer[]> {
+    return this.withSession(label, (s) => stateAuth.readDataObjects(this.p, s.handle, label));
+  }
+
+  writeDataObject(label: string, value: Buffer): Promise<void> {
+    return this.withSession(label, (s) => stateAuth.writeDataObject(this.p, s.handle, label, value));
   }
 
   tokenInfo(): TokenInfo {

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { createKey } from '../../src/hsm/key-admin';
+import { createStateKey } from '../helpers/state-hsm';
 import { collectResponse } from '../../src/util/http-response';
 import { makeTlsCert, writeCredential, type Credential } from '../helpers/proxy-harness';
 import { signedHeaders } from '../helpers/signer';
@@ -34,6 +35,7 @@ describe('cluster: server.workers = 2', function () {
     token = createTestToken();
     await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
     await createKey(token.hsmConfig, token.pin, { label: 'k1', usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     const tls = makeTlsCert(token.dir);
     ca = fs.readFileSync(tls.certFile);
     cred = writeCredential(path.join(token.dir, 'creds'));

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { SignJWT } from 'jose';
 import { generateOperatorKey, mintOperatorToken } from '../../../src/admin/tokens';
 import { createKey } from '../../../src/hsm/key-admin';
+import { createStateKey } from '../../helpers/state-hsm';
 import { startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { AUDIENCE, adminClient, adminRaw, makeOperators, waitForLog, type Operators } from './admin-helpers';
@@ -31,6 +32,7 @@ describe('admin API', function () {
   before(async function () {
     token = createTestToken();
     for (const label of ['xks-health', 'k1', 'k2']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     cred = writeCredential(path.join(token.dir, 'creds'));
     ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'], 'erin-ec': ['operator', 'auditor'], audrey: ['auditor'], temp: ['operator'] });
     h = await startHarness({

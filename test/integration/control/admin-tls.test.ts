@@ -9,6 +9,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { ConfigError, parseConfig } from '../../../src/config/load';
 import { createKey } from '../../../src/hsm/key-admin';
+import { createStateKey } from '../../helpers/state-hsm';
 import { collectResponse } from '../../../src/util/http-response';
 import { makeTlsCert, startHarness, writeCredential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
@@ -24,6 +25,7 @@ describe('admin listener over TLS with client certificates', () => {
   before(async () => {
     token = createTestToken();
     await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     pki = fs.mkdtempSync(path.join(token.dir, 'pki-'));
     const ssl = (args: string[]) => execFileSync('openssl', args, { cwd: pki, stdio: 'pipe' });
     ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=admin-ca']);

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createKey } from '../../../src/hsm/key-admin';
+import { createStateKey } from '../../helpers/state-hsm';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../../src/log/logger';
 import type { ControlPlane } from '../../../src/control/control-plane';
@@ -48,6 +49,7 @@ describe('kill switch over HTTPS against SoftHSM2', function () {
   before(async function () {
     token = createTestToken();
     for (const label of ['xks-health', 'k1', 'k2', 'kb']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     credA = writeCredential(path.join(token.dir, 'creds-a'));
     credB = writeCredential(path.join(token.dir, 'creds-b'));
     ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'], carol: ['operator'], audrey: ['auditor'] });
@@ -213,7 +215,7 @@ describe('kill switch over HTTPS against SoftHSM2', function () {
     fs.writeFileSync(path.join(stateDir, STATE_FILE), fs.readFileSync(path.join(stateDir, STATE_FILE), 'utf8').slice(0, 100));
     await start();
     for (const api of APIS) expect(await effect('b', 'kb', api), api).to.equal(I);
-    expect(h.appLog()).to.match(/control state unreadable/);
+    expect(h.appLog()).to.match(/control state TAMPERING detected/);
     const st = await admin('audrey', 'GET', '/admin/v1/state');
     expect(st.json.failClosed).to.match(/not valid JSON/);
     const refused = await admin('alice', 'POST', '/admin/v1/kill-switch/approve-lift', { scope: 'proxy', reason: 'try to open' });

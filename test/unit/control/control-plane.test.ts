@@ -7,7 +7,8 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ControlPlane } from '../../../src/control/control-plane';
+import { ControlPlane, type ControlPlaneOptions } from '../../../src/control/control-plane';
+import type { StateAuthenticator } from '../../../src/control/state-auth';
 import { applyEngage, type Actor } from '../../../src/control/state-model';
 import { STATE_FILE, StateStore } from '../../../src/control/state-store';
 import { XksError } from '../../../src/errors/xks-error';
@@ -16,6 +17,7 @@ import type { XksApi } from '../../../src/xks/requests';
 import type { GateContext } from '../../../src/control/access-gate';
 import { directoryOf } from '../../../src/control/key-directory';
 import type { KeyStoreConfig } from '../../../src/config/schema';
+import { openStateHsm, type StateHsm } from '../../helpers/state-hsm';
 
 const op = (name: string): Actor => ({ operator: name, via: 'admin-api' });
 const md = { kmsRequestId: 'r1', kmsOperation: 'Encrypt', awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/x' };
@@ -36,11 +38,18 @@ describe('control plane', () => {
   let dir: string;
   let clock: number;
   let cp: ControlPlane;
-  const make = (over: Partial<ConstructorParameters<typeof ControlPlane>[0]> = {}) =>
-    ControlPlane.open({ stateDir: dir, keyStores: ['a', 'b'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 2000, watchIntervalMs: 50, log: createSilentLogger(), now: () => clock, ...over });
+  let shsm: StateHsm;
+  let auth: StateAuthenticator;
+  const make = (over: Partial<ControlPlaneOptions> = {}) =>
+    ControlPlane.open({ stateDir: dir, keyStores: ['a', 'b'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 2000, watchIntervalMs: 50, stateAuth: auth, log: createSilentLogger(), now: () => clock, ...over });
 
+  before(async () => {
+    shsm = await openStateHsm();
+  });
+  after(() => shsm.close());
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-cp-'));
+    auth = shsm.newAuth();
     clock = Date.parse('2030-01-01T00:00:00Z');
     cp = await make();
   });
@@ -218,6 +227,7 @@ describe('control plane', () => {
 
     it('a state folder that cannot be created fails closed', async () => {
       cp.close();
+      auth = shsm.newAuth();
       const file = path.join(dir, 'not-a-folder');
       fs.writeFileSync(file, 'x');
       cp = await make({ stateDir: path.join(file, 'state') });
@@ -230,11 +240,60 @@ describe('control plane', () => {
     it('are picked up through the watcher, with a reload event and an external-change record', async () => {
       cp.startWatching();
       const changed = once(cp, 'external-change');
-      const store = new StateStore(dir);
+      const store = new StateStore(dir, auth);
       await store.mutate((b) => ({ body: applyEngage(b, 'keystore:b', { operator: 'eve', via: 'local-cli', osUser: 'root' }, 'admin API down', clock), result: undefined }));
       const [events] = (await changed) as [{ action: string; by: Actor }[]];
       expect(events.map((e) => `${e.action}:${e.by.operator}`)).to.deep.equal(['engage:eve']);
       expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('InvalidStateException');
+    });
+
+    it('a rollback or a deletion while running is tampering: a tamper event, fail closed, not ready; an engaged block is ready', async () => {
+      await cp.engage('keystore:a', op('alice'), 'x');
+      expect(cp.readinessFault()).to.equal(undefined);
+      await cp.engage('keystore:b', op('alice'), 'y');
+      cp.startWatching();
+      const tampered = once(cp, 'tamper');
+      fs.copyFileSync(path.join(dir, 'state.prev.json'), path.join(dir, STATE_FILE));
+      const [t] = (await tampered) as [{ reason: string }];
+      expect(t.reason).to.match(/rollback/);
+      expect(cp.tamperReason()).to.match(/rollback/);
+      expect(cp.readinessFault()).to.match(/tampering/);
+      for (const ks of ['a', 'b']) expect(outcome(cp, ctx('Encrypt', ks))).to.equal('InvalidStateException');
+      const again = once(cp, 'tamper');
+      fs.rmSync(path.join(dir, STATE_FILE));
+      expect(((await again) as [{ reason: string }])[0].reason).to.match(/missing/);
+    });
+
+    it('an HSM that cannot verify the state is a fault (fail closed, not ready, no tamper event), and the node recovers by itself', async () => {
+      await cp.engage('keystore:a', op('alice'), 'x');
+      cp.close();
+      // Fault injection around the real authenticator: the HSM stops answering for a while.
+      let hsmDown = false;
+      const real = auth;
+      const flaky: StateAuthenticator = {
+        ...real,
+        readAnchor: () => (hsmDown ? Promise.reject(new Error('CKR_DEVICE_REMOVED')) : real.readAnchor()),
+        verify: (d, m) => (hsmDown ? Promise.reject(new Error('CKR_DEVICE_REMOVED')) : real.verify(d, m)),
+      };
+      cp = await make({ stateAuth: flaky });
+      cp.startWatching();
+      let tampers = 0;
+      cp.on('tamper', () => tampers++);
+      hsmDown = true;
+      const down = once(cp, 'reload');
+      await cp.reload('test');
+      await down;
+      expect(cp.readinessFault()).to.match(/cannot be verified/);
+      expect(cp.tamperReason()).to.equal(undefined);
+      expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('InvalidStateException');
+      const up = once(cp, 'reload');
+      hsmDown = false;
+      await up;
+      expect(cp.isFailClosed()).to.equal(false);
+      expect(cp.readinessFault()).to.equal(undefined);
+      expect(outcome(cp, ctx('Encrypt', 'b'))).to.equal('ok');
+      expect(outcome(cp, ctx('Encrypt', 'a'))).to.equal('InvalidStateException');
+      expect(tampers).to.equal(0);
     });
 
     it('a file corrupted while running fails closed at once, and a repaired one is picked up', async () => {
@@ -244,7 +303,7 @@ describe('control plane', () => {
       await r;
       expect(outcome(cp, ctx('GetHealthStatus'))).to.equal('InvalidStateException');
       r = once(cp, 'reload');
-      await new StateStore(dir).repair(false, (base, note) => ({ ...(base ?? { blocks: [], approvals: [], policies: {}, history: [] }), history: [{ at: new Date(clock).toISOString(), action: 'repair', by: { operator: 'x', via: 'local-cli' }, reason: note }] }));
+      await new StateStore(dir, auth).repair('empty', (base, note) => ({ ...(base ?? { blocks: [], approvals: [], policies: {}, history: [] }), history: [{ at: new Date(clock).toISOString(), action: 'repair', by: { operator: 'x', via: 'local-cli' }, reason: note }] }));
       await r;
       expect(cp.isFailClosed()).to.equal(false);
       expect(outcome(cp, ctx('GetHealthStatus'))).to.equal('ok');
