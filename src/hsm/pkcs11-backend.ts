@@ -731,7 +731,7 @@ export class Pkcs11Backend implements HsmBackend {
         return true;
       case 'reinit':
         this.markUnavailable(d.detail);
-        return retrying ? this.attemptRecovery() : false;
+        return retrying ? this.recoveryOutcome(this.attemptRecovery()) : false;
     }
   }
 
@@ -778,9 +778,7 @@ export class Pkcs11Backend implements HsmBackend {
     if (this.closed || this.recoveryTimer !== undefined) return;
     this.recoveryTimer = setTimeout(() => {
       this.recoveryTimer = undefined;
-      void this.attemptRecovery().then((up) => {
-        if (!up) this.scheduleRecovery();
-      });
+      void this.attemptRecovery(); // a failed attempt schedules the next one itself
     }, this.cfg.recoveryIntervalMs);
     this.recoveryTimer.unref();
   }
@@ -791,19 +789,21 @@ export class Pkcs11Backend implements HsmBackend {
    */
   private async joinRecovery(): Promise<void> {
     const running = this.recovering;
-    let up = false;
-    if (running) {
-      if (this.cfg.callMode === 'async') {
-        const settled = await this.withinCallDeadline(running);
-        if (settled.timedOut) throw new XksError('DependencyTimeoutException', undefined, 'the HSM is being re-initialised');
-        up = settled.value;
-      } else {
-        up = await running;
-      }
-    }
+    const up = running ? await this.recoveryOutcome(running) : false;
     if (!up && this.needsReinit) {
       throw new XksError('InternalException', undefined, `HSM unavailable (token "${this.cfg.tokenLabel}"); re-initialising in the background`);
     }
+  }
+
+  /**
+   * What a request waiting on a recovery attempt gets: in async mode the attempt may first wait
+   * for calls on the thread pool, so the request waits at most hsm.callTimeoutMs for it.
+   */
+  private async recoveryOutcome(attempt: Promise<boolean>): Promise<boolean> {
+    if (this.cfg.callMode !== 'async') return attempt;
+    const settled = await this.withinCallDeadline(attempt);
+    if (settled.timedOut) throw new XksError('DependencyTimeoutException', undefined, 'the HSM is being re-initialised (waiting for calls still on it)');
+    return settled.value;
   }
 
   /** One recovery attempt at a time: callers and the timer share it. Resolves true when up. */
@@ -834,7 +834,13 @@ export class Pkcs11Backend implements HsmBackend {
       }
     } catch (e) {
       this.needsReinit = true;
-      const why = e instanceof XksError ? (e.detail ?? e.errorName) : classifyPkcs11Error(e, 'other', this.profile).detail;
+      const why = e instanceof XksError ? (e.detail ?? e.errorName) : classifyPkcs11Error(e, 'login', this.profile).detail;
+      if (isPinRefusal(e)) {
+        // The token is back but refuses our PIN: retrying would only count down the token's
+        // PIN attempts until it locks. The PIN is read at start-up: a restart is needed anyway.
+        this.log.error('HSM recovery stopped: the token refuses the PIN; fix hsm.pin and restart the proxy', { tokenLabel: this.cfg.tokenLabel, detail: why });
+        return false;
+      }
       if (why !== this.lastRecoveryFailure) {
         this.log.warn('HSM recovery attempt failed; retrying', { tokenLabel: this.cfg.tokenLabel, detail: why, retryEveryMs: this.cfg.recoveryIntervalMs });
         this.lastRecoveryFailure = why;
@@ -956,6 +962,12 @@ function gcmMechanism(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
   const parameter: pkcs11js.AesGCM = { type: pkcs11js.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, tagBits: TAG_BITS };
   if (aad.length > 0) parameter.aad = aad;
   return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
+}
+
+/** The token refused the login itself (as opposed to being unreachable). */
+function isPinRefusal(e: unknown): boolean {
+  const code = ckrCode(e);
+  return code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LOCKED || code === pkcs11js.CKR_PIN_EXPIRED || code === pkcs11js.CKR_PIN_INVALID || code === pkcs11js.CKR_PIN_LEN_RANGE;
 }
 
 /** Session-level errors: the handle is dead, so it must not be passed to C_CloseSession. */

@@ -26,6 +26,7 @@ import { ckrName } from '../../../src/hsm/ckr-table';
 import { openPkcs11Backend, type Pkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../../src/log/logger';
 import { HealthMonitor } from '../../../src/xks/health-monitor';
+import { captureLogger } from '../../helpers/capture-logger';
 import { FaultyModule } from '../../helpers/faulty-module';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectXks } from '../../helpers/xks-expect';
@@ -67,9 +68,9 @@ describe('the HSM link heals itself (real SoftHSM2)', function () {
 
   after(() => tk?.cleanup());
 
-  async function open(faulty?: FaultyModule): Promise<Pkcs11Backend> {
+  async function open(faulty?: FaultyModule, log = createSilentLogger()): Promise<Pkcs11Backend> {
     // A short retry so that the test does not wait long; nothing here depends on how long.
-    backend = await openPkcs11Backend({ ...tk.hsmConfig, recoveryIntervalMs: 20 }, tk.pin, createSilentLogger(), faulty ? { wrapModule: faulty.wrap } : undefined);
+    backend = await openPkcs11Backend({ ...tk.hsmConfig, recoveryIntervalMs: 20 }, tk.pin, log, faulty ? { wrapModule: faulty.wrap } : undefined);
     health = new HealthMonitor(backend, { healthKeyLabel: HEALTH_KEY, intervalMs: 50000, degradedAboveMs: 250 }, createSilentLogger());
     return backend;
   }
@@ -170,6 +171,24 @@ describe('the HSM link heals itself (real SoftHSM2)', function () {
         (f) => f.tokenSwapped(),
         (f) => expect(f.count('C_Initialize')).to.be.greaterThan(0),
       );
+    });
+
+    it('a token that comes back but refuses the PIN: recovery stops instead of using up the PIN attempts', async () => {
+      const faulty = new FaultyModule();
+      const cap = captureLogger();
+      const b = await open(faulty, cap.log);
+      await b.encrypt(KEY, Buffer.from('x'), aad);
+      faulty.unplug(pkcs11js.CKR_DEVICE_REMOVED);
+      await expectXks(b.encrypt(KEY, Buffer.from('x'), aad), 'InternalException');
+      // Back, but every login is refused (as after a PIN change on the HSM).
+      const logins = faulty.count('C_Login');
+      faulty.unplug(pkcs11js.CKR_PIN_INCORRECT, ['C_Login']);
+      await until(() => cap.lines.some((l) => l.includes('HSM recovery stopped')), 'stopped');
+      expect(faulty.count('C_Login')).to.equal(logins + 1, 'one refused login, not one per retry');
+      // White-box, to avoid waiting for something not to happen: no retry is scheduled.
+      expect((b as unknown as { recoveryTimer: unknown }).recoveryTimer).to.equal(undefined);
+      await expectXks(b.encrypt(KEY, Buffer.from('x'), aad), 'InternalException');
+      expect(cap.lines.join('\n')).to.not.include(tk.pin);
     });
   });
 });
