@@ -28,16 +28,22 @@ import { createSilentLogger } from '../../../src/log/logger';
 import { HealthMonitor } from '../../../src/xks/health-monitor';
 import { captureLogger } from '../../helpers/capture-logger';
 import { FaultyModule } from '../../helpers/faulty-module';
+import { rawRequest, startHarness, writeCredential, xksCall } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectXks } from '../../helpers/xks-expect';
 
 const KEY = 'k-heal';
 const HEALTH_KEY = 'xks-health';
 
-/** Resolves once `cond()` holds, checked every few ms; rejects after `boundMs` (a bound, not a clock). */
-async function until(cond: () => boolean, what: string, boundMs = 10000): Promise<void> {
+/**
+ * Resolves once `cond()` holds, checked every few ms after `probe()`; rejects after `boundMs` (a
+ * bound on the wait, not a timed assertion).
+ */
+async function until(cond: () => boolean, what: string, boundMs = 10000, probe: () => Promise<unknown> = async () => undefined): Promise<void> {
   const end = Date.now() + boundMs;
-  while (!cond()) {
+  for (;;) {
+    await probe();
+    if (cond()) return;
     if (Date.now() > end) throw new Error(`still not ${what} after ${boundMs} ms`);
     await new Promise((r) => setTimeout(r, 5));
   }
@@ -133,6 +139,44 @@ describe('the HSM link heals itself (real SoftHSM2)', function () {
       fs.renameSync(away, files);
     }
     await until(() => health.cached()?.status === 'ACTIVE', 'ACTIVE again');
+  });
+
+  it('through the real proxy over HTTPS: 500 InternalException (not 404) during the outage, readiness 503, then 200 again without a restart', async () => {
+    const b = await open();
+    const credDir = path.join(tk.dir, 'creds');
+    const cred = writeCredential(credDir);
+    // The deep check's own interval (50 s) is beyond every bound below: only the backend's notice moves it.
+    const h = await startHarness(
+      { hsm: { ...tk.hsmConfig, pin: { file: tk.pinFile } }, health: { intervalMs: 50000 }, keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: credDir, keys: [{ externalKeyId: KEY }] }] },
+      { hsm: b },
+    );
+    const md = (kmsOperation: string) => ({ requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation, kmsRequestId: 'r' } });
+    const encrypt = () => xksCall(h, `/a/kms/xks/v1/keys/${KEY}/encrypt`, { ...md('Encrypt'), plaintext: 'eA==', encryptionAlgorithm: 'AES_GCM' }, { cred });
+    const ready = async () => (await rawRequest(h, { method: 'GET', path: '/healthz/ready' })).status;
+    try {
+      const enc = await encrypt();
+      expect(enc.status).to.equal(200);
+      const decrypt = () => xksCall(h, `/a/kms/xks/v1/keys/${KEY}/decrypt`, { ...md('Decrypt'), ciphertext: enc.json.ciphertext, initializationVector: enc.json.initializationVector, authenticationTag: enc.json.authenticationTag, encryptionAlgorithm: 'AES_GCM' }, { cred });
+      const metadata = () => xksCall(h, `/a/kms/xks/v1/keys/${KEY}/metadata`, md('DescribeKey'), { cred });
+      const files = tk.filesDir();
+      const away = path.join(tk.dir, 'moved-away');
+      fs.renameSync(files, away);
+      try {
+        for (const f of [encrypt, decrypt, metadata, encrypt]) {
+          const r = await f();
+          expect([r.status, r.json.errorName]).to.deep.equal([500, 'InternalException']);
+        }
+        let status = 0;
+        await until(() => status === 503, 'not ready', 10000, async () => (status = await ready()));
+      } finally {
+        fs.renameSync(away, files);
+      }
+      let status = 0;
+      await until(() => status === 200, 'ready again', 10000, async () => (status = await ready()));
+      for (const f of [encrypt, decrypt, metadata]) expect((await f()).status).to.equal(200);
+    } finally {
+      await h.close();
+    }
   });
 
   describe('fault wrapper around the real module: every call answers a "device or session gone" code', () => {
