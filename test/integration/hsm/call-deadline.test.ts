@@ -9,6 +9,7 @@
  */
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
+import * as pkcs11js from 'pkcs11js';
 import { createKey } from '../../../src/hsm/key-admin';
 import { openPkcs11Backend, type Pkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../../src/log/logger';
@@ -61,5 +62,34 @@ describe("hsm.callTimeoutMs: every HSM call has a deadline (async call mode, rea
     net.releaseHeld(); // the late plaintext is discarded; the session goes on to `next`
     expect((await next).equals(pt)).to.equal(true);
     expect(b.poolStats()).to.include({ inUse: 0, waiters: 0 });
+  });
+
+  it('a request that needs a re-initialisation held up by a call still on the HSM also answers DependencyTimeoutException, and service resumes', async () => {
+    const net2 = new FaultyModule();
+    const b2 = await openPkcs11Backend({ ...tk.hsmConfig, callMode: 'async', callTimeoutMs: 2000, pool: { size: 2, acquireTimeoutMs: 30000 } }, tk.pin, createSilentLogger(), { wrapModule: net2.wrap });
+    try {
+      net2.holdAsync();
+      const first = expectXks(b2.encrypt(KEY, Buffer.from('held'), aad), 'DependencyTimeoutException');
+      await net2.whenHeld(1);
+      net2.holdAsync(false);
+      // The module is finalised under the backend: the next call must re-initialise it, which
+      // may not happen while the held call is on the thread pool (C_Finalize under a running call
+      // is undefined in PKCS#11). The request does not wait for that beyond its deadline.
+      const other = new pkcs11js.PKCS11();
+      other.load(tk.module);
+      other.C_Finalize();
+      other.close();
+      await expectXks(b2.encrypt(KEY, Buffer.from('x'), aad), 'DependencyTimeoutException');
+      await first;
+      const up = new Promise<void>((resolve) => b2.onAvailabilityChange((a) => a && resolve()));
+      net2.releaseHeld(); // the held call returns; the re-initialisation can run
+      await up;
+      const pt = randomBytes(16);
+      const r = await b2.encrypt(KEY, pt, aad);
+      expect((await b2.decrypt(KEY, r.ciphertext, r.iv, r.tag, aad)).equals(pt)).to.equal(true);
+    } finally {
+      net2.releaseHeld();
+      await b2.close();
+    }
   });
 });
