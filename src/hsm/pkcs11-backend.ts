@@ -13,9 +13,12 @@
  *   12-byte IV from the proxy: SoftHSM2 silently accepts an empty IV (IV reuse) and odd tag sizes.
  *   HSMs that generate the IV themselves have their own modes (gcm-iv-modes.ts), which fail closed
  *   when the HSM does not behave as configured;
- * - one table (ckr-table.ts) decides, per CKR code, the XKS error and whether the session is kept,
- *   dropped, the key handle refreshed or the module re-initialised; the operation is retried at
- *   most once after a recovery.
+ * - one table (ckr-table.ts) decides, per CKR code (and hsm.profile, hsm-profile.ts), the XKS
+ *   error and whether the session is kept, dropped, the key handle refreshed or the module
+ *   re-initialised; the operation is retried at most once after a recovery;
+ * - a token or module that is gone is never "key not found": the backend answers InternalException
+ *   and re-initialises in the background until the HSM is back (see "Recovery" below);
+ * - in hsm.callMode 'async' every C_Encrypt/C_Decrypt has a deadline (hsm.callTimeoutMs).
  *
  * The pkcs11js calls are the synchronous ones (measured faster than the *Async variants for these
  * small payloads); the methods are still async so that the interface does not depend on that.
