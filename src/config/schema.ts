@@ -115,6 +115,24 @@ export const HsmConfig = z
      * bounded by hsm.pool.size and by UV_THREADPOOL_SIZE (environment, default 4).
      */
     callMode: z.enum(['sync', 'async']).default('sync'),
+    /**
+     * The HSM family (src/hsm/hsm-profile.ts, docs/hsm-profiles.md "Profiles"): decides what an
+     * ambiguous return code means (CKR_GENERAL_ERROR on decrypt is a failed GCM tag only on
+     * 'softhsm2') and which HSMs are network HSMs (a start-up warning in callMode 'sync').
+     * Unset: recognised from the module's file name, else 'generic' (no vendor assumption).
+     */
+    profile: z.enum(['softhsm2', 'luna', 'cloudhsm', 'nshield', 'generic']).optional(),
+    /**
+     * hsm.callMode 'async' only: the deadline of each C_Encrypt/C_Decrypt on the thread pool, after
+     * which the request gets DependencyTimeoutException (spec: KMS waits 250 ms in all); the late
+     * result is discarded and its session not reused until the call has returned.
+     */
+    callTimeoutMs: z.number().int().min(1).max(60000).default(150),
+    /**
+     * While the token or module is unusable (token removed, device error), the backend tries to
+     * re-initialise it in the background this often, so that service is back right after the HSM.
+     */
+    recoveryIntervalMs: z.number().int().min(10).max(60000).default(200),
   })
   .strict();
 export type HsmConfig = z.infer<typeof HsmConfig>;

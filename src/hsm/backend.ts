@@ -54,6 +54,13 @@ export interface HsmBackend {
   decrypt(label: string, ciphertext: Buffer, iv: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer>;
   tokenInfo(): TokenInfo;
   poolStats(): PoolStats;
+  /**
+   * Called with false when the backend finds the HSM unusable (token or module gone) and with
+   * true once its background recovery has it working again, so that the deep health check
+   * (src/xks/health-monitor.ts) can look at once instead of at its next interval. Optional: a
+   * backend without such a notion never calls it.
+   */
+  onAvailabilityChange?(listener: (available: boolean) => void): void;
   close(): Promise<void>;
 
   // ---- control state authentication (state-auth-ops.ts; used by src/control/state-auth.ts) ----

@@ -16,9 +16,15 @@
  */
 import * as pkcs11js from 'pkcs11js';
 import type { ErrorName } from '../errors/xks-error';
+import { tagFailureAsGeneralError, type HsmProfile } from './hsm-profile';
 
 export type CkrAction = 'keep' | 'drop' | 'reinit' | 'refresh-handle';
-export type Pkcs11Op = 'encrypt' | 'decrypt' | 'find' | 'login' | 'other';
+/**
+ * What the proxy was doing. 'token-check' is the C_GetTokenInfo on our own slot that runs before
+ * a key is reported absent (pkcs11-backend.ts): if the token itself does not answer, whatever the
+ * code, the key is not "not found", the token is unusable.
+ */
+export type Pkcs11Op = 'encrypt' | 'decrypt' | 'find' | 'login' | 'token-check' | 'other';
 
 export interface CkrRule {
   errorName: ErrorName;
@@ -27,7 +33,12 @@ export interface CkrRule {
    * Used instead when the failing call was part of a decrypt (C_DecryptInit/C_Decrypt): there a
    * data error means the client's ciphertext, IV, tag or AAD is bad, and says nothing about the HSM.
    */
-  onDecrypt?: { errorName: ErrorName; action: CkrAction };
+  onDecrypt?: {
+    errorName: ErrorName;
+    action: CkrAction;
+    /** Only on HSM profiles known to report a failed GCM tag with this code (hsm-profile.ts). */
+    tagFailureProfilesOnly?: true;
+  };
 }
 
 export interface CkrDecision {
@@ -70,7 +81,8 @@ export const CKR_TABLE: ReadonlyMap<number, CkrRule> = new Map<number, CkrRule>(
 
   // --- The module, the device or the login is gone. Sessions and handles are all invalid; only a
   // full re-initialisation (C_Finalize, C_Initialize, find the token by label, C_Login) recovers
-  // without restarting the proxy.
+  // without restarting the proxy. Until it succeeds, the backend retries it in the background
+  // (hsm.recoveryIntervalMs) and answers InternalException at once: never KeyNotFoundException.
   [pkcs11js.CKR_DEVICE_REMOVED, REINIT],
   [pkcs11js.CKR_DEVICE_ERROR, REINIT],
   [pkcs11js.CKR_TOKEN_NOT_PRESENT, REINIT],
@@ -83,7 +95,9 @@ export const CKR_TABLE: ReadonlyMap<number, CkrRule> = new Map<number, CkrRule>(
 
   // --- The cached key handle is stale (key deleted/recreated, or SoftHSM2 released the token
   // object handles when the last session on the token closed). Find the key again by label: if it
-  // is really gone, the lookup answers KeyNotFoundException.
+  // is really gone, the lookup answers KeyNotFoundException, but only after C_GetTokenInfo has
+  // confirmed that our token still answers (op 'token-check'): SoftHSM2 whose token files were
+  // moved away reports every handle invalid and finds no object at all.
   [pkcs11js.CKR_OBJECT_HANDLE_INVALID, REFRESH],
   [pkcs11js.CKR_KEY_HANDLE_INVALID, REFRESH],
   [pkcs11js.CKR_KEY_CHANGED, REFRESH],
@@ -95,11 +109,14 @@ export const CKR_TABLE: ReadonlyMap<number, CkrRule> = new Map<number, CkrRule>(
   [pkcs11js.CKR_KEY_SIZE_RANGE, KEY_USAGE],
 
   // --- Data errors. On decrypt they mean the client's input is bad; the operation has ended and
-  // the session is fine. SoftHSM2 reports a wrong GCM tag or AAD as CKR_GENERAL_ERROR (design.md),
-  // so on decrypt that code is an authentication failure too. Anywhere else they are our bug.
+  // the session is fine. Anywhere else they are our bug.
+  // CKR_GENERAL_ERROR is special: SoftHSM2 reports a wrong GCM tag or AAD that way (design.md), but
+  // on other HSMs it is a device fault, and a customer must not be told their data is corrupt
+  // because an HSM failed. So it means InvalidCiphertextException only on a profile known to
+  // report tag failures so (hsm.profile 'softhsm2'); elsewhere InternalException, session dropped.
   [pkcs11js.CKR_ENCRYPTED_DATA_INVALID, { ...INTERNAL_KEEP, onDecrypt: BAD_CIPHERTEXT }],
   [pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, { ...INTERNAL_KEEP, onDecrypt: BAD_CIPHERTEXT }],
-  [pkcs11js.CKR_GENERAL_ERROR, { ...INTERNAL_DROP, onDecrypt: BAD_CIPHERTEXT }],
+  [pkcs11js.CKR_GENERAL_ERROR, { ...INTERNAL_DROP, onDecrypt: { ...BAD_CIPHERTEXT, tagFailureProfilesOnly: true } }],
   [pkcs11js.CKR_DATA_INVALID, { ...INTERNAL_KEEP, onDecrypt: BAD_CIPHERTEXT }],
   [pkcs11js.CKR_DATA_LEN_RANGE, { ...INTERNAL_KEEP, onDecrypt: BAD_CIPHERTEXT }],
   // An IV length the HSM does not take (the spec allows 12 or 16 bytes on decrypt).
@@ -145,6 +162,9 @@ export const CKR_TABLE: ReadonlyMap<number, CkrRule> = new Map<number, CkrRule>(
  */
 const UNKNOWN: CkrRule = INTERNAL_DROP;
 
+/** Any failure of the token check (see Pkcs11Op): the token is unusable. */
+const TOKEN_GONE: CkrRule = REINIT;
+
 /** CKR code -> name, from the constants pkcs11js exports (for log detail only). */
 const CKR_NAMES: ReadonlyMap<number, string> = (() => {
   const names = new Map<number, string>();
@@ -170,11 +190,17 @@ function methodOf(err: unknown): string {
 }
 
 /**
- * Classifies any error thrown by a pkcs11js call. `op` is what the proxy was doing: only 'decrypt'
- * changes the outcome (data errors become InvalidCiphertextException); the others are for the log.
+ * Classifies any error thrown by a pkcs11js call. `op` is what the proxy was doing: 'decrypt'
+ * changes the outcome of data errors (InvalidCiphertextException, for CKR_GENERAL_ERROR only on
+ * `profile`s that report tag failures so); 'token-check' makes any failure a lost token; the
+ * others are for the log.
  */
-export function classifyPkcs11Error(err: unknown, op: Pkcs11Op): CkrDecision {
+export function classifyPkcs11Error(err: unknown, op: Pkcs11Op, profile: HsmProfile): CkrDecision {
   const code = ckrCode(err);
+  if (op === 'token-check') {
+    const what = code === undefined ? (err instanceof Error ? err.name : typeof err) : `${ckrName(code)} (0x${code.toString(16)})`;
+    return { errorName: TOKEN_GONE.errorName, action: TOKEN_GONE.action, retry: true, code, detail: `${what} in ${methodOf(err)} during token-check` };
+  }
   if (code === undefined) {
     // Not a CKR value: a NativeError (e.g. dlopen) or a TypeError from the binding. Their messages
     // come from the binding and describe arguments, never their contents; still, keep it short.
@@ -189,7 +215,8 @@ export function classifyPkcs11Error(err: unknown, op: Pkcs11Op): CkrDecision {
     };
   }
   const rule = CKR_TABLE.get(code) ?? UNKNOWN;
-  const chosen = op === 'decrypt' && rule.onDecrypt ? rule.onDecrypt : rule;
+  const onDecrypt = op === 'decrypt' ? rule.onDecrypt : undefined;
+  const chosen = onDecrypt && (!onDecrypt.tagFailureProfilesOnly || tagFailureAsGeneralError(profile)) ? onDecrypt : rule;
   return {
     errorName: chosen.errorName,
     action: chosen.action,

@@ -27,6 +27,10 @@ export class DelegatingBackend implements HsmBackend {
     return this.inner.poolStats();
   }
 
+  onAvailabilityChange(listener: (available: boolean) => void): void {
+    this.inner.onAvailabilityChange?.(listener);
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

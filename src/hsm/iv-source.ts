@@ -9,14 +9,18 @@ import { randomFillSync } from 'node:crypto';
 const POOL_BYTES = 4096;
 
 export class IvSource {
-  private pool = Buffer.alloc(0);
+  private pool: Buffer = Buffer.alloc(0);
   private offset = 0;
 
-  constructor(private readonly size: number) {}
+  /** `fill` is the CSPRNG; a test hands in a broken one to show that its uniqueness check can fail. */
+  constructor(
+    private readonly size: number,
+    private readonly fill: (b: Buffer) => Buffer = randomFillSync,
+  ) {}
 
   next(): Buffer {
     if (this.offset + this.size > this.pool.length) {
-      this.pool = randomFillSync(Buffer.allocUnsafe(POOL_BYTES - (POOL_BYTES % this.size)));
+      this.pool = this.fill(Buffer.allocUnsafe(POOL_BYTES - (POOL_BYTES % this.size)));
       this.offset = 0;
     }
     const iv = Buffer.from(this.pool.subarray(this.offset, this.offset + this.size));

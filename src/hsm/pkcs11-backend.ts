@@ -13,9 +13,12 @@
  *   12-byte IV from the proxy: SoftHSM2 silently accepts an empty IV (IV reuse) and odd tag sizes.
  *   HSMs that generate the IV themselves have their own modes (gcm-iv-modes.ts), which fail closed
  *   when the HSM does not behave as configured;
- * - one table (ckr-table.ts) decides, per CKR code, the XKS error and whether the session is kept,
- *   dropped, the key handle refreshed or the module re-initialised; the operation is retried at
- *   most once after a recovery.
+ * - one table (ckr-table.ts) decides, per CKR code (and hsm.profile, hsm-profile.ts), the XKS
+ *   error and whether the session is kept, dropped, the key handle refreshed or the module
+ *   re-initialised; the operation is retried at most once after a recovery;
+ * - a token or module that is gone is never "key not found": the backend answers InternalException
+ *   and re-initialises in the background until the HSM is back (see "Recovery" below);
+ * - in hsm.callMode 'async' every C_Encrypt/C_Decrypt has a deadline (hsm.callTimeoutMs).
  *
  * The pkcs11js calls are the synchronous ones (measured faster than the *Async variants for these
  * small payloads); the methods are still async so that the interface does not depend on that.
@@ -30,6 +33,7 @@ import { XksError } from '../errors/xks-error';
 import type { AppLogger } from '../log/logger';
 import type { GcmEncryptResult, HsmBackend, KeyInfo, KeyUsage, PoolStats, TokenInfo } from './backend';
 import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
+import { isNetworkHsm, resolveHsmProfile, type HsmProfile } from './hsm-profile';
 import { SessionPool, type Lease } from './session-pool';
 import * as stateAuth from './state-auth-ops';
 
@@ -408,7 +412,21 @@ export class Pkcs11Backend implements HsmBackend {
    * new session that happens to have the same number.
    */
   private generation = 0;
+  /**
+   * The token or module is unusable (a 'reinit' decision, or our token failed the check before
+   * a key was reported absent). Calls then answer InternalException at once, unless a recovery
+   * attempt is running, which they join; a background timer retries every hsm.recoveryIntervalMs.
+   */
   private needsReinit = false;
+  /** The recovery attempt running now (one at a time; callers and the timer share it). */
+  private recovering: Promise<boolean> | undefined;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  /** Last logged reason a recovery attempt failed (each new reason is logged once). */
+  private lastRecoveryFailure: string | undefined;
+  /** Labels found before: looked up again right after a recovery (fresh handles). */
+  private readonly resolvedLabels = new Set<string>();
+  private readonly availabilityListeners: ((available: boolean) => void)[] = [];
+  private readonly profile: HsmProfile;
   /** C_Encrypt/C_DecryptAsync calls on the thread pool now (hsm.callMode 'async'). */
   private readonly asyncCalls = new Set<Promise<unknown>>();
   private closed = false;
@@ -425,6 +443,7 @@ export class Pkcs11Backend implements HsmBackend {
     private readonly log: AppLogger,
   ) {
     this.p = module.pkcs11;
+    this.profile = resolveHsmProfile(cfg);
     this.info = toTokenInfo(tokenInfo);
     this.#pin = pin;
     this.pool = new SessionPool<PooledSession>({
@@ -464,7 +483,17 @@ export class Pkcs11Backend implements HsmBackend {
         serialNumber: backend.info.serialNumber,
         poolSize: cfg.pool.size,
         ivMode: cfg.ivMode,
+        profile: backend.profile,
+        callMode: cfg.callMode,
       });
+      if (isNetworkHsm(backend.profile) && cfg.callMode === 'sync') {
+        // Every call of a network HSM is a round trip; in sync mode it blocks the event loop, so
+        // one slow call stalls every request and no deadline can be kept (docs/hsm-profiles.md).
+        log.warn('hsm.callMode is "sync" for a network HSM: every HSM round trip blocks the proxy and hsm.callTimeoutMs cannot apply; set hsm.callMode: async', {
+          profile: backend.profile,
+          module: mod.path,
+        });
+      }
       return backend;
     } catch (e) {
       mod.release();
@@ -556,9 +585,16 @@ export class Pkcs11Backend implements HsmBackend {
     return this.pool.stats();
   }
 
+  onAvailabilityChange(listener: (available: boolean) => void): void {
+    this.availabilityListeners.push(listener);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = undefined;
+    await this.recovering;
     // Sessions and the module must not go away under a call on the thread pool.
     await this.threadPoolQuiet();
     // Log out only if no one else in this process uses the module: the login is shared.
@@ -592,7 +628,7 @@ export class Pkcs11Backend implements HsmBackend {
   private async withSession<R>(label: string, fn: (s: PooledSession, step: Step) => R | Promise<R>): Promise<R> {
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new XksError('InternalException', undefined, 'HSM backend is closed');
-      if (this.needsReinit) await this.reinitialiseWhenQuiet();
+      if (this.needsReinit) await this.joinRecovery();
       const generation = this.generation;
       const step: Step = { op: 'login' }; // a failure while acquiring is opening a session + login
       let lease: Lease<PooledSession> | undefined;
@@ -601,7 +637,17 @@ export class Pkcs11Backend implements HsmBackend {
         step.op = 'find';
         let result = fn(lease.resource, step);
         // No extra promise hop for the synchronous calls of hsm.callMode 'sync'.
-        if (result instanceof Promise) result = await result;
+        if (result instanceof Promise) {
+          const settled = await this.withinCallDeadline(result);
+          if (settled.timedOut) {
+            // The call is still on the thread pool with this session: the session is not reused
+            // until it returns, and whatever it returns is discarded.
+            this.releaseWhenSettled(result, lease, step.op);
+            lease = undefined;
+            throw new XksError('DependencyTimeoutException', undefined, `${step.op} took longer than hsm.callTimeoutMs (${this.cfg.callTimeoutMs} ms); the late result is discarded`);
+          }
+          result = settled.value;
+        }
         this.pool.release(lease);
         return result;
       } catch (e) {
@@ -609,25 +655,63 @@ export class Pkcs11Backend implements HsmBackend {
           if (lease) this.pool.release(lease);
           throw e;
         }
-        const d = classifyPkcs11Error(e, step.op);
+        const failedOp: Pkcs11Op = e instanceof TokenCheckFailed ? 'token-check' : step.op;
+        let d = classifyPkcs11Error(e instanceof TokenCheckFailed ? e.cause : e, failedOp, this.profile);
+        if (attempt > 0 && isSessionGone(d)) {
+          // The retry already ran on a fresh session and that one is gone too: not one dead
+          // session but the link to the HSM (a network HSM that dropped us): re-initialise.
+          d = { ...d, action: 'reinit' };
+        }
         if (lease) {
           if (isSessionGone(d)) lease.resource.gone = true;
           // 'refresh-handle' is about the key, not the session: the session goes back to the pool.
           this.pool.release(lease, { drop: d.action === 'drop' || d.action === 'reinit' });
         }
-        const retry = d.retry && attempt === 0 && !this.closed;
+        const mayRetry = d.retry && attempt === 0 && !this.closed;
         this.log.warn('HSM call failed', {
           keyLabel: label,
-          op: step.op,
+          op: failedOp,
           detail: d.detail,
           errorName: d.errorName,
           action: d.action,
-          retry,
+          retry: mayRetry,
         });
-        await this.recover(d, label, retry, generation);
-        if (!retry) throw new XksError(d.errorName, undefined, d.detail);
+        const recovered = await this.recover(d, label, mayRetry, generation);
+        if (!mayRetry || !recovered) throw new XksError(d.errorName, undefined, d.detail);
       }
     }
+  }
+
+  /**
+   * hsm.callMode 'async': races a call on the thread pool against hsm.callTimeoutMs. A rejection
+   * of the call itself is rethrown (classified by the caller like any PKCS#11 error).
+   */
+  private withinCallDeadline<R>(call: Promise<R>): Promise<{ timedOut: false; value: R } | { timedOut: true }> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => resolve({ timedOut: true }), this.cfg.callTimeoutMs);
+      call.then(
+        (value) => {
+          clearTimeout(timer);
+          resolve({ timedOut: false, value });
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /** Gives a timed-out call's session back once the call has returned (dropped if it failed). */
+  private releaseWhenSettled(call: Promise<unknown>, lease: Lease<PooledSession>, op: Pkcs11Op): void {
+    call.then(
+      () => this.pool.release(lease),
+      (e: unknown) => {
+        const d = classifyPkcs11Error(e, op, this.profile);
+        if (isSessionGone(d)) lease.resource.gone = true;
+        this.pool.release(lease, { drop: true });
+      },
+    );
   }
 
   /**
@@ -644,40 +728,35 @@ export class Pkcs11Backend implements HsmBackend {
   }
 
   /**
-   * Applies the table's action. The cheap ones always run; re-initialisation runs now only if the
-   * operation is going to be retried, else it is left for the next call (needsReinit), so that a
-   * failing HSM is not hammered twice within one request.
+   * Applies the table's action; resolves false when the operation cannot be retried because the
+   * token or module is still unusable. The cheap actions always run. For 'reinit' the link is
+   * marked down (calls fail fast, the background recovery starts) and, if the operation is going
+   * to be retried, one recovery attempt runs now so that a passing fault costs no error at all.
    */
-  private async recover(d: CkrDecision, label: string, retrying: boolean, attemptGeneration: number): Promise<void> {
+  private async recover(d: CkrDecision, label: string, retrying: boolean, attemptGeneration: number): Promise<boolean> {
     // The module was re-initialised since this attempt began (by a concurrent call that hit the
     // same fault first): everything is fresh already, and another C_Finalize would pull the new
     // sessions from under the calls now using them. Just retry.
-    if (attemptGeneration !== this.generation) return;
+    if (attemptGeneration !== this.generation) return true;
     switch (d.action) {
       case 'keep':
-        return;
+        return true;
       case 'drop':
         // A dead session rarely comes alone (C_CloseAllSessions, token reset): drop the idle ones
         // too. And SoftHSM2 releases token object handles when the last session on the token
         // closes, so cached key handles may be stale now: find keys again.
         this.pool.discardIdle();
         this.keys.clear();
-        return;
+        return true;
       case 'refresh-handle':
         this.keys.delete(label);
-        return;
+        return true;
       case 'reinit':
-        this.needsReinit = true;
-        if (retrying) await this.reinitialiseWhenQuiet();
-        return;
+        this.markUnavailable(d.detail);
+        return retrying ? this.recoveryOutcome(this.attemptRecovery()) : false;
     }
   }
 
-  /**
-   * C_Finalize + C_Initialize + find the token by label again (slot ids may have changed); sessions
-   * are opened (and the user logged in) lazily by the pool. Throws an XksError if the token cannot
-   * be reached; needsReinit stays set so that the next call tries again: no restart needed.
-   */
   /** Resolves once no call of this backend is on the thread pool. */
   private async threadPoolQuiet(): Promise<void> {
     while (this.asyncCalls.size > 0) await Promise.allSettled([...this.asyncCalls]);
@@ -691,16 +770,126 @@ export class Pkcs11Backend implements HsmBackend {
     return call;
   }
 
-  /**
-   * C_Finalize must not run under a call still on the thread pool (hsm.callMode 'async'): wait
-   * for those to settle first. New calls wait too: they see needsReinit.
-   */
-  private async reinitialiseWhenQuiet(): Promise<void> {
-    await this.threadPoolQuiet();
-    // Another caller may have re-initialised while this one waited.
-    if (this.needsReinit) this.reinitialise();
+  /* --- Recovery ---------------------------------------------------------------------------------
+   * What SoftHSM2 2.6 does when its token files go away (measured; docs/hsm-profiles.md, "When the
+   * HSM goes away"): with the token's folder moved away, C_GetTokenInfo on the slot answers
+   * CKR_GENERAL_ERROR, C_FindObjects succeeds and finds nothing, cached key handles answer
+   * CKR_OBJECT_HANDLE_INVALID, while sessions, C_OpenSession and the login stay valid. The token
+   * is marked invalid for good: none of this changes when the files come back, only C_Finalize +
+   * C_Initialize (which scans the token folder again) does. With the whole token folder gone,
+   * C_Initialize itself fails (CKR_GENERAL_ERROR) and the module stays uninitialised
+   * (CKR_CRYPTOKI_NOT_INITIALIZED). So a "key not found" must be confirmed against the token
+   * first, and recovery means re-initialising until the token is found again.
+   * ------------------------------------------------------------------------------------------- */
+
+  /** The token or module is unusable: fail fast from now on and keep trying to recover. */
+  private markUnavailable(detail: string): void {
+    if (!this.needsReinit) {
+      this.needsReinit = true;
+      this.log.warn('HSM unavailable: answering InternalException and re-initialising in the background', {
+        tokenLabel: this.cfg.tokenLabel,
+        detail,
+        retryEveryMs: this.cfg.recoveryIntervalMs,
+      });
+      this.notifyAvailability(false);
+    }
+    this.scheduleRecovery();
   }
 
+  private scheduleRecovery(): void {
+    if (this.closed || this.recoveryTimer !== undefined) return;
+    this.recoveryTimer = setTimeout(() => {
+      this.recoveryTimer = undefined;
+      void this.attemptRecovery(); // a failed attempt schedules the next one itself
+    }, this.cfg.recoveryIntervalMs);
+    this.recoveryTimer.unref();
+  }
+
+  /**
+   * A call that finds the link down: joins a recovery attempt that is running (in async mode for
+   * at most hsm.callTimeoutMs, as it may wait for calls on the thread pool), else fails at once.
+   */
+  private async joinRecovery(): Promise<void> {
+    const running = this.recovering;
+    const up = running ? await this.recoveryOutcome(running) : false;
+    if (!up && this.needsReinit) {
+      throw new XksError('InternalException', undefined, `HSM unavailable (token "${this.cfg.tokenLabel}"); re-initialising in the background`);
+    }
+  }
+
+  /**
+   * What a request waiting on a recovery attempt gets: in async mode the attempt may first wait
+   * for calls on the thread pool, so the request waits at most hsm.callTimeoutMs for it.
+   */
+  private async recoveryOutcome(attempt: Promise<boolean>): Promise<boolean> {
+    if (this.cfg.callMode !== 'async') return attempt;
+    const settled = await this.withinCallDeadline(attempt);
+    if (settled.timedOut) throw new XksError('DependencyTimeoutException', undefined, 'the HSM is being re-initialised (waiting for calls still on it)');
+    return settled.value;
+  }
+
+  /** One recovery attempt at a time: callers and the timer share it. Resolves true when up. */
+  private attemptRecovery(): Promise<boolean> {
+    this.recovering ??= this.runRecovery().finally(() => (this.recovering = undefined));
+    return this.recovering;
+  }
+
+  /**
+   * C_Finalize must not run under a call still on the thread pool (hsm.callMode 'async'): wait for
+   * those to settle first. Then re-initialise, open a session (log in) and find the keys used so
+   * far again: "up" means usable, not just initialised.
+   */
+  private async runRecovery(): Promise<boolean> {
+    await this.threadPoolQuiet();
+    if (this.closed) return false;
+    if (!this.needsReinit) return true; // recovered by the attempt that just finished
+    try {
+      this.reinitialise();
+      const lease = await this.acquireCurrent();
+      try {
+        for (const label of this.resolvedLabels) {
+          const handles = findSecretKeys(this.p, lease.resource.handle, label, 2);
+          if (handles.length === 1) this.keys.set(label, { handle: handles[0]!, info: readKeyInfo(this.p, lease.resource.handle, handles[0]!, label) });
+        }
+      } finally {
+        this.pool.release(lease);
+      }
+    } catch (e) {
+      this.needsReinit = true;
+      const why = e instanceof XksError ? (e.detail ?? e.errorName) : classifyPkcs11Error(e, 'login', this.profile).detail;
+      if (isPinRefusal(e)) {
+        // The token is back but refuses our PIN: retrying would only count down the token's
+        // PIN attempts until it locks. The PIN is read at start-up: a restart is needed anyway.
+        this.log.error('HSM recovery stopped: the token refuses the PIN; fix hsm.pin and restart the proxy', { tokenLabel: this.cfg.tokenLabel, detail: why });
+        return false;
+      }
+      if (why !== this.lastRecoveryFailure) {
+        this.log.warn('HSM recovery attempt failed; retrying', { tokenLabel: this.cfg.tokenLabel, detail: why, retryEveryMs: this.cfg.recoveryIntervalMs });
+        this.lastRecoveryFailure = why;
+      }
+      if (!this.closed) this.scheduleRecovery();
+      return false;
+    }
+    this.lastRecoveryFailure = undefined;
+    this.log.warn('PKCS#11 module re-initialised', { module: this.module.path, tokenLabel: this.cfg.tokenLabel, generation: this.generation });
+    this.notifyAvailability(true);
+    return true;
+  }
+
+  private notifyAvailability(available: boolean): void {
+    for (const listener of this.availabilityListeners) {
+      try {
+        listener(available);
+      } catch {
+        // a listener's failure is its own business
+      }
+    }
+  }
+
+  /**
+   * C_Finalize + C_Initialize + find the token by label again (slot ids may have changed). Throws
+   * an XksError if the token cannot be reached; needsReinit stays set then.
+   */
   private reinitialise(): void {
     this.needsReinit = true;
     this.generation++;
@@ -721,10 +910,26 @@ export class Pkcs11Backend implements HsmBackend {
       this.info = toTokenInfo(token.info);
     } catch (e) {
       if (e instanceof XksError) throw e;
-      throw new XksError('InternalException', undefined, `re-initialisation failed: ${classifyPkcs11Error(e, 'other').detail}`);
+      throw new XksError('InternalException', undefined, `re-initialisation failed: ${classifyPkcs11Error(e, 'other', this.profile).detail}`);
     }
     this.needsReinit = false;
-    this.log.warn('PKCS#11 module re-initialised', { module: this.module.path, tokenLabel: this.cfg.tokenLabel, generation: this.generation });
+  }
+
+  /**
+   * Before a key is reported absent: does our token still answer, and is it still the token we
+   * opened (label and serial number)? SoftHSM2 with its token files gone finds no object at all
+   * (see "Recovery" above), and that must be InternalException, never KeyNotFoundException.
+   */
+  private confirmToken(): void {
+    let info: pkcs11js.TokenInfo;
+    try {
+      info = this.p.C_GetTokenInfo(this.slot);
+    } catch (e) {
+      throw new TokenCheckFailed(e);
+    }
+    if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0 || info.label.trim() !== this.info.label || info.serialNumber.trim() !== this.info.serialNumber) {
+      throw new TokenCheckFailed(new Error('the slot holds another token than the one opened'));
+    }
   }
 
   /** The cached key, or a lookup (which then fills the cache). */
@@ -740,6 +945,8 @@ export class Pkcs11Backend implements HsmBackend {
     const handles = findSecretKeys(this.p, s.handle, label, 2);
     if (handles.length === 0) {
       this.keys.delete(label);
+      this.resolvedLabels.delete(label);
+      this.confirmToken();
       throw new XksError('KeyNotFoundException', undefined, `no secret key labelled "${label}" in token "${this.cfg.tokenLabel}"`);
     }
     if (handles.length > 1) {
@@ -747,7 +954,16 @@ export class Pkcs11Backend implements HsmBackend {
       throw new XksError('InternalException', undefined, 'ambiguous label');
     }
     const handle = handles[0]!;
-    return { handle, info: readKeyInfo(this.p, s.handle, handle, label) };
+    const entry = { handle, info: readKeyInfo(this.p, s.handle, handle, label) };
+    this.resolvedLabels.add(label);
+    return entry;
+  }
+}
+
+/** Our token did not pass confirmToken(); `cause` is what C_GetTokenInfo threw, or why it failed. */
+class TokenCheckFailed extends Error {
+  constructor(override readonly cause: unknown) {
+    super('token check failed');
   }
 }
 
@@ -768,6 +984,12 @@ function gcmMechanism(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
   const parameter: pkcs11js.AesGCM = { type: pkcs11js.CK_PARAMS_AES_GCM_v240, iv, ivBits: iv.length * 8, tagBits: TAG_BITS };
   if (aad.length > 0) parameter.aad = aad;
   return { mechanism: pkcs11js.CKM_AES_GCM, parameter };
+}
+
+/** The token refused the login itself (as opposed to being unreachable). */
+function isPinRefusal(e: unknown): boolean {
+  const code = ckrCode(e);
+  return code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LOCKED || code === pkcs11js.CKR_PIN_EXPIRED || code === pkcs11js.CKR_PIN_INVALID || code === pkcs11js.CKR_PIN_LEN_RANGE;
 }
 
 /** Session-level errors: the handle is dead, so it must not be passed to C_CloseSession. */

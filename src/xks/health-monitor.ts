@@ -3,6 +3,10 @@
  * really encrypts and decrypts. It runs in the background so that GetHealthStatus and the
  * load-balancer readiness check answer from a cached result that is never older than 60 s
  * (spec: a cached result MUST NOT be older than one minute).
+ *
+ * When the backend reports that the HSM became unusable or usable again (its background
+ * recovery, src/hsm/pkcs11-backend.ts), a check runs at once: readiness and GetHealthStatus follow
+ * the HSM within one round trip instead of at the next interval.
  */
 import crypto from 'node:crypto';
 import type { HsmBackend } from '../hsm/backend';
@@ -35,6 +39,8 @@ export class HealthMonitor {
   private last: HealthResult | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<HealthResult> | undefined;
+  /** The HSM's availability changed while a check was running: check again once it ends. */
+  private recheck = false;
   private readonly now: () => number;
 
   constructor(
@@ -43,12 +49,25 @@ export class HealthMonitor {
     private readonly log: AppLogger,
   ) {
     this.now = opts.now ?? Date.now;
+    hsm.onAvailabilityChange?.(() => this.checkAfterChange());
+  }
+
+  /** A check that starts after the change, not one already running that may predate it. */
+  private checkAfterChange(): void {
+    if (this.running) this.recheck = true;
+    else void this.check();
   }
 
   /** One deep check: encrypt then decrypt 32 random bytes with the health key. */
   check(): Promise<HealthResult> {
     // Concurrent callers share one check in flight.
-    this.running ??= this.runCheck().finally(() => (this.running = undefined));
+    this.running ??= this.runCheck().finally(() => {
+      this.running = undefined;
+      if (this.recheck) {
+        this.recheck = false;
+        void this.check();
+      }
+    });
     return this.running;
   }
 

@@ -42,6 +42,11 @@ export interface TestToken {
   pinFile: string;
   /** Ready to use: module, moduleEnv.SOFTHSM2_CONF (absolute), tokenLabel, pin: { file: pinFile }. */
   hsmConfig: HsmConfig;
+  /**
+   * The token's own folder inside the shared token directory (SoftHSM2's file store: one folder
+   * per token, named by a UUID). Moving it away and back is the "token files gone" fault.
+   */
+  filesDir(): string;
   /** Deletes the token and `dir`. Idempotent. */
   cleanup(): void;
 }
@@ -126,6 +131,16 @@ export function createTestToken(opts: { label?: string } = {}): TestToken {
     pin,
     pinFile,
     hsmConfig,
+    filesDir(): string {
+      // token.object holds the label padded with spaces to 32 bytes (CK_TOKEN_INFO.label).
+      const needle = Buffer.from(tokenLabel.padEnd(32, ' '));
+      const found = fs
+        .readdirSync(store.tokenDir)
+        .map((d) => path.join(store.tokenDir, d))
+        .filter((d) => fs.existsSync(path.join(d, 'token.object')) && fs.readFileSync(path.join(d, 'token.object')).includes(needle));
+      if (found.length !== 1) throw new Error(`expected one token folder for "${tokenLabel}", found ${found.length}`);
+      return found[0]!;
+    },
     cleanup(): void {
       if (cleaned) return;
       cleaned = true;

@@ -13,6 +13,7 @@ import { createKey } from '../../src/hsm/key-admin';
 import { openPkcs11Backend } from '../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../src/log/logger';
 import { StartupError, startProxy } from '../../src/main';
+import { FaultyModule } from '../helpers/faulty-module';
 import { ivEmulator } from '../helpers/iv-emulating-module';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
@@ -124,9 +125,13 @@ describe('start-up checks and HSM faults', () => {
   describe('with an HSM that starts failing', () => {
     let h: Harness;
     let faulty: FaultInjectingBackend;
+    /** Around the real module: holds HSM calls that should not return (a hung network HSM). */
+    let net: FaultyModule;
     let cred: Credential;
     before(async () => {
-      const real = await openPkcs11Backend({ ...token.hsmConfig }, token.pin, createSilentLogger());
+      net = new FaultyModule();
+      // Async calls with a deadline (hsm.callTimeoutMs) far above what an unheld call takes.
+      const real = await openPkcs11Backend({ ...token.hsmConfig, callMode: 'async', callTimeoutMs: 2000 }, token.pin, createSilentLogger(), { wrapModule: net.wrap });
       faulty = new FaultInjectingBackend(real);
       const credDir = path.join(token.dir, 'creds');
       cred = writeCredential(credDir);
@@ -134,18 +139,26 @@ describe('start-up checks and HSM faults', () => {
     });
     after(async () => {
       faulty.fault = undefined;
+      net.holdAsync(false);
+      net.releaseHeld();
       await h?.close();
     });
 
     const encryptBody = { requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: 'Encrypt', kmsRequestId: 'r' }, plaintext: 'eA==', encryptionAlgorithm: 'AES_GCM' };
 
-    it('a dependency timeout is 503 DependencyTimeoutException', async () => {
-      faulty.fault = () => {
-        throw new XksError('DependencyTimeoutException', undefined, 'injected');
-      };
-      const r = await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred });
-      expect(r.status).to.equal(503);
-      expect(r.json.errorName).to.equal('DependencyTimeoutException');
+    it('a dependency timeout is 503 DependencyTimeoutException: the HSM does not answer within hsm.callTimeoutMs', async () => {
+      net.holdAsync();
+      try {
+        const r = await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred });
+        expect(r.status).to.equal(503);
+        expect(r.json.errorName).to.equal('DependencyTimeoutException');
+        expect(net.heldCount()).to.be.greaterThan(0, 'a real C_EncryptAsync was still on the HSM');
+      } finally {
+        net.holdAsync(false);
+        net.releaseHeld();
+      }
+      // The session comes back once the late call returns: the next request is served.
+      expect((await xksCall(h, '/a/kms/xks/v1/keys/k1/encrypt', encryptBody, { cred })).status).to.equal(200);
     });
 
     it('an unexpected error is 500 InternalException without internal detail, and the process keeps serving', async () => {

@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createKey } from '../../../src/hsm/key-admin';
+import { createStateKey } from '../../helpers/state-hsm';
 import { startHarness, writeCredential, xksCall, type Credential, type Harness, type HttpResult } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { AUDIENCE, adminClient, makeOperators, waitForLog, type Operators } from './admin-helpers';
@@ -37,6 +38,7 @@ describe('kill switch and policies: no side doors', function () {
   before(async () => {
     token = createTestToken();
     for (const label of ['xks-health', 'shared', 'kb']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     for (const ks of ['a', 'b', 'c']) creds[ks] = writeCredential(path.join(token.dir, `creds-${ks}`));
     ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'], audrey: ['auditor'] });
     h = await startHarness({
@@ -243,6 +245,7 @@ describe('key stores without a policy: default deny', function () {
   before(async () => {
     token = createTestToken();
     for (const label of ['xks-health', 'k1']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
     cred = writeCredential(path.join(token.dir, 'creds'));
     h = await startHarness({
       hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },

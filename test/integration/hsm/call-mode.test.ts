@@ -92,7 +92,8 @@ describe("hsm.callMode 'async' (real SoftHSM2; network latency emulated)", funct
         return warn(msg, meta);
       }) as typeof log.warn;
     }
-    const b = await openPkcs11Backend({ ...tk.hsmConfig, callMode, pool: { size: poolSize, acquireTimeoutMs: 5000 } }, tk.pin, log, wrap ? { wrapModule: wrap.wrap } : undefined);
+    // The held calls must not run into the per-call deadline (tested in call-deadline.test.ts).
+    const b = await openPkcs11Backend({ ...tk.hsmConfig, callMode, callTimeoutMs: 60000, pool: { size: poolSize, acquireTimeoutMs: 5000 } }, tk.pin, log, wrap ? { wrapModule: wrap.wrap } : undefined);
     opened.push(b);
     return b;
   }

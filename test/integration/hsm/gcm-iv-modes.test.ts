@@ -17,6 +17,7 @@ import { computeCdiv } from '../../../src/xks/cdiv';
 import { ivEmulator, type EmulatedIvVendor, type IvEmulator } from '../../helpers/iv-emulating-module';
 import { startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { expectNoIvReuse } from '../../helpers/iv-uniqueness';
 import { expectXks, flip } from '../../helpers/xks-expect';
 
 const KEY = 'k-iv-modes';
@@ -76,13 +77,10 @@ describe('hsm.ivMode: who produces the GCM IV (real SoftHSM2, vendor IV generati
       });
 
       it('a fresh, non-zero IV on every call', async () => {
-        const ivs = new Set<string>();
-        for (let i = 0; i < 32; i++) {
-          const r = await backend.encrypt(KEY, Buffer.from('same plaintext'), Buffer.from('same aad'));
-          expect(r.iv.some((b) => b !== 0)).to.equal(true);
-          ivs.add(r.iv.toString('hex'));
-        }
-        expect(ivs.size).to.equal(32);
+        // The check is shown able to fail in pkcs11-backend.test.ts (a module that repeats an IV).
+        const results = [];
+        for (let i = 0; i < 32; i++) results.push(await backend.encrypt(KEY, Buffer.from('same plaintext'), Buffer.from('same aad')));
+        expectNoIvReuse(results);
       });
 
       it('a tampered tag or IV does not decrypt', async () => {

@@ -7,28 +7,14 @@
  */
 import { expect } from 'chai';
 import { createDecipheriv, createCipheriv, randomBytes } from 'node:crypto';
-import { Writable } from 'node:stream';
 import * as pkcs11js from 'pkcs11js';
-import winston from 'winston';
 import { XksError } from '../../../src/errors/xks-error';
-import type { AppLogger } from '../../../src/log/logger';
 import { createKey, listKeys } from '../../../src/hsm/key-admin';
 import { openPkcs11Backend, type Pkcs11Backend } from '../../../src/hsm/pkcs11-backend';
+import { captureLogger } from '../../helpers/capture-logger';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { expectNoIvReuse, ivRepeatingModule, type Encrypted } from '../../helpers/iv-uniqueness';
 import { expectXks, flip } from '../../helpers/xks-expect';
-
-/** A logger whose lines we can search (for recovery events and for leaks). */
-function captureLogger(): { log: AppLogger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      lines.push(chunk.toString('utf8'));
-      cb();
-    },
-  });
-  const log = winston.createLogger({ level: 'debug', format: winston.format.json(), transports: [new winston.transports.Stream({ stream })] });
-  return { log, lines };
-}
 
 async function errorOf(p: Promise<unknown>): Promise<Error> {
   try {
@@ -139,19 +125,28 @@ describe('Pkcs11Backend against a real SoftHSM2 token', function () {
       expect(back.equals(pt)).to.equal(true);
     });
 
+    /** 400 encryptions of one input: more than one pool of proxy IVs (341, iv-source.ts). */
+    async function encryptSameInput(b: Pkcs11Backend): Promise<Encrypted[]> {
+      const results: Encrypted[] = [];
+      for (let i = 0; i < 400; i++) results.push(await b.encrypt(K.ed, Buffer.from('same plaintext every time'), Buffer.from('same aad')));
+      return results;
+    }
+
     it('uses a fresh IV on every call (and so a different ciphertext for the same input)', async () => {
-      const pt = Buffer.from('same plaintext every time');
-      const aad = Buffer.from('same aad');
-      const ivs = new Set<string>();
-      const cts = new Set<string>();
-      for (let i = 0; i < 64; i++) {
-        const r = await backend.encrypt(K.ed, pt, aad);
-        expect(r.iv).to.have.length(12);
-        ivs.add(r.iv.toString('hex'));
-        cts.add(r.ciphertext.toString('hex') + r.tag.toString('hex'));
+      const results = await encryptSameInput(backend);
+      for (const r of results) expect(r.iv).to.have.length(12);
+      expectNoIvReuse(results);
+    });
+
+    it('... a check that catches an IV used twice (it can fail)', async () => {
+      // The same check on a backend whose module encrypts every 50th call under an earlier IV.
+      const repeating = await openPkcs11Backend(tk.hsmConfig, tk.pin, cap.log, { wrapModule: ivRepeatingModule(50) });
+      try {
+        const results = await encryptSameInput(repeating);
+        expect(() => expectNoIvReuse(results)).to.throw(/an IV was used twice/);
+      } finally {
+        await repeating.close();
       }
-      expect(ivs.size).to.equal(64);
-      expect(cts.size).to.equal(64);
     });
 
     it('handles a 4300-byte plaintext with 8192+3 bytes of AAD', async () => {
