@@ -131,8 +131,14 @@ missing=()
 command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
+# means the dependencies are out of date.
+NEED_NPM_CI=0
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  NEED_NPM_CI=1
+fi
 # pkcs11js is a native addon compiled by node-gyp during `npm ci`.
-if [ ! -d node_modules/pkcs11js ]; then
+if [ "$NEED_NPM_CI" -eq 1 ]; then
   { command -v make && command -v g++; } >/dev/null 2>&1 || missing+=(build-essential)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
 fi
@@ -144,11 +150,12 @@ fi
 
 # --- 3. build ---------------------------------------------------------------------------------
 
-# npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
-# means the dependencies are out of date.
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ "$NEED_NPM_CI" -eq 1 ]; then
   say "npm ci"
-  npm ci
+  # Node's C headers for compiling pkcs11js, from the npm registry when missing (not nodejs.org).
+  # shellcheck source=scripts/node-headers.sh
+  . "$ROOT/scripts/node-headers.sh"
+  npm_ci_native || die "npm ci failed; see the messages above"
 fi
 say "npm run build"
 npm run build --silent
