@@ -59,13 +59,23 @@ xks() {
 
 # --- the background proxy ---------------------------------------------------------------------
 
+# True while the process has not exited. `kill -0` alone also succeeds for a zombie (exited, not
+# yet reaped by its parent), which is what the background proxy becomes under a parent that never
+# reaps, e.g. a container whose pid 1 is a shell or `sleep`.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 0
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # Prints the pid recorded in data/proxy.pid if that process is still our proxy.
 running_pid() {
   [ -f "$PID_FILE" ] || return 1
   local pid
   pid=$(tr -dc '0-9' <"$PID_FILE")
   [ -n "$pid" ] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   # Guard against a recycled pid: the process must be our CLI's serve command.
   local cmdline
   cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
@@ -80,10 +90,10 @@ stop_proxy() {
     kill -TERM "$pid"
     # The proxy drains in-flight requests for up to 10 s on SIGTERM.
     for ((i = 0; i < 30; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.5
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
       say "pid $pid did not stop within 15 s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -363,12 +373,12 @@ printf '%s\n' "$pid" >"$PID_FILE"
 
 ready=0
 for ((i = 0; i < READY_TRIES; i++)); do
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! alive "$pid"; then
     break
   fi
   # --cacert: only our own certificate counts, not whatever else might answer on the port.
   code=$(curl -s --cacert "$CERT" --max-time 2 -o /dev/null -w '%{http_code}' "https://localhost:$PORT/healthz/ready" || true)
-  if [ "$code" = "200" ] && kill -0 "$pid" 2>/dev/null; then
+  if [ "$code" = "200" ] && alive "$pid"; then
     ready=1
     break
   fi
