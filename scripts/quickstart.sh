@@ -10,13 +10,19 @@
 # Environment: XKS_PORT (default 8443) is the HTTPS port; it reaches the proxy as
 # XKS__SERVER__PORT, the ordinary config override.
 #
-# Safe to re-run: it never replaces an existing token, PIN, key, credential or TLS key. Everything it
+# Safe to re-run: it never replaces an existing token, PIN, key, credential, TLS key or the demo
+# configuration data/xks-proxy.yaml (a copy of config/softhsm.yaml, yours to edit). Everything it
 # creates lives in data/ (mode 0700) next to config/; delete data/ to start over from nothing.
+# data/bin/xks-proxy is the CLI on that configuration: export PATH="$PWD/data/bin:$PATH".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CONFIG="$ROOT/config/softhsm.yaml"
 DATA="$ROOT/data"
+# The demo's own configuration, copied once from the tracked config/softhsm.yaml: edit this one.
+CONFIG="$DATA/xks-proxy.yaml"
+CONFIG_TEMPLATE="$ROOT/config/softhsm.yaml"
+# `xks-proxy` as the docs write it: a wrapper of the CLI on the demo configuration.
+BIN_DIR="$DATA/bin"
 CLI="$ROOT/dist/src/cli/index.js"
 SOFTHSM_CONF="$DATA/softhsm2.conf"
 TOKEN_LABEL=xks-demo
@@ -38,7 +44,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # Run a command as root: directly when we are root, through sudo otherwise.
@@ -174,8 +180,27 @@ npm run build --silent
 
 # Everything below is private to this user.
 umask 077
-mkdir -p "$DATA" "$DATA/tokens" "$DATA/secrets" "$DATA/tls" "$DATA/logs" "$CRED_DIR"
+mkdir -p "$DATA" "$DATA/tokens" "$DATA/secrets" "$DATA/tls" "$DATA/logs" "$CRED_DIR" "$BIN_DIR"
 chmod 700 "$DATA"
+
+# The demo's configuration: a copy of config/softhsm.yaml, made once and then left to the user (add
+# keys, change settings; `kill -HUP` applies most changes). Its paths stay valid unchanged: they are
+# relative to the file, and data/ and config/ are both in the repository's top folder.
+if [ ! -s "$CONFIG" ]; then
+  say "writing the demo configuration $CONFIG (from config/softhsm.yaml; edit this copy)"
+  { printf '# The quick start demo configuration, copied from config/softhsm.yaml by scripts/quickstart.sh.\n'
+    printf '# Edit this copy (the quick start never overwrites it; delete it to get a fresh copy).\n'
+    printf '# Relative paths are relative to this file: ../data/x is data/x.\n\n'
+    cat "$CONFIG_TEMPLATE"; } >"$CONFIG.tmp"
+  mv -f "$CONFIG.tmp" "$CONFIG"
+fi
+
+# data/bin/xks-proxy: the CLI under the name the docs use, on the demo configuration unless
+# --config or $XKS_CONFIG says otherwise. Rewritten every run (it holds absolute paths).
+printf '#!/usr/bin/env bash\n# Written by scripts/quickstart.sh: the xks-proxy CLI of %s\n: "${XKS_CONFIG:=%q}"\nexport XKS_CONFIG\nexec node %q "$@"\n' \
+  "$ROOT" "$CONFIG" "$CLI" >"$BIN_DIR/xks-proxy.tmp"
+chmod 755 "$BIN_DIR/xks-proxy.tmp"
+mv -f "$BIN_DIR/xks-proxy.tmp" "$BIN_DIR/xks-proxy"
 
 # SoftHSM2 configuration: rendered from the template on every run (it only names the token folder).
 template=$(<"$ROOT/softhsm/softhsm2.conf.template")
@@ -407,12 +432,14 @@ fi
 cat <<EOF
 
 The proxy is running in the background (pid $pid, log $LOG_FILE).
+Its configuration is $CONFIG (yours to edit; apply with: kill -HUP \$(cat $PID_FILE)).
+  The CLI as the docs write it:  export PATH="$BIN_DIR:\$PATH"   then e.g.  xks-proxy keys list
   Stop it:                   scripts/quickstart.sh stop
   Run it in the foreground:  scripts/quickstart.sh --foreground
   Other port:                XKS_PORT=9443 scripts/quickstart.sh
   Metrics (Prometheus):      curl http://127.0.0.1:$METRICS_PORT/metrics
-  Kill switch state:         node dist/src/cli/index.js killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
+  Kill switch state:         xks-proxy killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
                              (engage / approve-lift: docs/runbook-kill-switch.md)
-  Verify the audit log:      node dist/src/cli/index.js audit verify --public-key $AUDIT_PUB $DATA/audit
+  Verify the audit log:      xks-proxy audit verify --public-key $AUDIT_PUB $DATA/audit
                              (exit 3 while the proxy runs: the newest records await the next checkpoint)
 EOF
