@@ -16,24 +16,18 @@ RUN apt-get update \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 
-# node-gyp also needs Node's C headers. The official image ships them in /usr/local/include/node;
-# when they are missing, take them from the npm registry's node-linux-<arch> package of the running
-# Node version (instead of a download from nodejs.org at build time).
-RUN set -eu; \
-    if [ ! -f /usr/local/include/node/common.gypi ]; then \
-      v=$(node -p 'process.version.slice(1)'); a=$(node -p 'process.arch'); \
-      cd /tmp; npm pack --silent "node-linux-$a@$v" >/dev/null; \
-      tar -xzf "node-linux-$a-$v.tgz" -C /usr/local --strip-components=1 package/include; \
-      rm -f "node-linux-$a-$v.tgz"; \
-    fi
-ENV npm_config_nodedir=/usr/local \
-    npm_config_update_notifier=false \
+ENV npm_config_update_notifier=false \
     npm_config_fund=false \
     npm_config_audit=false
 
 WORKDIR /build
 COPY package.json package-lock.json ./
-RUN npm ci
+# node-gyp also needs Node's C headers. scripts/node-headers.sh uses the image's own
+# (/usr/local/include/node in the official image) and otherwise takes them from the npm registry's
+# node-linux-<arch> package of the running Node version, instead of a download from nodejs.org.
+COPY scripts/node-headers.sh ./scripts/
+RUN nodedir=$(scripts/node-headers.sh) \
+ && npm_config_nodedir="$nodedir" npm ci
 # Only the sources go into the build (tsconfig also includes test/ and bench/, not needed here).
 COPY tsconfig.json ./
 COPY src ./src

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Smoke test of the container image, with podman (no Docker engine needed; see
-# ../shared/podman/README.md, whose make-base.sh must have run once as root).
+# Smoke test of the container image, with docker or podman (whichever is on PATH and works).
 #
 #   scripts/docker-smoke.sh
 #
@@ -13,14 +12,19 @@
 # removed; the image is kept.
 #
 # Environment:
-#   PODMAN      podman wrapper (default: ../shared/podman/podman.sh next to the repository)
+#   CONTAINER_ENGINE  the engine command (default: podman, else docker, whichever answers `info`);
+#               may be a wrapper script (PODMAN=... is still read, for older instructions)
 #   IMAGE       image tag to build and test (default: localhost/xks-proxy:smoke)
 #   SKIP_BUILD  1 to test an already built $IMAGE
 #   PORT        HTTPS port (default 8443, or a free one if 8443 is taken; passed as XKS__SERVER__PORT)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PODMAN=${PODMAN:-"$ROOT/../shared/podman/podman.sh"}
+# shellcheck source=scripts/container-engine.sh
+. "$ROOT/scripts/container-engine.sh"
+ENGINE=$(CONTAINER_ENGINE=${CONTAINER_ENGINE:-${PODMAN:-}} container_engine) || exit 1
+IS_PODMAN=0
+if engine_is_podman "$ENGINE"; then IS_PODMAN=1; fi
 IMAGE=${IMAGE:-localhost/xks-proxy:smoke}
 NAME="xks-smoke-$$"
 READY_TRIES=90 # x 1 s
@@ -30,6 +34,7 @@ results=()
 CID=""
 VOL=""
 ERRFILE=$(mktemp "${TMPDIR:-/tmp}/xks-smoke-err.XXXXXX")
+CA_FILE=$(mktemp "${TMPDIR:-/tmp}/xks-smoke-ca.XXXXXX") # the volume's certificate, readable here
 
 pass() {
   results+=("PASS  $1")
@@ -57,42 +62,58 @@ cleanup() {
   local rc=$?
   set +e
   if [ -n "$CID" ]; then
-    podman_q stop -t 15 "$NAME" >/dev/null
-    podman_q rm -f "$NAME" >/dev/null
+    engine_q stop -t 15 "$NAME" >/dev/null
+    engine_q rm -f "$NAME" >/dev/null
   fi
   rm -f "$ERRFILE"
   if [ -n "$VOL" ] && [ -d "$VOL" ]; then
-    if [ "$(id -u)" -eq 0 ]; then rm -rf "$VOL"; else "$PODMAN" unshare rm -rf "$VOL"; fi
+    as_volume_owner rm -rf "$VOL" 2>/dev/null
+    rm -rf "$VOL" 2>/dev/null
   fi
+  rm -f "$CA_FILE"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Files in the volume belong to the container's uid 1000 (mode 0600).
-vol_cat() {
-  if [ "$(id -u)" -eq 0 ]; then cat "$VOL/$1"; else "$PODMAN" unshare cat "$VOL/$1"; fi
+# Files in the volume belong to the container's uid 1000 (mode 0600): root reads them directly,
+# rootless podman in its user namespace, anyone else through a throw-away container of the image
+# with the volume at the same path.
+as_volume_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif [ "$IS_PODMAN" -eq 1 ]; then
+    "$ENGINE" unshare "$@"
+  else
+    "$ENGINE" run --rm --no-healthcheck --user 0 --entrypoint "$1" -v "$VOL:$VOL" "$IMAGE" "${@:2}"
+  fi
 }
-vol_stat() {
-  if [ "$(id -u)" -eq 0 ]; then stat -c "$1" "$VOL/$2"; else "$PODMAN" unshare stat -c "$1" "$VOL/$2"; fi
+vol_cat() { as_volume_owner cat "$VOL/$1"; }
+vol_stat() { as_volume_owner stat -c "$1" "$VOL/$2"; }
+# Checksums of the volume's material (not the runtime state that grows by design: the audit chain
+# and the control state files).
+vol_sums() {
+  # shellcheck disable=SC2016 # expanded by the inner sh
+  as_volume_owner sh -c 'cd "$1" && find . -type f ! -path "./tokens/*" ! -path "./logs/*" ! -path "./audit/audit.log*" ! -path "./control/*" -print0 | sort -z | xargs -0 sha256sum' sh "$VOL"
 }
+
 
 # podman 4.3 reports an error for every start/stop of a container with a HEALTHCHECK when there
 # is no systemd to schedule it, even with --health-interval disable; those lines are dropped.
-podman_q() {
+engine_q() {
   local rc=0
-  "$PODMAN" "$@" 2>"$ERRFILE" || rc=$?
+  "$ENGINE" "$@" 2>"$ERRFILE" || rc=$?
   grep -v 'unable to get systemd connection' "$ERRFILE" >&2 || true
   return "$rc"
 }
 
 container_running() {
-  [ "$("$PODMAN" inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = "true" ]
+  [ "$("$ENGINE" inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = "true" ]
 }
 
 show_logs() {
   printf -- '---- last container log lines ----\n' >&2
-  "$PODMAN" logs --tail 40 "$NAME" >&2 2>&1 || true
+  "$ENGINE" logs --tail 40 "$NAME" >&2 2>&1 || true
   printf -- '----------------------------------\n' >&2
 }
 
@@ -101,8 +122,8 @@ wait_ready() {
   local i code
   for ((i = 0; i < READY_TRIES; i++)); do
     container_running || return 1
-    if [ -s "$VOL/tls/cert.pem" ]; then
-      code=$(curl -s --cacert "$VOL/tls/cert.pem" --max-time 2 -o /dev/null -w '%{http_code}' "https://localhost:$PORT/healthz/ready" || true)
+    if vol_cat tls/cert.pem >"$CA_FILE" 2>/dev/null && [ -s "$CA_FILE" ]; then
+      code=$(curl -s --cacert "$CA_FILE" --max-time 2 -o /dev/null -w '%{http_code}' "https://localhost:$PORT/healthz/ready" || true)
       [ "$code" = "200" ] && return 0
     fi
     sleep 1
@@ -112,7 +133,7 @@ wait_ready() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-[ -x "$PODMAN" ] || command -v "$PODMAN" >/dev/null 2>&1 || { echo "docker-smoke: podman wrapper $PODMAN not found (set PODMAN=...)" >&2; exit 1; }
+say "container engine: $ENGINE"
 command -v curl >/dev/null || { echo "docker-smoke: curl is required" >&2; exit 1; }
 
 # --- port -------------------------------------------------------------------------------------
@@ -134,11 +155,13 @@ say "HTTPS port $PORT${PORT_ENV:+ (passed to the container as XKS__SERVER__PORT=
 # --- 1. build ---------------------------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" = "1" ]; then
   say "using the existing image $IMAGE (SKIP_BUILD=1)"
-  if "$PODMAN" image exists "$IMAGE"; then pass "image $IMAGE exists"; else fail "image $IMAGE exists"; summary; exit 1; fi
+  if "$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1; then pass "image $IMAGE exists"; else fail "image $IMAGE exists"; summary; exit 1; fi
 else
   say "building $IMAGE from $ROOT/Dockerfile"
-  # docker format keeps the HEALTHCHECK (the OCI format has no field for it).
-  if "$PODMAN" build --format docker --network=host -t "$IMAGE" "$ROOT"; then
+  # podman: the docker format keeps the HEALTHCHECK (the OCI format has no field for it).
+  build_flags=(--network=host)
+  [ "$IS_PODMAN" -eq 0 ] || build_flags+=(--format docker)
+  if "$ENGINE" build "${build_flags[@]}" -t "$IMAGE" "$ROOT"; then
     pass "image builds from the Dockerfile"
   else
     fail "image builds from the Dockerfile"
@@ -146,18 +169,21 @@ else
     exit 1
   fi
 fi
-size=$("$PODMAN" image inspect -f '{{.Size}}' "$IMAGE")
+size=$("$ENGINE" image inspect -f '{{.Size}}' "$IMAGE")
 say "image size: $((size / 1000000)) MB ($size bytes)"
 
 # --- 2. start on a fresh volume ---------------------------------------------------------------
 VOL=$(mktemp -d "${TMPDIR:-/tmp}/xks-smoke-data.XXXXXX")
 # A bind-mounted folder must belong to the container's user (uid 1000, "node").
-if [ "$(id -u)" -eq 0 ]; then chown 1000:1000 "$VOL"; else "$PODMAN" unshare chown 1000:1000 "$VOL"; fi
-chmod 700 "$VOL"
+as_volume_owner chown 1000:1000 "$VOL"
+as_volume_owner chmod 700 "$VOL"
 say "starting container $NAME with a fresh volume ($VOL) and XKS_INIT_DEMO=1"
-# --health-interval disable: the image's HEALTHCHECK stays defined (run below with `podman
-# healthcheck run`), but podman does not try to schedule it with systemd timers (none here).
-CID=$(podman_q run -d --name "$NAME" --network=host --health-interval disable \
+# podman, --health-interval disable: the image's HEALTHCHECK stays defined (run below with
+# `podman healthcheck run`), but podman does not try to schedule it with systemd timers, which a
+# machine without systemd lacks. docker schedules it itself.
+run_flags=(--network=host)
+[ "$IS_PODMAN" -eq 0 ] || run_flags+=(--health-interval disable)
+CID=$(engine_q run -d --name "$NAME" "${run_flags[@]}" \
   -v "$VOL:/data" -e XKS_INIT_DEMO=1 "${PORT_ENV[@]}" "$IMAGE")
 
 if wait_ready; then
@@ -175,9 +201,9 @@ for f in secrets/hsm-pin secrets/hsm-so-pin tls/key.pem kms-proxy-config-demo.js
   mode=$(vol_stat '%a %u' "$f" 2>/dev/null || echo missing)
   [ "$mode" = "600 1000" ] || bad+=" $f=$mode"
 done
-n_secret=$(find "$VOL/credentials/demo" -maxdepth 1 -name '*.secret' 2>/dev/null | wc -l)
+n_secret=$(as_volume_owner find "$VOL/credentials/demo" -maxdepth 1 -name '*.secret' 2>/dev/null | wc -l)
 [ "$n_secret" -eq 1 ] || bad+=" credentials/demo/*.secret=$n_secret"
-[ -s "$VOL/softhsm2.conf" ] && [ -d "$VOL/tokens" ] || bad+=" softhsm2.conf/tokens missing"
+as_volume_owner test -s "$VOL/softhsm2.conf" -a -d "$VOL/tokens" || bad+=" softhsm2.conf/tokens missing"
 if [ -z "$bad" ]; then
   pass "volume holds token, PINs, TLS pair and one credential, secrets mode 0600 owned by uid 1000"
 else
@@ -196,7 +222,7 @@ if [ -z "$AKID" ] || [ -z "$SECRET" ] || [ -z "$URI_PATH" ]; then
   fail "signed Encrypt returns HTTP 200 with a ciphertext" "cannot read the credential from kms-proxy-config-demo.json"
 else
   out=$(curl -sS --max-time 10 --aws-sigv4 "aws:amz:us-east-1:kms-xks-proxy" --user "$AKID:$SECRET" \
-    --cacert "$VOL/tls/cert.pem" -H 'Content-Type: application/json' -d "$BODY" -w '\n%{http_code}' \
+    --cacert "$CA_FILE" -H 'Content-Type: application/json' -d "$BODY" -w '\n%{http_code}' \
     "https://localhost:$PORT$URI_PATH/keys/demo-key-1/encrypt" 2>&1) || true
   code=${out##*$'\n'}
   response=${out%$'\n'*}
@@ -210,10 +236,10 @@ fi
 unset SECRET KMS_JSON
 
 # --- 5. non-root --------------------------------------------------------------------------------
-uid=$("$PODMAN" exec "$NAME" id -u 2>/dev/null || echo "?")
+uid=$("$ENGINE" exec "$NAME" id -u 2>/dev/null || echo "?")
 # shellcheck disable=SC2016 # expanded inside the container
-pid1=$("$PODMAN" exec "$NAME" sh -c 'echo "$(stat -c %u /proc/1) $(tr "\0" " " </proc/1/cmdline)"' 2>/dev/null || echo "?")
-say "podman exec id -u: $uid; pid 1 (uid, command): $pid1"
+pid1=$("$ENGINE" exec "$NAME" sh -c 'echo "$(stat -c %u /proc/1) $(tr "\0" " " </proc/1/cmdline)"' 2>/dev/null || echo "?")
+say "exec id -u: $uid; pid 1 (uid, command): $pid1"
 if [[ "$uid" =~ ^[0-9]+$ ]] && [ "$uid" -ne 0 ] && [[ "$pid1" == "$uid node "* ]]; then
   pass "the proxy runs as non-root (uid $uid), node is pid 1"
 else
@@ -221,15 +247,19 @@ else
 fi
 
 # --- 6. HEALTHCHECK ---------------------------------------------------------------------------
-hc=$("$PODMAN" image inspect -f '{{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}}' "$IMAGE" 2>/dev/null || true)
-if [[ "$hc" == *"/healthz/live"* ]] && "$PODMAN" healthcheck run "$NAME" >/dev/null 2>&1; then
-  pass "image HEALTHCHECK is defined and passes (podman healthcheck run)"
+hc=$("$ENGINE" image inspect -f '{{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}}' "$IMAGE" 2>/dev/null || true)
+# podman runs it on request; with docker, run the same command in the container.
+healthcheck_run() {
+  if [ "$IS_PODMAN" -eq 1 ]; then "$ENGINE" healthcheck run "$NAME"; else "$ENGINE" exec "$NAME" sh -c "${hc#CMD-SHELL }"; fi
+}
+if [[ "$hc" == *"/healthz/live"* ]] && healthcheck_run >/dev/null 2>&1; then
+  pass "image HEALTHCHECK is defined and passes (run once in the container)"
 else
   fail "image HEALTHCHECK is defined and passes" "test: ${hc:-none}"
 fi
 
 # --- 7. CLI subcommands through the entrypoint ------------------------------------------------
-keys=$("$PODMAN" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" keys list || true)
+keys=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" keys list || true)
 printf '%s\n' "$keys"
 missing_keys=""
 for k in xks-health demo-key-1 demo-encrypt-only demo-decrypt-only; do
@@ -240,7 +270,7 @@ if [ -z "$missing_keys" ]; then
 else
   fail "'keys list' through the entrypoint lists the four demo keys" "missing:$missing_keys"
 fi
-creds=$("$PODMAN" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" credentials list || true)
+creds=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" credentials list || true)
 printf '%s\n' "$creds"
 if [ "$creds" = "demo"$'\t'"/demo/kms/xks/v1"$'\t'"$AKID" ]; then
   pass "'credentials list' through the entrypoint shows the demo credential (and no secret)"
@@ -249,14 +279,13 @@ else
 fi
 
 # --- 8. a restart keeps the volume's material ---------------------------------------------------
-# (not the runtime state that grows by design: the audit chain and the control state files)
-sums_before=$(cd "$VOL" && find . -type f ! -path './tokens/*' ! -path './logs/*' ! -path './audit/audit.log*' ! -path './control/*' -print0 | sort -z | xargs -0 sha256sum)
+sums_before=$(vol_sums)
 say "restarting the container (XKS_INIT_DEMO=1 still set)"
-podman_q stop -t 15 "$NAME" >/dev/null
-podman_q start "$NAME" >/dev/null
+engine_q stop -t 15 "$NAME" >/dev/null
+engine_q start "$NAME" >/dev/null
 if wait_ready; then
-  sums_after=$(cd "$VOL" && find . -type f ! -path './tokens/*' ! -path './logs/*' ! -path './audit/audit.log*' ! -path './control/*' -print0 | sort -z | xargs -0 sha256sum)
-  logs=$("$PODMAN" logs "$NAME" 2>&1 || true)
+  sums_after=$(vol_sums)
+  logs=$("$ENGINE" logs "$NAME" 2>&1 || true)
   if [ "$sums_before" = "$sums_after" ] && [[ "$logs" == *"is not empty: keeping what is there"* ]]; then
     pass "a restart with XKS_INIT_DEMO=1 keeps PINs, TLS pair and credentials unchanged and is ready again"
   else
@@ -268,11 +297,11 @@ else
 fi
 
 # --- 9. nothing secret in the image -----------------------------------------------------------
-data_ls=$("$PODMAN" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c 'ls -A /data' || echo "(ls failed)")
-baked=$("$PODMAN" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c \
+data_ls=$("$ENGINE" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c 'ls -A /data' || echo "(ls failed)")
+baked=$("$ENGINE" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c \
   'find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o \( -name "*.secret" -o -name "hsm-pin*" -o -name "hsm-so-pin*" -o -name "kms-proxy-config-*.json" -o -name "softhsm2.conf" -path "/data/*" \) -print' || echo "(find failed)")
-app_tokens=$("$PODMAN" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c 'ls -A /var/lib/softhsm/tokens 2>/dev/null; ls -d /app/data 2>/dev/null' || true)
-secret_env=$("$PODMAN" image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | grep -Ei 'pin|secret|password|token' || true)
+app_tokens=$("$ENGINE" run --rm --network=host --no-healthcheck --user 0 --entrypoint sh "$IMAGE" -c 'ls -A /var/lib/softhsm/tokens 2>/dev/null; ls -d /app/data 2>/dev/null' || true)
+secret_env=$("$ENGINE" image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | grep -Ei 'pin|secret|password|token' || true)
 if [ -z "$data_ls" ] && [ -z "$baked" ] && [ -z "$app_tokens" ] && [ -z "$secret_env" ]; then
   pass "no secret baked into the image (/data empty, no *.secret / hsm-pin / KMS config / token, no secret ENV)"
 else
@@ -280,16 +309,16 @@ else
 fi
 
 # --- 10. stop and remove ------------------------------------------------------------------------
-if podman_q stop -t 15 "$NAME" >/dev/null; then
-  exit_code=$("$PODMAN" inspect -f '{{.State.ExitCode}}' "$NAME" 2>/dev/null || echo "?")
-  if podman_q rm "$NAME" >/dev/null; then CID=""; fi
+if engine_q stop -t 15 "$NAME" >/dev/null; then
+  exit_code=$("$ENGINE" inspect -f '{{.State.ExitCode}}' "$NAME" 2>/dev/null || echo "?")
+  if engine_q rm "$NAME" >/dev/null; then CID=""; fi
   if [ "$exit_code" = "0" ] && [ -z "$CID" ]; then
     pass "container stops on SIGTERM with exit code 0 and is removed"
   else
     fail "container stops on SIGTERM with exit code 0 and is removed" "exit code $exit_code"
   fi
 else
-  fail "container stops on SIGTERM with exit code 0 and is removed" "podman stop failed"
+  fail "container stops on SIGTERM with exit code 0 and is removed" "stop failed"
 fi
 
 summary

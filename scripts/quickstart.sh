@@ -10,13 +10,19 @@
 # Environment: XKS_PORT (default 8443) is the HTTPS port; it reaches the proxy as
 # XKS__SERVER__PORT, the ordinary config override.
 #
-# Safe to re-run: it never replaces an existing token, PIN, key, credential or TLS key. Everything it
+# Safe to re-run: it never replaces an existing token, PIN, key, credential, TLS key or the demo
+# configuration data/xks-proxy.yaml (a copy of config/softhsm.yaml, yours to edit). Everything it
 # creates lives in data/ (mode 0700) next to config/; delete data/ to start over from nothing.
+# data/bin/xks-proxy is the CLI on that configuration: export PATH="$PWD/data/bin:$PATH".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CONFIG="$ROOT/config/softhsm.yaml"
 DATA="$ROOT/data"
+# The demo's own configuration, copied once from the tracked config/softhsm.yaml: edit this one.
+CONFIG="$DATA/xks-proxy.yaml"
+CONFIG_TEMPLATE="$ROOT/config/softhsm.yaml"
+# `xks-proxy` as the docs write it: a wrapper of the CLI on the demo configuration.
+BIN_DIR="$DATA/bin"
 CLI="$ROOT/dist/src/cli/index.js"
 SOFTHSM_CONF="$DATA/softhsm2.conf"
 TOKEN_LABEL=xks-demo
@@ -38,7 +44,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # Run a command as root: directly when we are root, through sudo otherwise.
@@ -59,13 +65,23 @@ xks() {
 
 # --- the background proxy ---------------------------------------------------------------------
 
+# True while the process has not exited. `kill -0` alone also succeeds for a zombie (exited, not
+# yet reaped by its parent), which is what the background proxy becomes under a parent that never
+# reaps, e.g. a container whose pid 1 is a shell or `sleep`.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local state
+  state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 0
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # Prints the pid recorded in data/proxy.pid if that process is still our proxy.
 running_pid() {
   [ -f "$PID_FILE" ] || return 1
   local pid
   pid=$(tr -dc '0-9' <"$PID_FILE")
   [ -n "$pid" ] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   # Guard against a recycled pid: the process must be our CLI's serve command.
   local cmdline
   cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
@@ -80,10 +96,10 @@ stop_proxy() {
     kill -TERM "$pid"
     # The proxy drains in-flight requests for up to 10 s on SIGTERM.
     for ((i = 0; i < 30; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.5
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
       say "pid $pid did not stop within 15 s; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -131,8 +147,14 @@ missing=()
 command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
+# means the dependencies are out of date.
+NEED_NPM_CI=0
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  NEED_NPM_CI=1
+fi
 # pkcs11js is a native addon compiled by node-gyp during `npm ci`.
-if [ ! -d node_modules/pkcs11js ]; then
+if [ "$NEED_NPM_CI" -eq 1 ]; then
   { command -v make && command -v g++; } >/dev/null 2>&1 || missing+=(build-essential)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
 fi
@@ -144,11 +166,12 @@ fi
 
 # --- 3. build ---------------------------------------------------------------------------------
 
-# npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
-# means the dependencies are out of date.
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ "$NEED_NPM_CI" -eq 1 ]; then
   say "npm ci"
-  npm ci
+  # Node's C headers for compiling pkcs11js, from the npm registry when missing (not nodejs.org).
+  # shellcheck source=scripts/node-headers.sh
+  . "$ROOT/scripts/node-headers.sh"
+  npm_ci_native || die "npm ci failed; see the messages above"
 fi
 say "npm run build"
 npm run build --silent
@@ -157,8 +180,27 @@ npm run build --silent
 
 # Everything below is private to this user.
 umask 077
-mkdir -p "$DATA" "$DATA/tokens" "$DATA/secrets" "$DATA/tls" "$DATA/logs" "$CRED_DIR"
+mkdir -p "$DATA" "$DATA/tokens" "$DATA/secrets" "$DATA/tls" "$DATA/logs" "$CRED_DIR" "$BIN_DIR"
 chmod 700 "$DATA"
+
+# The demo's configuration: a copy of config/softhsm.yaml, made once and then left to the user (add
+# keys, change settings; `kill -HUP` applies most changes). Its paths stay valid unchanged: they are
+# relative to the file, and data/ and config/ are both in the repository's top folder.
+if [ ! -s "$CONFIG" ]; then
+  say "writing the demo configuration $CONFIG (from config/softhsm.yaml; edit this copy)"
+  { printf '# The quick start demo configuration, copied from config/softhsm.yaml by scripts/quickstart.sh.\n'
+    printf '# Edit this copy (the quick start never overwrites it; delete it to get a fresh copy).\n'
+    printf '# Relative paths are relative to this file: ../data/x is data/x.\n\n'
+    cat "$CONFIG_TEMPLATE"; } >"$CONFIG.tmp"
+  mv -f "$CONFIG.tmp" "$CONFIG"
+fi
+
+# data/bin/xks-proxy: the CLI under the name the docs use, on the demo configuration unless
+# --config or $XKS_CONFIG says otherwise. Rewritten every run (it holds absolute paths).
+printf '#!/usr/bin/env bash\n# Written by scripts/quickstart.sh: the xks-proxy CLI of %s\n: "${XKS_CONFIG:=%q}"\nexport XKS_CONFIG\nexec node %q "$@"\n' \
+  "$ROOT" "$CONFIG" "$CLI" >"$BIN_DIR/xks-proxy.tmp"
+chmod 755 "$BIN_DIR/xks-proxy.tmp"
+mv -f "$BIN_DIR/xks-proxy.tmp" "$BIN_DIR/xks-proxy"
 
 # SoftHSM2 configuration: rendered from the template on every run (it only names the token folder).
 template=$(<"$ROOT/softhsm/softhsm2.conf.template")
@@ -363,12 +405,12 @@ printf '%s\n' "$pid" >"$PID_FILE"
 
 ready=0
 for ((i = 0; i < READY_TRIES; i++)); do
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! alive "$pid"; then
     break
   fi
   # --cacert: only our own certificate counts, not whatever else might answer on the port.
   code=$(curl -s --cacert "$CERT" --max-time 2 -o /dev/null -w '%{http_code}' "https://localhost:$PORT/healthz/ready" || true)
-  if [ "$code" = "200" ] && kill -0 "$pid" 2>/dev/null; then
+  if [ "$code" = "200" ] && alive "$pid"; then
     ready=1
     break
   fi
@@ -397,12 +439,14 @@ fi
 cat <<EOF
 
 The proxy is running in the background (pid $pid, log $LOG_FILE).
+Its configuration is $CONFIG (yours to edit; apply with: kill -HUP \$(cat $PID_FILE)).
+  The CLI as the docs write it:  export PATH="$BIN_DIR:\$PATH"   then e.g.  xks-proxy keys list
   Stop it:                   scripts/quickstart.sh stop
   Run it in the foreground:  scripts/quickstart.sh --foreground
   Other port:                XKS_PORT=9443 scripts/quickstart.sh
   Metrics (Prometheus):      curl http://127.0.0.1:$METRICS_PORT/metrics
-  Kill switch state:         node dist/src/cli/index.js killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
+  Kill switch state:         xks-proxy killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
                              (engage / approve-lift: docs/runbook-kill-switch.md)
-  Verify the audit log:      node dist/src/cli/index.js audit verify --public-key $AUDIT_PUB $DATA/audit
+  Verify the audit log:      xks-proxy audit verify --public-key $AUDIT_PUB $DATA/audit
                              (exit 3 while the proxy runs: the newest records await the next checkpoint)
 EOF

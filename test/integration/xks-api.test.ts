@@ -15,6 +15,11 @@ import { createTestToken, type TestToken } from '../helpers/softhsm-token';
 
 const A = '/tenant-a/kms/xks/v1';
 const B = '/kms/xks/v1'; // the empty prefix is a key store too
+// Spec "URIs": URIs up to 256 characters must work. The longest XksProxyUriPath (128) plus the
+// longest externalKeyId (128) can exceed that, so a 256-character URI needs a long prefix and a long
+// id together: 113 + '/keys/' (6) + 128 + '/metadata' (9) = 256.
+const LONG = '/' + 'p'.repeat(101) + '/kms/xks/v1';
+const LONG_KEY_ID = 'k'.repeat(128);
 const b64 = (b: Buffer | string) => Buffer.from(b).toString('base64');
 const md = (op = 'Encrypt') => ({
   awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice',
@@ -39,6 +44,7 @@ describe('XKS API over HTTPS against SoftHSM2', function () {
   let h: Harness;
   let credA1: Credential;
   let credA2: Credential;
+  let credLong: Credential;
   const credB: Credential = { accessKeyId: 'BSTORECREDENTIAL2345ABCD', secret: crypto.randomBytes(32).toString('base64') };
   let credDir: string;
 
@@ -58,26 +64,30 @@ describe('XKS API over HTTPS against SoftHSM2', function () {
     credDir = path.join(token.dir, 'creds-a');
     credA1 = writeCredential(credDir);
     credA2 = writeCredential(credDir);
-    h = await startHarness(
-      {
-        hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-        keyStores: [
-          {
-            name: 'tenant-a',
-            pathPrefix: '/tenant-a',
-            credentialsDir: credDir,
-            keys: ['k-both', 'k-enc', 'k-dec', 'k-none', 'k-aes128'].map((externalKeyId) => ({ externalKeyId })).concat([
-              { externalKeyId: 'k-disabled', enabled: false } as never,
-              { externalKeyId: 'alias.with-dots_1', label: 'k-both' } as never,
-            ]),
-          },
-          { name: 'root', pathPrefix: '', credentials: [{ accessKeyId: credB.accessKeyId, secret: { env: 'XKS_IT_SECRET_B' } }], keys: [{ externalKeyId: 'k-b' }] },
-        ],
-        healthEndpoints: { plainPort: 0 },
-      },
-      { env: { ...process.env, XKS_IT_SECRET_B: credB.secret } },
-    );
+    credLong = writeCredential(path.join(token.dir, 'creds-long'));
+    h = await startHarness(harnessConfig(), { env: { ...process.env, XKS_IT_SECRET_B: credB.secret } });
   });
+
+  /** The suite's proxy configuration; a test that must stop a proxy starts its own from it. */
+  function harnessConfig(): Record<string, unknown> {
+    return {
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      keyStores: [
+        {
+          name: 'tenant-a',
+          pathPrefix: '/tenant-a',
+          credentialsDir: credDir,
+          keys: ['k-both', 'k-enc', 'k-dec', 'k-none', 'k-aes128'].map((externalKeyId) => ({ externalKeyId })).concat([
+            { externalKeyId: 'k-disabled', enabled: false } as never,
+            { externalKeyId: 'alias.with-dots_1', label: 'k-both' } as never,
+          ]),
+        },
+        { name: 'root', pathPrefix: '', credentials: [{ accessKeyId: credB.accessKeyId, secret: { env: 'XKS_IT_SECRET_B' } }], keys: [{ externalKeyId: 'k-b' }] },
+        { name: 'long', pathPrefix: LONG.slice(0, -'/kms/xks/v1'.length), credentialsDir: path.join(token.dir, 'creds-long'), keys: [{ externalKeyId: LONG_KEY_ID, label: 'k-both' }] },
+      ],
+      healthEndpoints: { plainPort: 0 },
+    };
+  }
 
   after(async () => {
     await h?.close();
@@ -296,9 +306,12 @@ describe('XKS API over HTTPS against SoftHSM2', function () {
     });
 
     it('serves a 256-character URI', async () => {
-      const id = 'a'.repeat(128);
-      const r = await call(`${A}/keys/${id}/metadata`, { requestMetadata: md('DescribeKey') });
-      expectError(r, 404, 'KeyNotFoundException');
+      const uri = `${LONG}/keys/${LONG_KEY_ID}/metadata`;
+      expect(LONG.length).to.equal(113);
+      expect(uri.length).to.equal(256);
+      const r = await call(uri, { requestMetadata: md('DescribeKey') }, credLong);
+      expect(r.status, r.text).to.equal(200);
+      expect(r.json).to.deep.equal({ keySpec: 'AES_256', keyUsage: ['ENCRYPT', 'DECRYPT'], keyStatus: 'ENABLED' });
     });
   });
 
@@ -441,22 +454,30 @@ describe('XKS API over HTTPS against SoftHSM2', function () {
 
   describe('request log', () => {
     it('writes one JSON line per request with the metadata, outcome and latency, and never plaintext or AAD', async () => {
-      const canaryPlain = Buffer.from('CANARY-PLAINTEXT-7f3a9c');
-      const canaryAad = Buffer.from('CANARY-AAD-51be02');
-      const reqId = 'canary-request-' + crypto.randomUUID();
-      const r = await call(`${A}/keys/k-both/encrypt`, { requestMetadata: { ...md('Encrypt'), kmsRequestId: reqId }, plaintext: b64(canaryPlain), additionalAuthenticatedData: b64(canaryAad), encryptionAlgorithm: 'AES_GCM' });
-      expect(r.status).to.equal(200);
-      const d = await decrypt('k-both', { ciphertext: r.json.ciphertext, initializationVector: r.json.initializationVector, authenticationTag: r.json.authenticationTag, additionalAuthenticatedData: b64(canaryAad) });
-      expect(d.status).to.equal(200);
-      await h.proxy.close(1000).catch(() => undefined);
-      const all = h.requestLog() + h.appLog();
-      for (const needle of [canaryPlain.toString(), canaryAad.toString(), b64(canaryPlain), b64(canaryAad), r.json.ciphertext, credA1.secret, token.pin]) {
-        expect(all).not.to.include(needle);
+      // Its own proxy: the log is read after a close (flushed, complete), and closing the suite's
+      // shared proxy would break every test that runs after this one.
+      const own = await startHarness(harnessConfig(), { env: { ...process.env, XKS_IT_SECRET_B: credB.secret } });
+      try {
+        const ownCall = (p: string, body: unknown) => xksCall(own, p, body, { cred: credA1 });
+        const canaryPlain = Buffer.from('CANARY-PLAINTEXT-7f3a9c');
+        const canaryAad = Buffer.from('CANARY-AAD-51be02');
+        const reqId = 'canary-request-' + crypto.randomUUID();
+        const r = await ownCall(`${A}/keys/k-both/encrypt`, { requestMetadata: { ...md('Encrypt'), kmsRequestId: reqId }, plaintext: b64(canaryPlain), additionalAuthenticatedData: b64(canaryAad), encryptionAlgorithm: 'AES_GCM' });
+        expect(r.status).to.equal(200);
+        const d = await ownCall(`${A}/keys/k-both/decrypt`, { requestMetadata: md('Decrypt'), encryptionAlgorithm: 'AES_GCM', ciphertext: r.json.ciphertext, initializationVector: r.json.initializationVector, authenticationTag: r.json.authenticationTag, additionalAuthenticatedData: b64(canaryAad) });
+        expect(d.status).to.equal(200);
+        await own.proxy.close(1000);
+        const all = own.requestLog() + own.appLog();
+        for (const needle of [canaryPlain.toString(), canaryAad.toString(), b64(canaryPlain), b64(canaryAad), r.json.ciphertext, credA1.secret, token.pin]) {
+          expect(all).not.to.include(needle);
+        }
+        const line = own.requestLog().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.kmsRequestId === reqId);
+        expect(line).to.include({ api: 'Encrypt', keyStore: 'tenant-a', externalKeyId: 'k-both', kmsOperation: 'Encrypt', outcome: 'ok', status: 200, awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice' });
+        expect(line.latencyMs).to.be.a('number');
+        expect(line.hsmMs).to.be.a('number');
+      } finally {
+        await own.close();
       }
-      const line = h.requestLog().trim().split('\n').map((l) => JSON.parse(l)).find((l) => l.kmsRequestId === reqId);
-      expect(line).to.include({ api: 'Encrypt', keyStore: 'tenant-a', externalKeyId: 'k-both', kmsOperation: 'Encrypt', outcome: 'ok', status: 200, awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice' });
-      expect(line.latencyMs).to.be.a('number');
-      expect(line.hsmMs).to.be.a('number');
     });
   });
 });
