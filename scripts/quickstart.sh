@@ -396,6 +396,6 @@ The proxy is running in the background (pid $pid, log $LOG_FILE).
   Metrics (Prometheus):      curl http://127.0.0.1:$METRICS_PORT/metrics
   Kill switch state:         node dist/src/cli/index.js killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
                              (engage / approve-lift: docs/runbook-kill-switch.md)
-  Verify the audit log:      node dist/src/cli/index.js audit verify --public-key $AUDIT_PUB $DATA/audit
+  Verify the audit log:      node dist/src/cli/index.js audit verify --public-key $AUDIT_PUB --witness $DATA/audit-witness/checkpoints.log $DATA/audit
                              (exit 3 while the proxy runs: the newest records await the next checkpoint)
 EOF

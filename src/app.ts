@@ -2,7 +2,8 @@
  * The request's way through the appliance. Only this file knows the order:
  *
  *   route -> method -> raw body (capped) -> SigV4 over those bytes -> JSON + field checks
- *   -> service (AAD, IV, CDIV, round trip) -> HSM -> JSON response; one request-log record in a finally.
+ *   -> service (AAD, IV, CDIV, round trip) -> HSM -> one request-log record, committed to the file
+ *   -> then the response (no request is answered before its record is kept).
  *
  * Load-balancer probes (spec "Load balancer health checks") are plain GETs, unauthenticated, that
  * never touch the HSM: liveness says the process serves; readiness reports the cached deep check.
@@ -102,6 +103,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
     let ticket: GateTicket | undefined;
+    // The answer is built in the try/catch and sent only after its record is committed (finally).
+    let answer: () => void = () => undefined;
     overload?.enter();
     try {
       const q = url.indexOf('?');
@@ -130,7 +133,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       ticket = gate.enter({ keyStore: route.keyStore.name, api: route.api, externalKeyId: route.externalKeyId, metadata: md });
       record.allowedBy = ticket.allowedBy;
       const result = await dispatch(service, route, json, limits, timing, ticket.keyBlocked);
-      sendJson(res, 200, result);
+      answer = () => sendJson(res, 200, result);
     } catch (e) {
       const err = toXksError(e);
       record.outcome = 'error';
@@ -139,14 +142,24 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.reason = err.detail;
       record.policyStatement = err.statement;
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
-      sendError(res, err);
+      answer = () => sendError(res, err);
     } finally {
       overload?.leave();
       ticket?.done();
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
+      // Spec "Logging": every call is logged. Answer only once the record is in the file (group
+      // commit across concurrent requests), so a killed process cannot leave an answered request
+      // without its record. A record that cannot be written fails the request closed.
+      try {
+        await requestLog.commit(record);
+      } catch (e) {
+        log.error('request record not written; answering InternalException', { api: record.api, keyStore: record.keyStore, reason: (e as Error).message });
+        Object.assign(record, { outcome: 'error', errorName: 'InternalException', status: 500, reason: 'audit record not written' });
+        answer = () => sendError(res, new XksError('InternalException', undefined, 'audit record not written'));
+      }
       meter.requestCompleted(record);
-      requestLog.write(record);
+      answer();
     }
   };
 }

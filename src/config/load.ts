@@ -116,7 +116,7 @@ const KNOWN_KEYS = [
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
   'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
   'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'workers', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',
-  'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes',
+  'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes', 'durability', 'witnessFile',
   ...CONTROL_CONFIG_KEYS,
 ];
 
@@ -150,7 +150,12 @@ function resolvePaths(c: Config, base: string): Config {
       credentials: ks.credentials.map((cr) => ({ ...cr, secret: absSecret(cr.secret) })),
     })),
     log: { ...c.log, requestLogFile: c.log.requestLogFile === undefined ? undefined : abs(c.log.requestLogFile) },
-    audit: { ...c.audit, file: c.audit.file === undefined ? undefined : abs(c.audit.file), signingKeyFile: c.audit.signingKeyFile === undefined ? undefined : abs(c.audit.signingKeyFile) },
+    audit: {
+      ...c.audit,
+      file: c.audit.file === undefined ? undefined : abs(c.audit.file),
+      signingKeyFile: c.audit.signingKeyFile === undefined ? undefined : abs(c.audit.signingKeyFile),
+      witnessFile: c.audit.witnessFile === undefined ? undefined : abs(c.audit.witnessFile),
+    },
     control: c.control && resolveControlPaths(c.control, abs),
   };
 }
