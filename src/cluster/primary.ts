@@ -20,7 +20,7 @@ import type { LoadedConfig } from '../config/load';
 import { startControl, type RunningControl } from '../control/start';
 import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
-import { METRICS_PATH } from '../metrics/http';
+import { METRICS_PATH, adminMetricsRoute } from '../metrics/http';
 import { StartupError } from '../main';
 import type { EngageAck, PrimaryMessage, WorkerMessage } from './messages';
 
@@ -79,7 +79,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   try {
     control = await startControl(config, registry, log, {
       onAdminAction: auditAdminActions(adminSink),
-      extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
+      extraAdminRoutes: adminMetricsRoute(config.metrics, (_req, res) => void serveMetrics(res)),
       propagateEngage,
       propagateChange: () => workers.forEach((w) => send(w, { type: 'xks:control-reload' })),
       // The admin API's reload: each worker re-reads the file itself (as on SIGHUP).

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ConfigSchema, type Config } from './schema';
+import { secretFileProblems } from './secrets';
 import { CONTROL_CONFIG_KEYS, resolveControlPaths } from '../control/config';
 
 export const ENV_PREFIX = 'XKS__';
@@ -69,6 +70,9 @@ export function parseConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv =
   }
   if (problems.length || !result.success) throw new ConfigError(file, problems);
   const config = resolvePaths(result.data, path.dirname(file));
+  // Secret files readable by others are refused here, so at start-up and at every reload alike.
+  const secretProblems = secretFileProblems(config);
+  if (secretProblems.length) throw new ConfigError(file, secretProblems);
   return { config: deepFreeze(config), file };
 }
 
@@ -116,7 +120,7 @@ const KNOWN_KEYS = [
   'limits', 'maxPlaintextBytes', 'maxAadBytes', 'sigv4', 'clockSkewSeconds', 'reloadIntervalMs', 'keyStores',
   'name', 'pathPrefix', 'credentials', 'credentialsDir', 'keys', 'externalKeyId', 'label', 'enabled', 'log',
   'level', 'requestLogFile', 'requestLogStdout', 'accessKeyId', 'secret', 'clientAuth', 'caFile', 'allowedSubjects', 'workers', 'overload', 'maxEventLoopLagMs', 'maxInFlight', 'quota', 'requestsPerSecond', 'burst',
-  'metrics', 'keyIdLabels', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes', 'durability', 'witnessFile',
+  'metrics', 'keyIdLabels', 'adminListener', 'audit', 'stdout', 'signingKeyFile', 'checkpointIntervalSeconds', 'maxFileBytes', 'durability', 'witnessFile',
   ...CONTROL_CONFIG_KEYS,
 ];
 

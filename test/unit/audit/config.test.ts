@@ -8,9 +8,9 @@ const base = () => ({
 });
 
 describe('metrics and audit configuration', () => {
-  it('defaults: no dedicated metrics port, no key id labels, no audit file, write durability', () => {
+  it('defaults: no dedicated metrics port, no key id labels, no /metrics on the admin listener, no audit file, write durability', () => {
     const { config } = parseConfig(base(), '/etc/xks/config.yaml', {});
-    expect(config.metrics).to.deep.equal({ host: '127.0.0.1', keyIdLabels: false });
+    expect(config.metrics).to.deep.equal({ host: '127.0.0.1', keyIdLabels: false, adminListener: 'off' });
     expect(config.audit).to.include({ stdout: false, durability: 'write', checkpointIntervalSeconds: 300, maxFileBytes: 100 * 1024 * 1024 });
     expect(config.audit.witnessFile).to.equal(undefined);
     expect(config.audit.file).to.equal(undefined);
