@@ -24,6 +24,7 @@
  * e.g. the stdout stream) or the last checkpoint seq seen elsewhere (--expect-seq, e.g. from the
  * xks_audit_last_checkpoint_seq metric), the log must reach that far:
  *   truncated       the log ends before a checkpoint the witness holds (or before --expect-seq)
+ * and warns (kind `witness`) when the witness holds no checkpoint of the log's stream, or others'.
  * A witnessed checkpoint that the log holds with other content is `modified`.
  */
 import fs from 'node:fs';
@@ -32,7 +33,7 @@ import { GENESIS_PREV_HASH, recordHash } from './canonical';
 import type { CheckpointPayload } from './audit-log';
 import type { VerificationKey } from './signing';
 
-export type ProblemKind = 'modified' | 'deleted' | 'inserted' | 'reordered' | 'bad-signature' | 'torn-tail' | 'uncovered-tail' | 'truncated' | 'unreadable';
+export type ProblemKind = 'modified' | 'deleted' | 'inserted' | 'reordered' | 'bad-signature' | 'torn-tail' | 'uncovered-tail' | 'truncated' | 'witness' | 'unreadable';
 
 export interface Problem {
   kind: ProblemKind;
@@ -330,8 +331,8 @@ async function checkEnd(report: VerifyReport, checkpointHashes: Map<number, stri
     }
     const mine = w.entries.filter((e) => e.stream === report.stream);
     const others = new Set(w.entries.filter((e) => e.stream !== report.stream).map((e) => e.stream));
-    if (others.size) report.warnings.push({ kind: 'truncated', message: `the witness also holds checkpoints of ${others.size} other audit stream(s) (${[...others].join(', ')}): other workers, or an earlier log that is not among the given files` });
-    if (mine.length === 0) report.warnings.push({ kind: 'truncated', message: `the witness holds no checkpoint of this stream (${report.stream}): the end of the log could not be checked against it` });
+    if (others.size) report.warnings.push({ kind: 'witness', message: `the witness also holds checkpoints of ${others.size} other audit stream(s) (${[...others].join(', ')}): other workers, or an earlier log that is not among the given files` });
+    if (mine.length === 0) report.warnings.push({ kind: 'witness', message: `the witness holds no checkpoint of this stream (${report.stream}): the end of the log could not be checked against it` });
     for (const e of mine) {
       if (e.seq < (report.firstSeq ?? 0)) continue; // archived part of a --partial log
       const have = checkpointHashes.get(e.seq);
