@@ -102,9 +102,9 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
     const url = req.url ?? '/';
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
-    let ticket: GateTicket | undefined;
     // The answer is built in the try/catch and sent only after its record is committed (finally).
     let answer: () => void = () => undefined;
+    let ticket: GateTicket | undefined;
     overload?.enter();
     try {
       const q = url.indexOf('?');
