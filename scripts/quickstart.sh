@@ -447,6 +447,6 @@ Its configuration is $CONFIG (yours to edit; apply with: kill -HUP \$(cat $PID_F
   Metrics (Prometheus):      curl http://127.0.0.1:$METRICS_PORT/metrics
   Kill switch state:         xks-proxy killswitch show --key $DATA/admin/demo-operator-1.private.jwk.json
                              (engage / approve-lift: docs/runbook-kill-switch.md)
-  Verify the audit log:      xks-proxy audit verify --public-key $AUDIT_PUB $DATA/audit
+  Verify the audit log:      xks-proxy audit verify --public-key $AUDIT_PUB --witness $DATA/audit-witness/checkpoints.log $DATA/audit
                              (exit 3 while the proxy runs: the newest records await the next checkpoint)
 EOF

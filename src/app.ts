@@ -3,7 +3,8 @@
  *
  *   route -> method -> [pre-auth slot] raw body (capped, deadline) -> lag shedding -> SigV4 over
  *   those bytes [slot released] -> in-flight bound -> quota -> JSON + field checks
- *   -> service (AAD, IV, CDIV, round trip) -> HSM -> JSON response; one request-log record in a finally.
+ *   -> service (AAD, IV, CDIV, round trip) -> HSM -> one request-log record, committed to the file
+ *   -> then the response (no request is answered before its record is kept).
  *
  * Unauthenticated work (a body still arriving, a signature not yet checked) is bounded on its own
  * (src/http/pre-auth.ts) and never counts against the capacity authenticated callers use.
@@ -119,6 +120,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
     const url = req.url ?? '/';
     const record: RequestRecord = { time: new Date().toISOString(), api: 'Unknown', outcome: 'ok', status: 200, latencyMs: 0 };
     const timing: HsmTiming = { hsmMs: 0 };
+    // The answer is built in the try/catch and sent only after its record is committed (finally).
+    let answer: () => void = () => undefined;
     let ticket: GateTicket | undefined;
     let unauthenticated: PreAuthTicket | undefined;
     let inFlight = false;
@@ -164,7 +167,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       ticket = gate.enter({ keyStore: route.keyStore.name, api: route.api, externalKeyId: route.externalKeyId, hsmKey, metadata: md });
       record.allowedBy = ticket.allowedBy;
       const result = await dispatch(service, route, json, limits, timing, ticket.keyBlocked);
-      sendJson(res, 200, result);
+      answer = () => sendJson(res, 200, result);
     } catch (e) {
       const err = toXksError(e);
       record.outcome = 'error';
@@ -174,7 +177,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.reasonCode = err.reason;
       record.policyStatement = err.statement;
       if (err.errorName === 'InternalException') log.error('request failed', { api: record.api, keyStore: record.keyStore, reason: err.detail });
-      sendError(res, err);
+      answer = () => sendError(res, err);
     } finally {
       unauthenticated?.release();
       if (inFlight) overload!.leave();
@@ -182,8 +185,18 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       record.latencyMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100;
       if (timing.hsmMs > 0) record.hsmMs = Math.round(timing.hsmMs * 100) / 100;
       if (timing.aadLayout) record.aadLayout = timing.aadLayout;
+      // Spec "Logging": every call is logged. Answer only once the record is in the file (group
+      // commit across concurrent requests), so a killed process cannot leave an answered request
+      // without its record. A record that cannot be written fails the request closed.
+      try {
+        await requestLog.commit(record);
+      } catch (e) {
+        log.error('request record not written; answering InternalException', { api: record.api, keyStore: record.keyStore, reason: (e as Error).message });
+        Object.assign(record, { outcome: 'error', errorName: 'InternalException', status: 500, reason: 'audit record not written' });
+        answer = () => sendError(res, new XksError('InternalException', undefined, 'audit record not written'));
+      }
       meter.requestCompleted(record);
-      requestLog.write(record);
+      answer();
     }
   };
 }

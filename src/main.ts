@@ -21,7 +21,7 @@ import { createAppLogger, type AppLogger } from './log/logger';
 import type { RequestLog } from './log/request-log';
 import type { AuditSink } from './audit/records';
 import { asAuditSink, openRequestOrAuditLog } from './audit/sink';
-import { METRICS_PATH, createMetricsServer, metricsHandler } from './metrics/http';
+import { adminMetricsRoute, createMetricsServer, metricsHandler } from './metrics/http';
 import { auditAdminActions, type AdminActionSink } from './admin/actions';
 import type { ControlPlane } from './control/control-plane';
 import { startControl, type RunningControl } from './control/start';
@@ -152,7 +152,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();

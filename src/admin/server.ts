@@ -47,8 +47,14 @@ export interface AdminServerDeps {
   now?: () => number;
   /** Hot reload of the configuration file (as SIGHUP does); rejects with ConfigError when invalid. */
   reload?: () => Promise<unknown>;
-  /** Lets other modules mount routes on the admin listener (e.g. /metrics), behind their own checks. */
-  extraRoutes?: (app: express.Express) => void;
+  /** Lets other modules mount routes on the admin listener (e.g. /metrics); `guard.reader` authenticates a reading role. */
+  extraRoutes?: (app: express.Express, guard: AdminGuards) => void;
+}
+
+/** The admin API's own checks, for routes other modules mount. */
+export interface AdminGuards {
+  /** A valid operator token of a role that may read (auditor, operator): 401 / 403 otherwise. */
+  reader: express.RequestHandler[];
 }
 
 export interface RunningAdminServer {
@@ -237,7 +243,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     if (typeof reason !== 'string' || reason.trim() === '') throw new ControlError('invalid', 'a reason is required');
   }
 
-  deps.extraRoutes?.(app);
+  deps.extraRoutes?.(app, { reader: anyone });
 
   app.use((_req: express.Request, res: express.Response) => send(res, 404, { error: 'not-found', message: 'no such admin endpoint' }));
   app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {

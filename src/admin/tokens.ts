@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
+import { assertPrivateFile } from '../config/secrets';
 
 export const ROLE_CLAIM = 'xks_role';
 export type Role = 'operator' | 'auditor';
@@ -64,6 +65,8 @@ export async function mintOperatorToken(o: MintOptions): Promise<string> {
 }
 
 export function readPrivateJwk(file: string): JWK {
+  // An operator's private key is the operator: readable by others, it is anyone's.
+  assertPrivateFile(file, 'the operator private key');
   const jwk = JSON.parse(fs.readFileSync(file, 'utf8')) as JWK;
   if (!jwk.d) throw new Error(`${file} is not a private JWK`);
   if (!jwk.kid) throw new Error(`${file} has no "kid" (the operator name)`);

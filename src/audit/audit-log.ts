@@ -16,9 +16,17 @@
  *
  * Writes: records are chained synchronously as they come (so chain order is call order), collected
  * during one event-loop turn and written with one fs.writeSync of whole lines at the next
- * setImmediate (or at once past 64 KiB). A crash can therefore lose at most the records of the
- * current turn and cut the last line short; `audit verify` reports such a torn tail, and the next
- * start acknowledges it in its start record and continues the chain.
+ * setImmediate (or at once past 64 KiB): group commit. commit() resolves once the write of its
+ * batch returned (and, with durability "fsync", once fdatasync returned), so that the pipeline
+ * answers a request only after its record is in the file: a killed process then loses no record of
+ * an answered request (durability "write": the page cache survives the process; "fsync": it
+ * survives a power loss too). A crash can cut the last line short; `audit verify` reports such a
+ * torn tail, and the next start acknowledges it in its start record and continues the chain.
+ *
+ * Witness: a checkpoint only vouches for what precedes it, so deleting the newest file or cutting
+ * a file right after a checkpoint leaves a log that ends in a valid signature. Each checkpoint line
+ * is therefore also appended (after the log itself is synced) to audit.witnessFile, which the
+ * auditor keeps or ships elsewhere; `audit verify --witness` holds the log's end against it.
  *
  * Rotation: once the file passes audit.maxFileBytes, a checkpoint closes it, it is renamed to
  * <name>-<yyyymmddThhmmssZ>-<first seq>.log, and the new file begins with a "rotate" record
@@ -56,6 +64,10 @@ export interface AuditLogOptions {
   maxFileBytes: number;
   /** Also write every line here (stdout in production), through winston. */
   stdout?: Writable | undefined;
+  /** "write": commit() resolves after write(); "fsync": after fdatasync too. Default "write". */
+  durability?: 'write' | 'fsync' | undefined;
+  /** Every checkpoint line is also appended (and fsynced) here; see `audit verify --witness`. */
+  witnessFile?: string | undefined;
   log?: AppLogger | undefined;
   now?: () => number;
 }
@@ -64,6 +76,13 @@ export interface AuditStats {
   records: number;
   writeErrors: number;
   lastCheckpointMs: number | undefined;
+  /** seq of the last checkpoint record (what `audit verify --expect-seq` takes). */
+  lastCheckpointSeq: number | undefined;
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(e: Error): void;
 }
 
 const FLUSH_AT_BYTES = 64 * 1024;
@@ -88,6 +107,9 @@ export class AuditLog implements AuditSink {
   private firstSeqOfFile: number;
   private fileBytes: number;
   private pending: string[] = [];
+  /** commit() callers whose records are in `pending`. */
+  private waiters: Waiter[] = [];
+  private witnessFd: number | undefined;
   private pendingBytes = 0;
   private flushScheduled = false;
   private timer: NodeJS.Timeout | undefined;
@@ -95,7 +117,7 @@ export class AuditLog implements AuditSink {
   private rotating = false;
   private readonly stdoutLogger: winston.Logger | undefined;
   private readonly now: () => number;
-  readonly stats: AuditStats = { records: 0, writeErrors: 0, lastCheckpointMs: undefined };
+  readonly stats: AuditStats = { records: 0, writeErrors: 0, lastCheckpointMs: undefined, lastCheckpointSeq: undefined };
   private readonly lock: ProcessLock;
 
   /** Opens (or continues) the log at opts.file and writes a start record. */
@@ -113,6 +135,11 @@ export class AuditLog implements AuditSink {
     this.lock = acquireProcessLock(`${opts.file}.lock`, `the audit log ${opts.file}`);
     const rec = recoverChain(opts.file);
     this.fd = fs.openSync(opts.file, 'a', 0o640);
+    if (opts.witnessFile) {
+      fs.mkdirSync(path.dirname(opts.witnessFile), { recursive: true, mode: 0o750 });
+      // Appends only: several writers (cluster workers, the primary) may share one witness file.
+      this.witnessFd = fs.openSync(opts.witnessFile, 'a', 0o640);
+    }
     this.fileBytes = fs.fstatSync(this.fd).size;
     if (rec) {
       this.seq = rec.seq + 1;
@@ -147,6 +174,11 @@ export class AuditLog implements AuditSink {
     this.append('xks', xksFields(r), r.time);
   }
 
+  /** Chain the record now; resolves once its batch is in the file (rejects if it could not be written). */
+  commit(r: RequestRecord): Promise<void> {
+    return new Promise((resolve, reject) => this.append('xks', xksFields(r), r.time, { resolve, reject }));
+  }
+
   writeAdmin(a: AdminAction): void {
     this.append('admin', adminFields(a));
   }
@@ -156,16 +188,36 @@ export class AuditLog implements AuditSink {
     if (this.closed) return;
     const time = new Date(this.now()).toISOString();
     const payload: CheckpointPayload = { stream: this.stream, seq: this.seq - 1, hash: this.lastHash, time, reason };
-    this.append('checkpoint', { reason, jws: signCompact(this.opts.signingKey, payload) }, time);
+    const cpSeq = this.seq;
+    const line = this.append('checkpoint', { reason, jws: signCompact(this.opts.signingKey, payload) }, time);
     this.stats.lastCheckpointMs = this.now();
-    this.flush();
+    this.stats.lastCheckpointSeq = cpSeq;
+    // The witness must never be ahead of the log: it gets the checkpoint only once the log holds it
+    // on disk, or `audit verify --witness` would report a truncation after a mere crash.
+    if (this.writePending() && line !== undefined) this.witness(line);
+    this.rotateIfFull();
   }
 
-  private append(type: AuditRecordType, members: Record<string, unknown>, time?: string): void {
+  private witness(line: string): void {
+    if (this.witnessFd === undefined) return;
+    try {
+      fs.fdatasyncSync(this.fd);
+      const buf = Buffer.from(line + '\n', 'utf8');
+      let off = 0;
+      while (off < buf.length) off += fs.writeSync(this.witnessFd, buf, off, buf.length - off);
+      fs.fdatasyncSync(this.witnessFd);
+    } catch (e) {
+      this.stats.writeErrors++;
+      this.opts.log?.error('audit witness write failed', { file: this.opts.witnessFile, code: (e as NodeJS.ErrnoException).code });
+    }
+  }
+
+  private append(type: AuditRecordType, members: Record<string, unknown>, time?: string, waiter?: Waiter): string | undefined {
     if (this.closed) {
       this.opts.log?.error('audit record after close, dropped', { type });
       this.stats.writeErrors++;
-      return;
+      waiter?.reject(new AuditLogError('the audit log is closed'));
+      return undefined;
     }
     const rec: Record<string, unknown> = { seq: this.seq, id: crypto.randomUUID(), time: time ?? new Date(this.now()).toISOString(), type, prevHash: this.lastHash, ...members };
     const { line, hash } = sealRecord(rec);
@@ -174,32 +226,56 @@ export class AuditLog implements AuditSink {
     this.stats.records++;
     this.pending.push(line + '\n');
     this.pendingBytes += line.length + 1;
+    if (waiter) this.waiters.push(waiter);
     this.stdoutLogger?.info(line);
     if (this.pendingBytes >= FLUSH_AT_BYTES) this.flush();
     else if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
     }
+    return line;
   }
 
   /** Write everything pending with one system call; rotate when the file is full. */
   flush(): void {
     this.flushScheduled = false;
-    if (this.pending.length === 0) return;
+    this.writePending();
+    this.rotateIfFull();
+  }
+
+  /**
+   * One write() of every pending line (plus fdatasync with durability "fsync"), then settle the
+   * commit() callers of that batch. false when the lines could not be written.
+   */
+  private writePending(): boolean {
+    if (this.pending.length === 0) return true;
     const data = Buffer.from(this.pending.join(''), 'utf8');
     const lines = this.pending.length;
+    const waiters = this.waiters;
     this.pending = [];
     this.pendingBytes = 0;
+    this.waiters = [];
+    let written = 0;
     try {
-      let off = 0;
-      while (off < data.length) off += fs.writeSync(this.fd, data, off, data.length - off);
-      this.fileBytes += data.length;
+      while (written < data.length) written += fs.writeSync(this.fd, data, written, data.length - written);
+      if (this.opts.durability === 'fsync') fs.fdatasyncSync(this.fd);
     } catch (e) {
-      // The lines are lost: `audit verify` will show the gap in seq. Keep serving; say it loudly.
+      // The lines are lost (or not known to be on disk): `audit verify` will show the gap in seq.
+      // The requests waiting for them are answered InternalException (fail closed). Say it loudly.
+      this.fileBytes += written;
       this.stats.writeErrors += lines;
-      this.opts.log?.error('audit write failed; records lost', { file: this.opts.file, records: lines, code: (e as NodeJS.ErrnoException).code });
-      return;
+      const code = (e as NodeJS.ErrnoException).code;
+      this.opts.log?.error('audit write failed; records lost', { file: this.opts.file, records: lines, code });
+      const err = new AuditLogError(`audit write failed (${code ?? 'error'})`);
+      for (const w of waiters) w.reject(err);
+      return false;
     }
+    this.fileBytes += data.length;
+    for (const w of waiters) w.resolve();
+    return true;
+  }
+
+  private rotateIfFull(): void {
     if (this.fileBytes >= this.opts.maxFileBytes && !this.rotating && !this.closed) this.rotate();
   }
 
@@ -238,6 +314,8 @@ export class AuditLog implements AuditSink {
       // fsync is best effort (some file systems refuse it); the data is written.
     }
     fs.closeSync(this.fd);
+    if (this.witnessFd !== undefined) fs.closeSync(this.witnessFd);
+    this.witnessFd = undefined;
     this.lock.release();
     const logger = this.stdoutLogger;
     if (!logger) return Promise.resolve();
@@ -257,6 +335,8 @@ export function openAuditLog(cfg: AuditConfig, log?: AppLogger, stdout?: Writabl
     checkpointIntervalSeconds: cfg.checkpointIntervalSeconds,
     maxFileBytes: cfg.maxFileBytes,
     stdout: cfg.stdout ? (stdout ?? process.stdout) : undefined,
+    durability: cfg.durability,
+    witnessFile: cfg.witnessFile,
     log,
   });
 }

@@ -14,6 +14,18 @@ export const AuditConfig = z
     signingKeyFile: z.string().min(1).optional(),
     /** A signed checkpoint is written at this interval (and at rotation and shutdown). */
     checkpointIntervalSeconds: z.number().int().min(1).max(86400).default(300),
+    /**
+     * When a request's record counts as kept, before the request is answered (docs/observability.md):
+     * "write" once write() returned (survives a killed process, not a power loss), "fsync" once
+     * fdatasync returned too (survives a power loss; one disk flush per batch of requests).
+     */
+    durability: z.enum(['write', 'fsync']).default('write'),
+    /**
+     * Every signed checkpoint line is also appended here (fsynced), for the auditor to keep or ship
+     * off the machine: `audit verify --witness FILE` then detects a deleted newest file or a file cut
+     * short after a checkpoint. Put it on other storage than audit.file.
+     */
+    witnessFile: z.string().min(1).optional(),
     /** The active file is rotated once it grows past this many bytes. */
     maxFileBytes: z.number().int().min(4096).max(1024 ** 4).default(100 * 1024 * 1024),
   })
@@ -24,4 +36,4 @@ export const AuditConfig = z
   });
 export type AuditConfig = z.infer<typeof AuditConfig>;
 
-export const AUDIT_DEFAULTS: AuditConfig = { stdout: false, checkpointIntervalSeconds: 300, maxFileBytes: 100 * 1024 * 1024 };
+export const AUDIT_DEFAULTS: AuditConfig = { stdout: false, durability: 'write', checkpointIntervalSeconds: 300, maxFileBytes: 100 * 1024 * 1024 };

@@ -11,6 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { compactVerify, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
+import { assertPrivateFile } from '../config/secrets';
 
 export type CheckpointAlg = 'EdDSA' | 'ES256';
 export const CHECKPOINT_JWS_TYPE = 'xks-audit-checkpoint';
@@ -39,6 +40,8 @@ export function jwkThumbprint(jwk: JWK): string {
 }
 
 export function loadSigningKey(file: string): SigningKey {
+  // Whoever can read it can forge every checkpoint.
+  assertPrivateFile(file, 'the audit signing key');
   let jwk: JWK;
   try {
     jwk = JSON.parse(fs.readFileSync(file, 'utf8')) as JWK;

@@ -23,6 +23,7 @@ export function asAuditSink(requestLog: RequestLog, log: AppLogger): AuditSink {
   if (typeof maybe.writeAdmin === 'function') return requestLog as AuditSink;
   return {
     write: (r) => requestLog.write(r),
+    commit: (r) => requestLog.commit(r),
     close: () => requestLog.close(),
     writeAdmin: (a) => log.info('admin action (no audit log configured)', adminFields(a)),
   };

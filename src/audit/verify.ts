@@ -17,6 +17,15 @@
  *   uncovered-tail  records after the last signed checkpoint: intact as far as the chain goes, but a
  *                   truncation there could not be detected
  * A torn line that a later start record acknowledges (crash, then restart) is a warning only.
+ *
+ * The end of the log: a log whose newest file was deleted, or that was cut right after a
+ * checkpoint, still ends in a valid signature, so the files alone cannot show it. Given a witness
+ * (the audit.witnessFile copy of every checkpoint line, or any shipped copy of the audit lines,
+ * e.g. the stdout stream) or the last checkpoint seq seen elsewhere (--expect-seq, e.g. from the
+ * xks_audit_last_checkpoint_seq metric), the log must reach that far:
+ *   truncated       the log ends before a checkpoint the witness holds (or before --expect-seq)
+ * and warns (kind `witness`) when the witness holds no checkpoint of the log's stream, or others'.
+ * A witnessed checkpoint that the log holds with other content is `modified`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,7 +33,7 @@ import { GENESIS_PREV_HASH, recordHash } from './canonical';
 import type { CheckpointPayload } from './audit-log';
 import type { VerificationKey } from './signing';
 
-export type ProblemKind = 'modified' | 'deleted' | 'inserted' | 'reordered' | 'bad-signature' | 'torn-tail' | 'uncovered-tail' | 'unreadable';
+export type ProblemKind = 'modified' | 'deleted' | 'inserted' | 'reordered' | 'bad-signature' | 'torn-tail' | 'uncovered-tail' | 'truncated' | 'witness' | 'unreadable';
 
 export interface Problem {
   kind: ProblemKind;
@@ -36,8 +45,8 @@ export interface Problem {
 }
 
 export interface VerifyReport {
-  /** 0 intact and fully covered; 1 tampering or corruption; 3 uncovered tail; 4 torn tail. */
-  exitCode: 0 | 1 | 3 | 4;
+  /** 0 intact and fully covered; 1 tampering or corruption; 3 uncovered tail; 4 torn tail; 5 truncated (the log ends before what the witness shows was written). */
+  exitCode: 0 | 1 | 3 | 4 | 5;
   problem?: Problem | undefined;
   warnings: Problem[];
   files: string[];
@@ -47,11 +56,66 @@ export interface VerifyReport {
   lastSeq?: number | undefined;
   lastCheckpoint?: { seq: number; time: string; reason: string; file: string; line: number } | undefined;
   stream?: string | undefined;
+  /** The newest checkpoint of this stream that the witness holds (seq of the checkpoint record). */
+  witnessed?: { seq: number; time: string; file: string; line: number } | undefined;
 }
 
 export interface VerifyOptions {
   /** Accept a log that starts mid-chain (older files archived elsewhere). */
   partial?: boolean;
+  /** Files holding copies of checkpoint lines (audit.witnessFile, a shipped stdout stream); other lines are ignored. */
+  witnessFiles?: readonly string[];
+  /** The log must reach at least this seq (e.g. the last checkpoint seq seen in the metrics). */
+  expectSeq?: number;
+}
+
+interface Witnessed {
+  seq: number;
+  hash: string;
+  time: string;
+  stream: string;
+  file: string;
+  line: number;
+}
+
+/** The signed payload of a checkpoint record, or why its JWS does not verify with the key. */
+async function checkpointPayload(r: Record<string, unknown>, key: VerificationKey): Promise<CheckpointPayload | string> {
+  try {
+    const v = await key.verify(String(r.jws));
+    if (v.kid !== undefined && v.kid !== key.kid) return `signed by key ${v.kid}, not by the given key ${key.kid}`;
+    return v.payload as CheckpointPayload;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/**
+ * The checkpoint records in the witness files, each checked as the log's own are (its hash, its
+ * JWS with the auditor's key, the JWS vouching for the record before it). A checkpoint line that
+ * fails is a forged or damaged witness: reported, never trusted.
+ */
+async function readWitness(files: readonly string[], key: VerificationKey): Promise<{ entries: Witnessed[] } | { problem: Problem }> {
+  const entries: Witnessed[] = [];
+  for (const file of files) {
+    let lines: string[];
+    try {
+      lines = fs.readFileSync(file, 'utf8').split('\n');
+    } catch (e) {
+      return { problem: { kind: 'unreadable', file, message: `witness ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` } };
+    }
+    for (let i = 0; i < lines.length; i++) {
+      const r = parse(lines[i]!);
+      if (!r || r.type !== 'checkpoint') continue;
+      const where = `witness ${path.basename(file)} line ${i + 1}`;
+      const bad = (message: string) => ({ problem: { kind: 'bad-signature' as const, file: path.basename(file), line: i + 1, seq: r.seq as number, message: `${where}: ${message}` } });
+      if (recordHash(r) !== r.hash) return bad('the checkpoint line does not match its hash');
+      const payload = await checkpointPayload(r, key);
+      if (typeof payload === 'string') return bad(`the checkpoint signature does not verify (${payload})`);
+      if (payload.seq !== (r.seq as number) - 1 || payload.hash !== r.prevHash) return bad('the signature vouches for another record than the one before this checkpoint');
+      entries.push({ seq: r.seq as number, hash: r.hash as string, time: String(r.time), stream: payload.stream, file: path.basename(file), line: i + 1 });
+    }
+  }
+  return { entries };
 }
 
 interface Entry {
@@ -144,6 +208,8 @@ export async function verifyAuditFiles(inputs: readonly string[], key: Verificat
   let last: Entry | undefined;
   let stream: string | undefined;
   let lastCheckpointIdx = -1;
+  /** seq -> hash of every checkpoint record of the chain (what a witness is compared with). */
+  const checkpointHashes = new Map<number, string>();
 
   for (let i = 0; i < all.length; i++) {
     const e = all[i]!;
@@ -202,20 +268,15 @@ export async function verifyAuditFiles(inputs: readonly string[], key: Verificat
     if ((r.type === 'start' || r.type === 'rotate') && r.stream !== stream) return fail('inserted', e, `${at(e)} belongs to another audit stream (${String(r.stream)})`);
 
     if (r.type === 'checkpoint') {
-      let payload: CheckpointPayload;
-      try {
-        const v = await key.verify(String(r.jws));
-        if (v.kid !== undefined && v.kid !== key.kid) throw new Error(`signed by key ${v.kid}, not by the given key ${key.kid}`);
-        payload = v.payload as CheckpointPayload;
-      } catch (err) {
-        return fail('bad-signature', e, `${at(e)} (seq ${seq}): the checkpoint signature does not verify (${(err as Error).message})`);
-      }
+      const payload = await checkpointPayload(r, key);
+      if (typeof payload === 'string') return fail('bad-signature', e, `${at(e)} (seq ${seq}): the checkpoint signature does not verify (${payload})`);
       if (payload.stream !== stream) return fail('inserted', e, `${at(e)}: checkpoint of another audit stream`);
       if (payload.seq !== seq - 1 || payload.hash !== r.prevHash) {
         const from = lastCheckpointIdx >= 0 ? (all[lastCheckpointIdx]!.rec!.seq as number) + 1 : report.firstSeq!;
         return fail('modified', e, `records seq ${from}..${seq - 1} were rewritten and re-hashed: the signed checkpoint at ${at(e)} vouches for seq ${payload.seq} with hash ${String(payload.hash).slice(0, 16)}..., the chain has ${String(r.prevHash).slice(0, 16)}...`);
       }
       report.checkpoints++;
+      checkpointHashes.set(seq, r.hash as string);
       lastCheckpointIdx = i;
       report.lastCheckpoint = { seq, time: String(r.time), reason: String(r.reason), file: name(e), line: e.line };
     }
@@ -244,7 +305,54 @@ export async function verifyAuditFiles(inputs: readonly string[], key: Verificat
       report.problem = w;
     } else report.warnings.push(w);
   }
+  if (report.exitCode !== 1 && (opts.witnessFiles?.length || opts.expectSeq !== undefined)) await checkEnd(report, checkpointHashes, key, opts);
   return report;
+}
+
+/**
+ * Hold the end of the chain against the witness and --expect-seq. A truncation outranks an
+ * uncovered or torn tail (exit 5 over 3 and 4): records that were written are gone. The problem
+ * the chain walk found, if any, is kept as a warning.
+ */
+async function checkEnd(report: VerifyReport, checkpointHashes: Map<number, string>, key: VerificationKey, opts: VerifyOptions): Promise<void> {
+  const truncated = (message: string, seq: number) => {
+    if (report.problem) report.warnings.push(report.problem);
+    report.exitCode = 5;
+    report.problem = { kind: 'truncated', seq, message };
+  };
+  const lastSeq = report.lastSeq ?? -1;
+  if (opts.witnessFiles?.length) {
+    const w = await readWitness(opts.witnessFiles, key);
+    if ('problem' in w) {
+      if (report.problem) report.warnings.push(report.problem);
+      report.exitCode = 1;
+      report.problem = w.problem;
+      return;
+    }
+    const mine = w.entries.filter((e) => e.stream === report.stream);
+    const others = new Set(w.entries.filter((e) => e.stream !== report.stream).map((e) => e.stream));
+    if (others.size) report.warnings.push({ kind: 'witness', message: `the witness also holds checkpoints of ${others.size} other audit stream(s) (${[...others].join(', ')}): other workers, or an earlier log that is not among the given files` });
+    if (mine.length === 0) report.warnings.push({ kind: 'witness', message: `the witness holds no checkpoint of this stream (${report.stream}): the end of the log could not be checked against it` });
+    for (const e of mine) {
+      if (e.seq < (report.firstSeq ?? 0)) continue; // archived part of a --partial log
+      const have = checkpointHashes.get(e.seq);
+      if (e.seq > lastSeq) continue; // judged below, on the newest one
+      if (have !== e.hash) {
+        if (report.problem) report.warnings.push(report.problem);
+        report.exitCode = 1;
+        report.problem = { kind: 'modified', seq: e.seq, message: `the witness (${e.file} line ${e.line}) holds a signed checkpoint at seq ${e.seq} that the log does not have at that place: the log was rewritten` };
+        return;
+      }
+    }
+    const newest = mine.reduce<Witnessed | undefined>((a, e) => (a === undefined || e.seq > a.seq ? e : a), undefined);
+    if (newest) report.witnessed = { seq: newest.seq, time: newest.time, file: newest.file, line: newest.line };
+    if (newest && newest.seq > lastSeq) {
+      return truncated(`the log ends at seq ${lastSeq}, but the witness (${newest.file} line ${newest.line}) holds a signed checkpoint at seq ${newest.seq} (${newest.time}): records ${lastSeq + 1}..${newest.seq} at least were removed (the newest file deleted, or a file cut short)`, lastSeq + 1);
+    }
+  }
+  if (opts.expectSeq !== undefined && opts.expectSeq > lastSeq) {
+    truncated(`the log ends at seq ${lastSeq}, but seq ${opts.expectSeq} was expected (--expect-seq): records ${lastSeq + 1}..${opts.expectSeq} at least were removed`, lastSeq + 1);
+  }
 }
 
 export function formatReport(r: VerifyReport): string {
@@ -253,6 +361,6 @@ export function formatReport(r: VerifyReport): string {
   lines.push(`${r.files.length} file(s), ${r.records} record(s) verified (seq ${r.firstSeq ?? '-'}..${r.lastSeq ?? '-'}), ${r.checkpoints} checkpoint(s), ${cp}`);
   for (const w of r.warnings) lines.push(`warning: ${w.kind}: ${w.message}`);
   if (r.exitCode === 0) lines.push('OK: the chain is intact and every record is covered by a signed checkpoint');
-  else if (r.problem) lines.push(`${r.exitCode === 1 ? 'FAIL' : 'INCOMPLETE'}: ${r.problem.kind}: ${r.problem.message}`);
+  else if (r.problem) lines.push(`${r.exitCode === 1 || r.exitCode === 5 ? 'FAIL' : 'INCOMPLETE'}: ${r.problem.kind}: ${r.problem.message}`);
   return lines.join('\n');
 }

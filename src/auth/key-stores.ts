@@ -12,12 +12,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Config, KeyStoreConfig } from '../config/schema';
 import { ACCESS_KEY_ID_RE, SECRET_RE, XKS_API_SUFFIX } from '../config/schema';
-import { readSecret } from '../config/secrets';
+import { readSecret, SECRET_FILE_SUFFIX } from '../config/secrets';
 import type { AppLogger } from '../log/logger';
 import { TokenBucket } from '../xks/quota';
 import type { SecretLookup } from './sigv4';
 
-export const SECRET_FILE_SUFFIX = '.secret';
+export { SECRET_FILE_SUFFIX };
 
 export interface ExternalKeyEntry {
   externalKeyId: string;

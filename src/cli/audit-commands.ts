@@ -13,7 +13,8 @@ import { reconcileCommand } from './reconcile-command';
 export const AUDIT_USAGE = `Usage:
   xks-proxy audit reconcile --cloudtrail FILE|DIR ... (see xks-proxy audit reconcile --help)
   xks-proxy audit keygen [--private FILE] [--public FILE] [--alg EdDSA|ES256] [--config FILE]
-  xks-proxy audit verify --public-key FILE [--partial] [--json] [FILE|DIR ...] [--config FILE]
+  xks-proxy audit verify --public-key FILE [--witness FILE ...] [--expect-seq N] [--partial] [--json]
+                         [FILE|DIR ...] [--config FILE]
 
 keygen: a new audit signing key pair as JWK files: the private key (mode 0600, default: the config's
         audit.signingKeyFile) signs checkpoints; the public key (default: the same name with
@@ -22,9 +23,15 @@ verify: checks audit files end to end: every record's hash, the chain of prevHas
         continuity across rotated files, and every checkpoint's signature. Reports the first
         modified, deleted, inserted or reordered record, a bad signature, a torn last line, or
         records after the last checkpoint. Without files: the config's audit.file and its rotated
-        files. DIR means every *.log file in it. --partial accepts a log that starts mid-chain.
+        files (and audit.witnessFile as the witness). DIR means every *.log file in it. --partial
+        accepts a log that starts mid-chain.
+        --witness FILE: copies of the checkpoint lines kept elsewhere (audit.witnessFile, or a
+        shipped copy of the stdout stream; other lines are ignored). The log must reach the newest
+        checkpoint they hold: a deleted newest file or a file cut after a checkpoint is found.
+        --expect-seq N: the log must reach seq N (e.g. xks_audit_last_checkpoint_seq).
         Exit status: 0 intact and fully signed; 1 tampering or corruption; 2 usage error;
-        3 records after the last checkpoint (not covered by a signature); 4 torn last line.`;
+        3 records after the last checkpoint (not covered by a signature); 4 torn last line;
+        5 truncated (the log ends before what the witness or --expect-seq shows was written).`;
 
 function usageError(msg: string): number {
   process.stderr.write(`error: ${msg}\n\n${AUDIT_USAGE}\n`);
@@ -41,6 +48,8 @@ export async function auditCommand(argv: string[]): Promise<number> {
       public: { type: 'string' },
       alg: { type: 'string' },
       'public-key': { type: 'string' },
+      witness: { type: 'string', multiple: true },
+      'expect-seq': { type: 'string' },
       partial: { type: 'boolean' },
       json: { type: 'boolean' },
       config: { type: 'string' },
@@ -70,13 +79,20 @@ export async function auditCommand(argv: string[]): Promise<number> {
   if (sub === 'verify') {
     if (!values['public-key']) return usageError('--public-key is required');
     let inputs = positionals.slice(1);
+    let witnessFiles = values.witness ?? [];
     if (inputs.length === 0) {
-      const file = auditConfig().file;
-      if (!file) return usageError('no files given and the config has no audit.file');
-      inputs = [...rotatedFiles(file), file];
+      const cfg = auditConfig();
+      if (!cfg.file) return usageError('no files given and the config has no audit.file');
+      inputs = [...rotatedFiles(cfg.file), cfg.file];
+      if (witnessFiles.length === 0 && cfg.witnessFile) witnessFiles = [cfg.witnessFile];
+    }
+    let expectSeq: number | undefined;
+    if (values['expect-seq'] !== undefined) {
+      expectSeq = Number(values['expect-seq']);
+      if (!Number.isSafeInteger(expectSeq) || expectSeq < 0) return usageError('--expect-seq must be a non-negative integer');
     }
     const key = await loadVerificationKey(values['public-key']);
-    const report = await verifyAuditFiles(inputs, key, { partial: values.partial ?? false });
+    const report = await verifyAuditFiles(inputs, key, { partial: values.partial ?? false, witnessFiles, ...(expectSeq !== undefined ? { expectSeq } : {}) });
     process.stdout.write((values.json ? JSON.stringify(report, null, 2) : formatReport(report)) + '\n');
     return report.exitCode;
   }

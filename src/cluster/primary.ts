@@ -23,7 +23,7 @@ import type { LoadedConfig } from '../config/load';
 import { startControl, type RunningControl } from '../control/start';
 import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
-import { METRICS_PATH } from '../metrics/http';
+import { METRICS_PATH, adminMetricsRoute } from '../metrics/http';
 import { StartupError, openConfiguredHsm } from '../main';
 import { LiveConfiguration, type ReloadResult } from '../reload';
 import type { HsmBackend } from '../hsm/backend';
@@ -108,7 +108,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     control = await startControl(live, log, {
       ...(stateHsm ? { stateHsm } : {}),
       onAdminAction: auditAdminActions(adminSink),
-      extraAdminRoutes: (a) => a.get(METRICS_PATH, (_req, res) => void serveMetrics(res)),
+      extraAdminRoutes: adminMetricsRoute(config.metrics, (_req, res) => void serveMetrics(res)),
       propagateEngage,
       propagateChange,
       // The admin API's reload: here first (an invalid file is refused with its problems), then

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ConfigSchema, type Config } from './schema';
+import { secretFileProblems } from './secrets';
 import { resolveControlPaths } from '../control/config';
 import { schemaKeys } from './schema-keys';
 
@@ -70,6 +71,9 @@ export function parseConfig(raw: unknown, file: string, env: NodeJS.ProcessEnv =
   }
   if (problems.length || !result.success) throw new ConfigError(file, problems);
   const config = resolvePaths(result.data, path.dirname(file));
+  // Secret files readable by others are refused here, so at start-up and at every reload alike.
+  const secretProblems = secretFileProblems(config);
+  if (secretProblems.length) throw new ConfigError(file, secretProblems);
   return { config: deepFreeze(config), file };
 }
 
@@ -144,7 +148,12 @@ function resolvePaths(c: Config, base: string): Config {
       credentials: ks.credentials.map((cr) => ({ ...cr, secret: absSecret(cr.secret) })),
     })),
     log: { ...c.log, requestLogFile: c.log.requestLogFile === undefined ? undefined : abs(c.log.requestLogFile) },
-    audit: { ...c.audit, file: c.audit.file === undefined ? undefined : abs(c.audit.file), signingKeyFile: c.audit.signingKeyFile === undefined ? undefined : abs(c.audit.signingKeyFile) },
+    audit: {
+      ...c.audit,
+      file: c.audit.file === undefined ? undefined : abs(c.audit.file),
+      signingKeyFile: c.audit.signingKeyFile === undefined ? undefined : abs(c.audit.signingKeyFile),
+      witnessFile: c.audit.witnessFile === undefined ? undefined : abs(c.audit.witnessFile),
+    },
     control: c.control && resolveControlPaths(c.control, abs),
   };
 }

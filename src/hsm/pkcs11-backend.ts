@@ -79,9 +79,10 @@ function initializeModule(p: pkcs11js.PKCS11): void {
   }
 }
 
+/** Names only: hsm.moduleEnv may carry a vendor's credentials (e.g. a client password). */
 function describeEnv(env: Record<string, string>): string {
-  const entries = Object.entries(env);
-  return entries.length === 0 ? '' : ` (module environment: ${entries.map(([k, v]) => `${k}=${v}`).join(', ')})`;
+  const names = Object.keys(env);
+  return names.length === 0 ? '' : ` (hsm.moduleEnv sets ${names.join(', ')})`;
 }
 
 /**

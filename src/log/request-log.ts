@@ -40,7 +40,14 @@ export interface RequestRecord {
 }
 
 export interface RequestLog {
+  /** Record it; a lost write only shows in the log and the metrics. */
   write(record: RequestRecord): void;
+  /**
+   * Record it and resolve once the line has reached the file (a write() returned; lines of
+   * concurrent requests share one write). Rejects when it could not be written: the pipeline then
+   * answers InternalException rather than a request that left no trace (fail closed).
+   */
+  commit(record: RequestRecord): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -49,7 +56,8 @@ export interface RequestLog {
  * The request log without an audit log configured: JSON lines to stdout and/or a file. Lines are
  * collected during one event-loop turn and appended with one write at the next setImmediate, in
  * request order (as the audit log does): a write system call per request cost ~5% of the request
- * path under load. A crash loses at most the lines of the current turn; close() writes the rest.
+ * path under load. commit() resolves after that write, so an answered request's line is in the file
+ * even if the process is killed; close() writes the rest.
  */
 export function createRequestLog(opts: { stdout: boolean; file?: string | undefined }): RequestLog {
   let fd: number | undefined;
@@ -58,27 +66,44 @@ export function createRequestLog(opts: { stdout: boolean; file?: string | undefi
     fd = fs.openSync(opts.file, 'a', 0o640);
   }
   let pending: string[] = [];
+  let waiters: { resolve(): void; reject(e: Error): void }[] = [];
   let scheduled = false;
   const flush = (): void => {
     scheduled = false;
     if (pending.length === 0) return;
     const data = pending.join('');
+    const settle = waiters;
     pending = [];
-    if (fd !== undefined) {
-      const buf = Buffer.from(data, 'utf8');
-      let off = 0;
-      while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+    waiters = [];
+    try {
+      if (fd !== undefined) {
+        const buf = Buffer.from(data, 'utf8');
+        let off = 0;
+        while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+      }
+    } catch (e) {
+      const err = new Error(`request log write failed (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+      for (const w of settle) w.reject(err);
+      return;
     }
     if (opts.stdout) process.stdout.write(data);
+    for (const w of settle) w.resolve();
+  };
+  const add = (r: RequestRecord): void => {
+    // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
+    pending.push(JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n');
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
   };
   return {
-    write(r: RequestRecord): void {
-      // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
-      pending.push(JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n');
-      if (!scheduled) {
-        scheduled = true;
-        setImmediate(flush);
-      }
+    write: add,
+    commit(r: RequestRecord): Promise<void> {
+      return new Promise((resolve, reject) => {
+        waiters.push({ resolve, reject });
+        add(r);
+      });
     },
     async close(): Promise<void> {
       flush();

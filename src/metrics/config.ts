@@ -17,8 +17,14 @@ export const MetricsConfig = z
      * bounded, and even when on only keys configured in a key store get their own value.
      */
     keyIdLabels: z.boolean().default(false),
+    /**
+     * /metrics on the admin listener: "off" (default; use metrics.port for Prometheus), or
+     * "authenticated": only with an admin token of a role that may read (auditor, operator).
+     * Metrics name key stores, credentials and load, which is not for anyone who reaches the port.
+     */
+    adminListener: z.enum(['off', 'authenticated']).default('off'),
   })
   .strict();
 export type MetricsConfig = z.infer<typeof MetricsConfig>;
 
-export const METRICS_DEFAULTS: MetricsConfig = { host: '127.0.0.1', keyIdLabels: false };
+export const METRICS_DEFAULTS: MetricsConfig = { host: '127.0.0.1', keyIdLabels: false, adminListener: 'off' };

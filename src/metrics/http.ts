@@ -3,7 +3,10 @@
  * plain-HTTP listener (metrics.port, on metrics.host, 127.0.0.1 by default).
  */
 import type http from 'node:http';
+import type express from 'express';
+import type { AdminGuards } from '../admin/server';
 import { createPlainServer } from '../http/server';
+import type { MetricsConfig } from './config';
 import type { PromMeter } from './prom-meter';
 
 export const METRICS_PATH = '/metrics';
@@ -22,6 +25,16 @@ export function metricsHandler(meter: PromMeter): (req: http.IncomingMessage, re
       },
       () => res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics collection failed\n'),
     );
+  };
+}
+
+/**
+ * /metrics on the admin listener, as metrics.adminListener says: nothing when "off" (the admin
+ * API answers 404), behind an admin token of a reading role when "authenticated".
+ */
+export function adminMetricsRoute(cfg: Pick<MetricsConfig, 'adminListener'>, handler: (req: http.IncomingMessage, res: http.ServerResponse) => void): (app: express.Express, guard: AdminGuards) => void {
+  return (app, guard) => {
+    if (cfg.adminListener === 'authenticated') app.get(METRICS_PATH, ...guard.reader, (req, res) => handler(req, res));
   };
 }
 

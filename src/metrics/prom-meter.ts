@@ -49,7 +49,7 @@ export interface MeterSources {
   /** Whether externalKeyId is configured in the key store (keeps key id labels bounded). */
   knownKey?: (keyStore: string, externalKeyId: string) => boolean;
   /** Audit log counters, when the audit log is on. */
-  audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined };
+  audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined; lastCheckpointSeq?: number | undefined };
   /** Load shedding state (src/http/overload.ts). */
   overload?: () => { shedShare: number; inFlight: number };
   now?: () => number;
@@ -185,6 +185,15 @@ export class PromMeter implements Meter {
       collect() {
         const t = self.sources.audit?.()?.lastCheckpointMs;
         if (t !== undefined) this.set(t / 1000);
+      },
+    });
+    new Gauge({
+      // For `audit verify --expect-seq`: the log must reach at least this far. Per audit stream
+      // (one per process); a cluster's aggregate keeps the highest, the primary's own /metrics per worker is not split.
+      name: 'xks_audit_last_checkpoint_seq', help: 'seq of the last signed audit checkpoint record of this process (audit verify --expect-seq).', registers, aggregator: 'max',
+      collect() {
+        const s = self.sources.audit?.()?.lastCheckpointSeq;
+        if (s !== undefined) this.set(s);
       },
     });
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });

@@ -108,9 +108,15 @@ export class XksService {
       back = await this.timed(t, () => this.hsm.decrypt(k.label, ct, iv, tag, aad));
     } catch (e) {
       if (e instanceof XksError && e.errorName === 'InvalidKeyUsageException') {
-        // An encrypt-only key cannot prove the round trip; the operator chose that usage.
-        this.log.debug('CDIV round trip skipped: key may not decrypt', { label: k.label });
-        return;
+        // Spec Appendix C: a returned CDIV is the proxy's assurance that a later Decrypt of this
+        // ciphertext will succeed. A key that may not decrypt can never keep that promise, so the
+        // CDIV request is refused rather than answered with a value that vouches for nothing.
+        this.log.debug('CDIV refused: the key may not decrypt', { label: k.label });
+        throw new XksError(
+          'InvalidKeyUsageException',
+          'The external key may encrypt but not decrypt, so the proxy cannot vouch for the ciphertext with a ciphertextDataIntegrityValue. Encrypt without ciphertextDataIntegrityValueAlgorithm, or use a key that may decrypt.',
+          `CDIV refused: key ${k.label} may not decrypt, the round trip cannot be proven`,
+        );
       }
       throw new XksError('InternalException', undefined, `CDIV round trip failed: ${e instanceof XksError ? e.errorName : 'error'}`);
     }

@@ -257,10 +257,14 @@ describe('XKS API over HTTPS against SoftHSM2', function () {
       expectError(await encrypt('k-aes128', Buffer.from('x')), 400, 'InvalidKeyUsageException');
     });
 
-    it('an encrypt-only key still answers a CDIV request', async () => {
+    it('an encrypt-only key refuses a CDIV request (a later Decrypt could not succeed), and still encrypts without one', async () => {
+      // Spec Appendix C: a returned CDIV promises that a later Decrypt will succeed.
       const r = await encrypt('k-enc', Buffer.from('x'), { ciphertextDataIntegrityValueAlgorithm: 'SHA_256' });
-      expect(r.status, r.text).to.equal(200);
-      expect(r.json.ciphertextDataIntegrityValue).to.be.a('string');
+      expectError(r, 400, 'InvalidKeyUsageException');
+      expect(r.json.errorMessage).to.match(/may encrypt but not decrypt/);
+      expect(r.json.ciphertextDataIntegrityValue).to.equal(undefined);
+      const plain = await encrypt('k-enc', Buffer.from('x'));
+      expect(plain.status, plain.text).to.equal(200);
     });
 
     it('a disabled key: InvalidStateException', async () => {

@@ -163,6 +163,12 @@ describe('observability: metrics and the audit log over HTTPS against SoftHSM2',
     expect(sample(text, 'xks_requests_in_flight')).to.equal(0);
   });
 
+  it('exposes the seq of the last checkpoint record (for audit verify --expect-seq)', async () => {
+    (h.proxy.audit as AuditLog).checkpoint('interval');
+    const cp = audit().filter((r) => r.type === 'checkpoint').at(-1)!;
+    expect(sample(await scrape(), 'xks_audit_last_checkpoint_seq')).to.equal(cp.seq);
+  });
+
   it('reports the share of requests shed while over capacity', async () => {
     h.proxy.overload.setLagForTest(2000); // half-way between the harness's maximum lag (1000) and three times it
     try {

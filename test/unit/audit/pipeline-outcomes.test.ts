@@ -5,6 +5,7 @@
  */
 import { expect } from 'chai';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { buildApp } from '../../../src/app';
@@ -94,6 +95,22 @@ describe('audit and metrics for gate outcomes (403, kill switch)', () => {
     expect(r).to.include({ outcome: 'error', errorName: 'AccessDeniedException', status: 403, policyStatement: 'deny-all-but-s3', kmsViaService: 'ebs' });
     const { body } = await meter.scrape();
     expect(sample(body, 'xks_requests_total', { key_store: 'g', api: 'GetKeyMetadata', outcome: 'AccessDeniedException' })).to.equal(1);
+  });
+
+  it('answers InternalException, not the outcome, when the request\'s audit record cannot be written (fail closed)', async () => {
+    // Fault injection: the audit file's descriptor points at /dev/full for this one request.
+    const priv = log as unknown as { fd: number };
+    const good = priv.fd;
+    priv.fd = fs.openSync('/dev/full', 'a');
+    try {
+      expect(await post('/g/kms/xks/v1/keys/k/metadata', { requestMetadata: md('ebs') })).to.equal(500);
+    } finally {
+      fs.closeSync(priv.fd);
+      priv.fd = good;
+    }
+    const { body } = await meter.scrape();
+    expect(sample(body, 'xks_requests_total', { key_store: 'g', api: 'GetKeyMetadata', outcome: 'InternalException' })).to.equal(1);
+    expect(log.stats.writeErrors).to.equal(1);
   });
 
   it('audits a blocked key (InvalidStateException)', async () => {
