@@ -93,21 +93,29 @@ async function serve(argv: string[]): Promise<number> {
   const log = createAppLogger(loaded.config.log.level);
   // server.workers > 1: this process is the cluster primary, or one of its workers (src/cluster/).
   const clustered = loaded.config.server.workers > 1;
-  const running: { close(): Promise<void>; reload(): void } = !clustered
+  // Signal handlers first: a SIGTERM that lands while the proxy starts (it logs "listening" before
+  // this function resumes) must still stop it gracefully, with its closing audit checkpoint.
+  let stopRequested: string | undefined;
+  let stop: ((sig: string) => void) | undefined;
+  const onStopSignal = (sig: string) => (stop ? stop(sig) : (stopRequested ??= sig));
+  process.once('SIGTERM', () => onStopSignal('SIGTERM'));
+  process.once('SIGINT', () => onStopSignal('SIGINT'));
+  let running: { close(): Promise<void>; reload(): void } | undefined;
+  // SIGHUP: re-read the config file; an invalid one is refused and the running config stays.
+  process.on('SIGHUP', () => (running ? running.reload() : log.warn('SIGHUP while starting: ignored, send it again once the proxy listens')));
+  const started: { close(): Promise<void>; reload(): void } = !clustered
     ? withReloadReport(await startProxy(loaded, { log }), log)
     : cluster.isPrimary
       ? await startPrimary(loaded, log, process.argv.slice(2))
       : withReloadReport(await startWorker(loaded, Number(process.env.XKS_WORKER_INDEX ?? '0'), log), log);
+  running = started;
   await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
+    stop = (sig: string) => {
       // A JSON line like every other log line, so that log shippers parse it.
       if (!clustered || cluster.isPrimary) log.info('shutting down', { signal: sig });
-      void running.close().then(resolve);
+      void started.close().then(resolve);
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-    // SIGHUP: re-read the config file; an invalid one is refused and the running config stays.
-    process.on('SIGHUP', () => running.reload());
+    if (stopRequested) stop(stopRequested);
   });
   // A worker's IPC channel to the primary would keep it alive after its proxy closed.
   if (clustered && cluster.isWorker) process.disconnect?.();
