@@ -163,6 +163,9 @@ export class OverloadGuard {
    */
   setLagForTest(ms: number): void {
     this.injectedLagMs = ms;
+    // The end of an injected lag also ends what it taught the adaptive share (an adapter tick may
+    // have run meanwhile on a slow machine), so that a test sees the guard as it was before.
+    if (ms === 0) this.adaptive = { overloaded: false, share: 0 };
   }
 
   private currentLagMs(): number {
