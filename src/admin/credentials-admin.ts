@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { SECRET_FILE_SUFFIX, type KeyStoreRegistry } from '../auth/key-stores';
-import { newCredential, type KmsProxyConfiguration } from '../cli/credentials';
+import { newCredential, type KmsProxyConfiguration } from '../auth/credentials';
 import { ACCESS_KEY_ID_RE, type Config } from '../config/schema';
 import { ControlError } from '../control/state-model';
 import { fsyncDir } from '../util/durable-fs';

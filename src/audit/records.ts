@@ -2,7 +2,10 @@
  * What goes into an audit record. Built from allow-lists, never by copying a request: no
  * plaintext, ciphertext, AAD, PIN, secret, signature, token or Authorization header can reach it.
  */
-import type { RequestLog, RequestRecord } from '../log/request-log';
+import type { RequestLog } from '../log/request-log';
+import { clip } from '../log/request-record';
+
+export { MAX_FIELD, clip, xksFields } from '../log/request-record';
 
 /** One operator action on the admin API (kill switch, key blocking, policy, credentials...). */
 export interface AdminAction {
@@ -33,40 +36,6 @@ export interface AdminAction {
 /** The audit stream: one record per XKS request (RequestLog.write) and one per admin action. */
 export interface AuditSink extends RequestLog {
   writeAdmin(action: AdminAction): void;
-}
-
-/** Caller-controlled strings are cut so that one request cannot flood the log. */
-export const MAX_FIELD = 2048;
-
-export function clip(v: string | undefined): string | undefined {
-  return v === undefined || v.length <= MAX_FIELD ? v : v.slice(0, MAX_FIELD) + '...';
-}
-
-/** The members of an "xks" audit record (besides seq, id, time, type, prevHash, hash). */
-export function xksFields(r: Readonly<RequestRecord>): Record<string, unknown> {
-  return {
-    kmsRequestId: clip(r.kmsRequestId),
-    keyStore: r.keyStore,
-    externalKeyId: clip(r.externalKeyId),
-    api: r.api,
-    kmsOperation: clip(r.kmsOperation),
-    awsPrincipalArn: clip(r.awsPrincipalArn),
-    kmsKeyArn: clip(r.kmsKeyArn),
-    kmsViaService: clip(r.kmsViaService),
-    awsSourceVpc: clip(r.awsSourceVpc),
-    awsSourceVpce: clip(r.awsSourceVpce),
-    accessKeyId: r.accessKeyId,
-    outcome: r.outcome,
-    status: r.status,
-    errorName: r.errorName,
-    reason: clip(r.reason),
-    reasonCode: r.reasonCode,
-    policyStatement: clip(r.policyStatement),
-    allowedBy: clip(r.allowedBy),
-    latencyMs: r.latencyMs,
-    hsmMs: r.hsmMs,
-    aadLayout: r.aadLayout,
-  };
 }
 
 export function adminFields(a: Readonly<AdminAction>): Record<string, unknown> {

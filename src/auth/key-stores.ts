@@ -14,7 +14,7 @@ import type { Config, KeyStoreConfig } from '../config/schema';
 import { ACCESS_KEY_ID_RE, SECRET_RE, XKS_API_SUFFIX } from '../config/schema';
 import { readSecret, SECRET_FILE_SUFFIX } from '../config/secrets';
 import type { AppLogger } from '../log/logger';
-import { TokenBucket } from '../xks/quota';
+import { TokenBucket } from '../util/token-bucket';
 import type { SecretLookup } from './sigv4';
 
 export { SECRET_FILE_SUFFIX };

@@ -15,7 +15,7 @@ import { startWorker } from '../cluster/worker';
 import { createAppLogger, type AppLogger } from '../log/logger';
 import { StartupError, startProxy, type RunningProxy } from '../main';
 import { VERSION } from '../version';
-import { listCredentials, newCredential } from './credentials';
+import { listCredentials, newCredential } from '../auth/credentials';
 import { CHECK_USAGE, checkCommand } from './check';
 import { AUDIT_USAGE, auditCommand } from './audit-commands';
 import { IMPORT_USAGE, importConfigCommand } from './import-config';

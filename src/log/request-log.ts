@@ -7,37 +7,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { xksFields } from '../audit/records';
+import { xksFields, type RequestRecord } from './request-record';
 
-export interface RequestRecord {
-  time: string;
-  api: string;
-  keyStore?: string | undefined;
-  externalKeyId?: string | undefined;
-  kmsRequestId?: string | undefined;
-  kmsOperation?: string | undefined;
-  awsPrincipalArn?: string | undefined;
-  kmsKeyArn?: string | undefined;
-  kmsViaService?: string | undefined;
-  awsSourceVpc?: string | undefined;
-  awsSourceVpce?: string | undefined;
-  accessKeyId?: string | undefined;
-  outcome: 'ok' | 'error';
-  errorName?: string | undefined;
-  /** The allowlist statement that denied the request (spec "Authorization"). */
-  policyStatement?: string | undefined;
-  /** The allowlist statement that allowed it. */
-  allowedBy?: string | undefined;
-  /** Log-safe internal reason of an error (e.g. why SigV4 failed), in words. */
-  reason?: string | undefined;
-  /** The same as a stable code (XksError.reason, e.g. "sigv4.clock_skew"): what metrics and tools read. */
-  reasonCode?: string | undefined;
-  status: number;
-  latencyMs: number;
-  hsmMs?: number | undefined;
-  /** 'aws-sample': a Decrypt that needed the AWS sample proxy's AAD layout (keyStores[].compatibility). */
-  aadLayout?: 'aws-sample' | undefined;
-}
+export type { RequestRecord } from './request-record';
+
 
 export interface RequestLog {
   /** Record it; a lost write only shows in the log and the metrics. */

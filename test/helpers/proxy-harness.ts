@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import winston from 'winston';
-import { generateAccessKeyId, generateSecret } from '../../src/cli/credentials';
+import { generateAccessKeyId, generateSecret } from '../../src/auth/credentials';
 import { parseConfig } from '../../src/config/load';
 import type { HsmBackend } from '../../src/hsm/backend';
 import { startProxy, type RunningProxy } from '../../src/main';

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import winston from 'winston';
 import { main as cli } from '../../../src/cli/index';
-import { generateAccessKeyId, generateSecret } from '../../../src/cli/credentials';
+import { generateAccessKeyId, generateSecret } from '../../../src/auth/credentials';
 import { loadConfig } from '../../../src/config/load';
 import { createKey } from '../../../src/hsm/key-admin';
 import { startProxy, type RunningProxy } from '../../../src/main';

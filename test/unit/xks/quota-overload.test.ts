@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { OverloadGuard, adaptShare, type AdaptiveState, type LoopClock } from '../../../src/http/overload';
-import { TokenBucket } from '../../../src/xks/quota';
+import { TokenBucket } from '../../../src/util/token-bucket';
 
 /**
  * A manual event loop for the lag sampler: time moves only when the test says so. run() lets

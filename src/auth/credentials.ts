@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ACCESS_KEY_ID_RE, SECRET_RE, XKS_API_SUFFIX, type Config } from '../config/schema';
-import { SECRET_FILE_SUFFIX } from '../auth/key-stores';
+import { SECRET_FILE_SUFFIX } from './key-stores';
 import { fsyncDir } from '../util/durable-fs';
 
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
