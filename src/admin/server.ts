@@ -18,6 +18,7 @@
  *
  * Every change, and every refused change, is handed to onAdminAction (who, when, scope, reason).
  */
+import { serviceErrorBody } from '../http/respond';
 import express from 'express';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -96,7 +97,11 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
         const err = e instanceof AuthError ? e : new AuthError(401, String(e));
         log.warn('admin authentication failed', { status: err.status, reason: err.detail, path: req.path, remote: req.socket.remoteAddress });
         if (err.status === 401) res.set('WWW-Authenticate', 'Bearer');
-        send(res, err.status, { error: err.status === 401 ? 'unauthorized' : 'unavailable', message: err.status === 401 ? 'a valid operator token is required' : 'operator authentication is unavailable; see the proxy log' });
+        // 401: no valid token; 403: a valid token claiming a role its key does not hold; else the
+        // authentication itself failed (e.g. an unreadable JWKS file).
+        const [code, message] =
+          err.status === 401 ? ['unauthorized', 'a valid operator token is required'] : err.status === 403 ? ['forbidden', 'this operator key may not claim that role'] : ['unavailable', 'operator authentication is unavailable; see the proxy log'];
+        send(res, err.status, serviceErrorBody(code, message));
       },
     );
   };
@@ -106,7 +111,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
       const id = (req as Req).operator!;
       if (roles.includes(id.role)) return next();
       record(req as Req, { action: `${req.method} ${req.path}`, outcome: 'refused', status: 403, detail: `role ${id.role} may not do this` });
-      send(res, 403, { error: 'forbidden', message: `role ${id.role} may not do this` });
+      send(res, 403, serviceErrorBody('forbidden', `role ${id.role} may not do this`));
     };
   // The body is parsed only after the caller is authenticated and authorised.
   const json = express.json({ limit: '256kb', type: () => true });
@@ -135,12 +140,12 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
         if (e instanceof ControlError || e instanceof ScopeError) {
           const status = e instanceof ControlError ? CONTROL_STATUS[e.code] : 400;
           record(r, { ...base, outcome: 'refused', status, detail: e.message });
-          send(res, status, { error: e instanceof ControlError ? e.code : 'invalid', message: e.message, ...(e instanceof ControlError && e.errors.length ? { errors: e.errors } : {}) });
+          send(res, status, serviceErrorBody(e instanceof ControlError ? e.code : 'invalid', e.message, e instanceof ControlError && e.errors.length ? { errors: e.errors } : {}));
           return;
         }
         log.error('admin action failed', { action, reason: (e as Error).message });
         record(r, { ...base, outcome: 'error', status: 500, detail: (e as Error).message });
-        send(res, 500, { error: 'internal', message: 'the action failed; see the proxy log' });
+        send(res, 500, serviceErrorBody('internal', 'the action failed; see the proxy log'));
       }
     };
   }
@@ -173,7 +178,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
 
   app.get('/admin/v1/policies/:keyStore', ...anyone, (req, res) => {
     const ks = String(req.params.keyStore);
-    if (!registry.byName(ks)) return send(res, 404, { error: 'not-found', message: `no key store named "${ks}"` });
+    if (!registry.byName(ks)) return send(res, 404, serviceErrorBody('not-found', `no key store named "${ks}"`));
     send(res, 200, { keyStore: ks, policy: control.policy(ks) ?? null });
   });
 
@@ -245,11 +250,11 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
 
   deps.extraRoutes?.(app, { reader: anyone });
 
-  app.use((_req: express.Request, res: express.Response) => send(res, 404, { error: 'not-found', message: 'no such admin endpoint' }));
+  app.use((_req: express.Request, res: express.Response) => send(res, 404, serviceErrorBody('not-found', 'no such admin endpoint')));
   app.use((err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
     const status = typeof (err as { status?: unknown }).status === 'number' ? (err as { status: number }).status : 500;
     if (status >= 500) log.error('admin request failed', { reason: err instanceof Error ? err.message : String(err) });
-    send(res, status, { error: status === 400 ? 'invalid' : 'internal', message: status === 400 ? 'the request body is not valid JSON' : 'see the proxy log' });
+    send(res, status, serviceErrorBody(status === 400 ? 'invalid' : 'internal', status === 400 ? 'the request body is not valid JSON' : 'see the proxy log'));
   });
   return app;
 }

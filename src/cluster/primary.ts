@@ -21,6 +21,7 @@ import { auditAdminActions } from '../admin/actions';
 import { asAuditSink, openRequestOrAuditLog } from '../audit/sink';
 import type { LoadedConfig } from '../config/load';
 import { startControl, type RunningControl } from '../control/start';
+import { sendServiceError } from '../http/respond';
 import { closeServer, listen } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import { METRICS_PATH, adminMetricsRoute } from '../metrics/http';
@@ -127,7 +128,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
       res.writeHead(200, { 'Content-Type': aggregator.contentType, 'Cache-Control': 'no-store' }).end(body);
     } catch (e) {
       log.error('cluster metrics failed', { reason: (e as Error).message });
-      res.writeHead(503, { 'Content-Type': 'text/plain' }).end('metrics unavailable\n');
+      sendServiceError(res, 503, 'unavailable', 'cluster metrics unavailable; see the proxy log');
     }
   }
 
@@ -136,7 +137,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   if (config.metrics.port !== undefined) {
     metricsServer = http.createServer((req, res) => {
       if (req.method === 'GET' && req.url === METRICS_PATH) void serveMetrics(res);
-      else res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+      else sendServiceError(res, 404, 'not-found', `only ${METRICS_PATH} is served here`);
     });
     metricsPort = (await listen(metricsServer, config.metrics.port, config.metrics.host)).port;
   }

@@ -51,3 +51,18 @@ export function rawErrorResponse(err: XksError): string {
   for (const [k, v] of Object.entries({ ...errorHeaders(err), 'Content-Length': String(Buffer.byteLength(text)), Connection: 'close' })) headers.push([k, v]);
   return `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${text}`;
 }
+
+/**
+ * The one error shape of the operator-facing listeners (the admin API, the metrics listener):
+ *   {"error": "<code>", "message": "<text>", ...details}
+ * `error` is a stable, lower-case code (not-found, unauthorized, forbidden, invalid, internal,
+ * unavailable, method-not-allowed, or a control error code) for scripts; `message` is for people.
+ * The XKS listener keeps the spec's {"errorName","errorMessage"} (sendError above).
+ */
+export function serviceErrorBody(error: string, message: string, details: Record<string, unknown> = {}): Record<string, unknown> {
+  return { error, message, ...details };
+}
+
+export function sendServiceError(res: ServerResponse, status: number, error: string, message: string, extraHeaders?: Record<string, string>): void {
+  sendJson(res, status, serviceErrorBody(error, message), extraHeaders);
+}

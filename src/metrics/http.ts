@@ -5,6 +5,7 @@
 import type http from 'node:http';
 import type express from 'express';
 import type { AdminGuards } from '../admin/server';
+import { sendServiceError } from '../http/respond';
 import { createPlainServer } from '../http/server';
 import type { MetricsConfig } from './config';
 import type { PromMeter } from './prom-meter';
@@ -15,7 +16,7 @@ export const METRICS_PATH = '/metrics';
 export function metricsHandler(meter: PromMeter): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   return (req, res) => {
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { 'Content-Type': 'application/json', Allow: 'GET, HEAD' }).end(JSON.stringify({ errorName: 'MethodNotAllowed', errorMessage: 'GET only.' }));
+      sendServiceError(res, 405, 'method-not-allowed', 'GET or HEAD only.', { Allow: 'GET, HEAD' });
       return;
     }
     meter.scrape().then(
@@ -23,7 +24,7 @@ export function metricsHandler(meter: PromMeter): (req: http.IncomingMessage, re
         res.writeHead(200, { 'Content-Type': contentType, 'Cache-Control': 'no-store' });
         res.end(req.method === 'HEAD' ? undefined : body);
       },
-      () => res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics collection failed\n'),
+      () => sendServiceError(res, 500, 'internal', 'metrics collection failed; see the proxy log'),
     );
   };
 }
@@ -44,6 +45,6 @@ export function createMetricsServer(meter: PromMeter): http.Server {
   return createPlainServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === METRICS_PATH) handle(req, res);
-    else res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+    else sendServiceError(res, 404, 'not-found', `only ${METRICS_PATH} is served here`);
   });
 }

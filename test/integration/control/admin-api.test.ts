@@ -103,6 +103,11 @@ describe('admin API', function () {
       const r = await adminRaw(port(), 'POST', '/admin/v1/kill-switch/engage', await ops.token('audrey', { role: 'operator' }), { scope: 'proxy', reason: 'x' });
       expect(r.status).to.equal(403);
       expect(h.proxy.control!.publicState().blocks).to.deep.equal([]);
+      // The operator listeners' one error shape (src/http/respond.ts serviceErrorBody).
+      expect(Object.keys(r.json).sort()).to.deep.equal(['error', 'message']);
+      expect(r.json.error).to.equal('forbidden');
+      const none = await adminRaw(port(), 'GET', '/admin/v1/nothing-here', undefined);
+      expect([none.status, none.json.error]).to.deep.equal([404, 'not-found']);
     });
 
     it('a key removed from the JWKS file stops working without a restart', async () => {

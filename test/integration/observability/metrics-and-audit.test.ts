@@ -101,7 +101,11 @@ describe('observability: metrics and the audit log over HTTPS against SoftHSM2',
 
   it('serves /metrics on the dedicated listener only at /metrics', async () => {
     expect(h.proxy.metricsPort).to.be.a('number');
-    expect((await getText(h.proxy.metricsPort!, '/other')).status).to.equal(404);
+    // Errors in the operator listeners' one shape: {"error": code, "message": text} (src/http/respond.ts).
+    const other = await getText(h.proxy.metricsPort!, '/other');
+    expect(other.status).to.equal(404);
+    expect(other.type).to.match(/^application\/json/);
+    expect(JSON.parse(other.text)).to.deep.equal({ error: 'not-found', message: 'only /metrics is served here' });
     const text = await scrape();
     expect(sample(text, 'xks_build_info')).to.equal(1);
     expect(text).to.include('process_cpu_user_seconds_total');
