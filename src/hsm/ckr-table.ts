@@ -184,9 +184,20 @@ export function ckrCode(err: unknown): number | undefined {
   return undefined;
 }
 
-function methodOf(err: unknown): string {
+/** The PKCS#11 functions each operation calls, for errors whose function pkcs11js leaves unnamed. */
+const OP_FUNCTIONS: Record<Pkcs11Op, string> = {
+  encrypt: 'C_EncryptInit/C_Encrypt',
+  decrypt: 'C_DecryptInit/C_Decrypt',
+  find: 'C_FindObjectsInit/C_FindObjects',
+  login: 'C_OpenSession/C_Login',
+  'token-check': 'C_GetTokenInfo',
+  other: 'a PKCS#11 call',
+};
+
+/** The function that failed: pkcs11js names it for most calls, but leaves it empty for some (C_Encrypt, C_Decrypt). */
+function methodOf(err: unknown, op: Pkcs11Op): string {
   const m = (err as { method?: unknown } | null)?.method;
-  return typeof m === 'string' && /^C_\w+$/.test(m) ? m : 'unknown function';
+  return typeof m === 'string' && /^C_\w+$/.test(m) ? m : OP_FUNCTIONS[op];
 }
 
 /**
@@ -199,7 +210,7 @@ export function classifyPkcs11Error(err: unknown, op: Pkcs11Op, profile: HsmProf
   const code = ckrCode(err);
   if (op === 'token-check') {
     const what = code === undefined ? (err instanceof Error ? err.name : typeof err) : `${ckrName(code)} (0x${code.toString(16)})`;
-    return { errorName: TOKEN_GONE.errorName, action: TOKEN_GONE.action, retry: true, code, detail: `${what} in ${methodOf(err)} during token-check` };
+    return { errorName: TOKEN_GONE.errorName, action: TOKEN_GONE.action, retry: true, code, detail: `${what} in ${methodOf(err, op)} during token-check` };
   }
   if (code === undefined) {
     // Not a CKR value: a NativeError (e.g. dlopen) or a TypeError from the binding. Their messages
@@ -211,7 +222,7 @@ export function classifyPkcs11Error(err: unknown, op: Pkcs11Op, profile: HsmProf
       action: UNKNOWN.action,
       retry: true,
       code: undefined,
-      detail: `${name}${msg ? ': ' + msg : ''} in ${methodOf(err)} during ${op}`,
+      detail: `${name}${msg ? ': ' + msg : ''} in ${methodOf(err, op)} during ${op}`,
     };
   }
   const rule = CKR_TABLE.get(code) ?? UNKNOWN;
@@ -222,6 +233,6 @@ export function classifyPkcs11Error(err: unknown, op: Pkcs11Op, profile: HsmProf
     action: chosen.action,
     retry: chosen.action !== 'keep',
     code,
-    detail: `${ckrName(code)} (0x${code.toString(16)}) in ${methodOf(err)} during ${op}`,
+    detail: `${ckrName(code)} (0x${code.toString(16)}) in ${methodOf(err, op)} during ${op}`,
   };
 }

@@ -64,7 +64,7 @@ export function createRequestLog(opts: { stdout: boolean; file?: string | undefi
   };
   const add = (r: RequestRecord): void => {
     // The same allow-listed, clipped fields as an audit record: one definition (audit/records.ts).
-    pending.push(JSON.stringify({ time: r.time, ...xksFields(r) }) + '\n');
+    pending.push(JSON.stringify({ time: r.time, level: requestLevel(r), message: 'xks request', ...xksFields(r) }) + '\n');
     if (!scheduled) {
       scheduled = true;
       setImmediate(flush);
@@ -84,4 +84,13 @@ export function createRequestLog(opts: { stdout: boolean; file?: string | undefi
       fd = undefined;
     },
   };
+}
+
+/**
+ * A level like the application log's lines, so that one log pipeline filters both alike: info
+ * for an answered request, warn for a refusal the caller caused (4xx, and 501 for a request beyond
+ * the proxy's limits), error for the proxy's own failure (500, 503).
+ */
+export function requestLevel(r: Pick<RequestRecord, 'outcome' | 'status'>): 'info' | 'warn' | 'error' {
+  return r.outcome === 'ok' ? 'info' : r.status >= 500 && r.status !== 501 ? 'error' : 'warn';
 }

@@ -89,6 +89,8 @@ describe('throttling', () => {
     expect(hsm.started, 'HSM operations').to.equal(before);
     const line = h.requestLog().trim().split('\n').map((l) => JSON.parse(l)).reverse().find((l) => l.errorName === 'ThrottlingException' && l.keyStore === 'free');
     expect(line.reason).to.match(/overload: overloaded \(event loop 5000 ms late, max \d+\)/);
+    // Request-log lines carry a level like the application log's (4xx: warn).
+    expect(line).to.include({ level: 'warn', message: 'xks request' });
     expect(line.accessKeyId).to.equal(undefined);
     // Not shed: the same forged request meets SigV4 (401), and a signed one reaches the HSM.
     expect((await xksCall(h, url, encrypt(), { cred: forged })).status).to.equal(401);

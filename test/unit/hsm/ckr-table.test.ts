@@ -150,7 +150,13 @@ describe('CKR table', () => {
     (e as unknown as { method: string }).method = 'secret plaintext here';
     const d = classifyPkcs11Error(e, 'decrypt', 'softhsm2');
     expect(d.detail).to.not.include('secret');
-    expect(d.detail).to.include('unknown function');
+    expect(d.detail).to.equal('CKR_GENERAL_ERROR (0x5) in C_DecryptInit/C_Decrypt during decrypt');
+  });
+
+  it('names the functions of the operation when pkcs11js leaves the method empty (it does for C_Encrypt and C_Decrypt)', () => {
+    const e = ckrError(P.CKR_SESSION_HANDLE_INVALID, 'C_Encrypt');
+    (e as unknown as { method: string }).method = '';
+    expect(classifyPkcs11Error(e, 'encrypt', 'softhsm2').detail).to.equal('CKR_SESSION_HANDLE_INVALID (0xb3) in C_EncryptInit/C_Encrypt during encrypt');
   });
 
   it('treats errors that are not CKR values as unknown: InternalException, drop', () => {
@@ -160,7 +166,7 @@ describe('CKR table', () => {
       expect(d.action).to.equal('drop');
       expect(d.code).to.equal(undefined);
     }
-    expect(classifyPkcs11Error(new TypeError('x'), 'other', 'generic').detail).to.match(/^TypeError: x in unknown function during other$/);
+    expect(classifyPkcs11Error(new TypeError('x'), 'other', 'generic').detail).to.match(/^TypeError: x in a PKCS#11 call during other$/);
   });
 
   it('does not mistake an Error carrying a numeric code for a CKR value', () => {
