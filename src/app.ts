@@ -146,18 +146,18 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
       // Over capacity: refuse before spending SigV4 or HSM work (spec: ThrottlingException when
       // the proxy "is unable to keep up").
       const shed = overload?.shedReason();
-      if (shed) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${shed}`);
+      if (shed) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${shed}`).because('overload.lag');
       const caller = verifySigV4({ method: req.method, url, rawHeaders: req.rawHeaders, body }, route.keyStore, { ...sigv4Opts, now: now() }, keyCache);
       record.accessKeyId = caller.accessKeyId;
       unauthenticated?.release();
       // Authenticated: now it may take in-flight capacity (bounded for slow, network HSMs).
       const full = overload?.tryEnter();
-      if (full) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${full}`);
+      if (full) throw new XksError('ThrottlingException', 'The proxy is over capacity. Retry later.', `overload: ${full}`).because('overload.in_flight');
       inFlight = overload !== undefined;
       // The key store's own quota counts authenticated requests only, so that nobody without its
       // credentials can use it up.
       if (route.keyStore.quota && !route.keyStore.quota.take()) {
-        throw new XksError('ThrottlingException', 'The request rate of this key store exceeds its quota.', `quota of key store ${route.keyStore.name}`);
+        throw new XksError('ThrottlingException', 'The request rate of this key store exceeds its quota.', `quota of key store ${route.keyStore.name}`).because('quota');
       }
       const json = parseJsonBody(body);
       const md = parseRequestMetadata(json, route.api);
@@ -192,8 +192,8 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
         await requestLog.commit(record);
       } catch (e) {
         log.error('request record not written; answering InternalException', { api: record.api, keyStore: record.keyStore, reason: (e as Error).message });
-        Object.assign(record, { outcome: 'error', errorName: 'InternalException', status: 500, reason: 'audit record not written' });
-        answer = () => sendError(res, new XksError('InternalException', undefined, 'audit record not written'));
+        Object.assign(record, { outcome: 'error', errorName: 'InternalException', status: 500, reason: 'audit record not written', reasonCode: 'audit.write_failed' });
+        answer = () => sendError(res, new XksError('InternalException', undefined, 'audit record not written').because('audit.write_failed'));
       }
       meter.requestCompleted(record);
       answer();
@@ -203,7 +203,7 @@ export function xksHandler(deps: AppDeps): (req: IncomingMessage, res: ServerRes
 
 /** Refusal of a request beyond the pre-authentication bounds whose body was not in at once; the rest is never read. */
 function preAuthRefused(reason: string): XksError {
-  const e = new XksError('ThrottlingException', 'Too many requests are waiting to be authenticated. Retry later.', `pre-auth: ${reason}`);
+  const e = new XksError('ThrottlingException', 'Too many requests are waiting to be authenticated. Retry later.', `pre-auth: ${reason}`).because('pre_auth');
   e.closeConnection = true;
   return e;
 }

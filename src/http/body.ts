@@ -46,7 +46,7 @@ export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?:
     };
     const onEnd = () => finish(undefined, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     const onError = (e: Error) => finish(new XksError('ValidationException', 'The request body could not be read.', `body read error: ${e.message}`));
-    const onAborted = () => finish(new XksError('ValidationException', 'The request body was incomplete.', 'client aborted the body'));
+    const onAborted = () => finish(new XksError('ValidationException', 'The request body was incomplete.', 'client aborted the body').because('body.aborted'));
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('error', onError);
@@ -55,13 +55,13 @@ export function readRawBody(req: IncomingMessage, maxBytes: number, deadlineMs?:
 }
 
 function tooSlow(deadlineMs: number, received: number): XksError {
-  const e = new XksError('ValidationException', `The request body did not arrive within ${deadlineMs} ms.`, `body deadline passed after ${received} bytes`);
+  const e = new XksError('ValidationException', `The request body did not arrive within ${deadlineMs} ms.`, `body deadline passed after ${received} bytes`).because('body.deadline');
   e.closeConnection = true;
   return e;
 }
 
 function tooLarge(maxBytes: number, what: string): XksError {
-  const e = new XksError('UnsupportedOperationException', `The request body is larger than ${maxBytes} bytes.`, `body over the cap: ${what}`);
+  const e = new XksError('UnsupportedOperationException', `The request body is larger than ${maxBytes} bytes.`, `body over the cap: ${what}`).because('body.too_large');
   e.closeConnection = true;
   return e;
 }

@@ -91,6 +91,7 @@ describe('throttling', () => {
     expect(line.reason).to.match(/overload: overloaded \(event loop 5000 ms late, max \d+\)/);
     // Request-log lines carry a level like the application log's (4xx: warn).
     expect(line).to.include({ level: 'warn', message: 'xks request' });
+    expect(line.reasonCode).to.equal('overload.lag');
     expect(line.accessKeyId).to.equal(undefined);
     // Not shed: the same forged request meets SigV4 (401), and a signed one reaches the HSM.
     expect((await xksCall(h, url, encrypt(), { cred: forged })).status).to.equal(401);
