@@ -259,20 +259,20 @@ else
 fi
 
 # --- 7. CLI subcommands through the entrypoint ------------------------------------------------
-keys=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" keys list || true)
+keys=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" keys list --json || true)
 printf '%s\n' "$keys"
 missing_keys=""
 for k in xks-health demo-key-1 demo-encrypt-only demo-decrypt-only; do
-  grep -q "^$k"$'\t' <<<"$keys" || missing_keys+=" $k"
+  grep -q "\"label\": \"$k\"" <<<"$keys" || missing_keys+=" $k"
 done
 if [ -z "$missing_keys" ]; then
   pass "'keys list' through the entrypoint lists the four demo keys"
 else
   fail "'keys list' through the entrypoint lists the four demo keys" "missing:$missing_keys"
 fi
-creds=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" credentials list || true)
+creds=$("$ENGINE" run --rm --network=host --no-healthcheck -v "$VOL:/data" "$IMAGE" credentials list --json || true)
 printf '%s\n' "$creds"
-if [ "$creds" = "demo"$'\t'"/demo/kms/xks/v1"$'\t'"$AKID" ]; then
+if [ "$(node -e 'const r = JSON.parse(process.argv[1]); process.stdout.write(JSON.stringify(r))' "$creds" 2>/dev/null)" = '[{"keyStore":"demo","uriPath":"/demo/kms/xks/v1","accessKeyIds":["'"$AKID"'"]}]' ]; then
   pass "'credentials list' through the entrypoint shows the demo credential (and no secret)"
 else
   fail "'credentials list' through the entrypoint shows the demo credential"

@@ -236,7 +236,10 @@ fi
 
 # --- 6. keys ----------------------------------------------------------------------------------
 
-existing_keys=$(xks keys list | cut -f1)
+# Scripts read the CLI's --json output (the table is for people). json_list EXPR prints EXPR for
+# each row r of the JSON array on stdin; the expressions are this script's own.
+json_list() { node -e 'let s = ""; process.stdin.on("data", (c) => (s += c)).on("end", () => { for (const r of JSON.parse(s)) console.log(eval(process.argv[1])); });' "$1"; }
+existing_keys=$(xks keys list --json | json_list 'r.label')
 for spec in xks-health:encrypt-decrypt demo-key-1:encrypt-decrypt demo-encrypt-only:encrypt demo-decrypt-only:decrypt; do
   label=${spec%%:*}
   usage=${spec#*:}
@@ -307,7 +310,7 @@ kms_json_field() {
     process.stdout.write(String({ akid: c.AccessKeyId, secret: c.RawSecretAccessKey, path: j.XksProxyUriPath }[process.argv[2]] ?? ""));' "$KMS_JSON" "$1"
 }
 
-ids=$(xks credentials list | awk -F'\t' -v ks="$KEY_STORE" '$1 == ks { print $3 }')
+ids=$(xks credentials list --json | KS="$KEY_STORE" json_list 'r.keyStore === process.env.KS ? (r.accessKeyIds.join(",") || "(none)") : ""' | grep -v '^$' || true)
 [ -n "$ids" ] || die "key store \"$KEY_STORE\" is not in $CONFIG"
 if [ "$ids" = "(none)" ]; then
   say "creating a SigV4 credential for key store \"$KEY_STORE\""
@@ -331,7 +334,7 @@ if [ -z "$SECRET" ]; then
   AKID=${newest%.secret}
   SECRET=$(<"$CRED_DIR/$newest")
   say "writing $KMS_JSON for credential $AKID"
-  XKS_PATH=$(xks credentials list | awk -F'\t' -v ks="$KEY_STORE" '$1 == ks { print $2 }') \
+  XKS_PATH=$(xks credentials list --json | KS="$KEY_STORE" json_list 'r.keyStore === process.env.KS ? r.uriPath : ""' | grep -v '^$') \
     AKID="$AKID" SECRET="$SECRET" node -e 'process.stdout.write(JSON.stringify({
       XksProxyUriPath: process.env.XKS_PATH,
       XksProxyAuthenticationCredential: { AccessKeyId: process.env.AKID, RawSecretAccessKey: process.env.SECRET },

@@ -58,12 +58,12 @@ list:   every secret key in the token with the metadata the proxy reports (keySp
   check: CHECK_USAGE,
   credentials: `Usage:
   xks-proxy credentials new --key-store NAME [--out FILE] [--config FILE]
-  xks-proxy credentials list [--config FILE]
+  xks-proxy credentials list [--json] [--config FILE]
 
 new:  makes a spec-conformant access key id and secret for the key store, stores the secret in the
       key store's credentialsDir (mode 0600; the running proxy picks it up without a restart) and
       prints the KMS console proxy configuration JSON (or writes it to --out, mode 0600).
-list: the access key ids of every key store (never the secrets).`,
+list: the access key ids of every key store (never the secrets); --json for scripts.`,
 };
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -173,7 +173,7 @@ async function keys(argv: string[]): Promise<number> {
 }
 
 async function credentials(argv: string[]): Promise<number> {
-  const { flags, positionals } = parse(argv, { 'key-store': { type: 'string' }, out: { type: 'string' } });
+  const { flags, positionals } = parse(argv, { 'key-store': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } });
   const sub = positionals[0];
   if (flags.help || !sub) return help('credentials', !flags.help);
   const loaded = load(flags);
@@ -187,7 +187,9 @@ async function credentials(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === 'list') {
-    process.stdout.write(formatTable([['KEY STORE', 'URI PATH', 'ACCESS KEY IDS'], ...listCredentials(loaded.config).map((row) => [row.keyStore, row.uriPath, row.accessKeyIds.join(',') || '(none)'])]));
+    const rows = listCredentials(loaded.config);
+    if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+    else process.stdout.write(formatTable([['KEY STORE', 'URI PATH', 'ACCESS KEY IDS'], ...rows.map((row) => [row.keyStore, row.uriPath, row.accessKeyIds.join(',') || '(none)'])]));
     return 0;
   }
   return usageError('credentials', `unknown subcommand ${sub}`);
