@@ -12,11 +12,11 @@ import express from 'express';
 import { addProbeRoutes, buildApp } from './app';
 import { KeyStoreRegistry } from './auth/key-stores';
 import { type LoadedConfig } from './config/load';
-import { readSecret } from './config/secrets';
 import type { Config } from './config/schema';
 import type { ErrorName } from './errors/xks-error';
 import type { HsmBackend } from './hsm/backend';
-import { openPkcs11Backend } from './hsm/pkcs11-backend';
+import { openConfiguredHsm } from './hsm/open-configured';
+import { StartupError } from './errors/startup-error';
 import { createAppLogger, type AppLogger } from './log/logger';
 import type { RequestLog } from './log/request-log';
 import type { AuditSink } from './audit/records';
@@ -77,7 +77,7 @@ export interface RunningProxy {
   close(graceMs?: number): Promise<void>;
 }
 
-export class StartupError extends Error {}
+export { StartupError, openConfiguredHsm };
 
 /**
  * What the operator should look at when the first deep health check fails. The HSM is open and
@@ -97,29 +97,6 @@ export function healthFailureAdvice(hsm: Pick<Config['hsm'], 'healthKeyLabel' | 
         `Check hsm.ivMode (now "${hsm.ivMode}") against how the HSM produces the GCM IV: "proxy" if it takes the proxy's IV, ` +
         `"hsm-params" if it writes its own into the mechanism parameters (AWS CloudHSM), "hsm-appended" if it appends it to the output (Luna in FIPS mode); see docs/hsm-profiles.md.`
       );
-  }
-}
-
-/** Open the configured PKCS#11 module; every failure becomes a StartupError an operator can act on. */
-export async function openConfiguredHsm(cfg: Config['hsm'], env: NodeJS.ProcessEnv, log: AppLogger): Promise<HsmBackend> {
-  let pin: string;
-  try {
-    pin = readSecret(cfg.pin, env);
-  } catch (e) {
-    throw new StartupError(`HSM PIN: ${(e as Error).message}`);
-  }
-  if (cfg.callMode === 'async') {
-    // libuv reads UV_THREADPOOL_SIZE from this process's environment when its pool starts: it
-    // cannot come from the configuration (nor from a test's injected env).
-    const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-    if (threads < cfg.pool.size) {
-      log.warn('hsm.callMode async: at most UV_THREADPOOL_SIZE HSM calls run at once; set it to at least hsm.pool.size in the environment', { UV_THREADPOOL_SIZE: threads, poolSize: cfg.pool.size });
-    }
-  }
-  try {
-    return await openPkcs11Backend(cfg, pin, log);
-  } catch (e) {
-    throw new StartupError(`HSM: ${(e as Error).message}`);
   }
 }
 
