@@ -82,8 +82,13 @@ export class KeyVersionManager {
 
   async close(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
-    await Promise.allSettled([...this.rotating.values()]);
+    await this.rotationsSettled();
     this.flushQuietly();
+  }
+
+  /** Resolves once the rotations running now have ended (either way). */
+  async rotationsSettled(): Promise<void> {
+    await Promise.allSettled([...this.rotating.values()]);
   }
 
   private flushQuietly(): void {
