@@ -6,6 +6,7 @@
  */
 import { expect } from 'chai';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { XksError } from '../../../src/errors/xks-error';
 import { createKey } from '../../../src/hsm/key-admin';
@@ -17,7 +18,7 @@ import { main } from '../../../src/cli/index';
 import { captureOutput } from '../../helpers/capture-output';
 import { startHarness, writeCredential, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
-import { eventually, xksClient } from './rotation.test';
+import { eventually, xksClient } from '../../helpers/key-version-client';
 
 /** The HSM refuses to generate keys (an encrypt-only appliance): rotations fail. */
 class NoKeyGeneration extends DelegatingBackend {
@@ -66,6 +67,16 @@ describe('key versions: encryption counts, the rotation threshold and the GCM li
     expect(r.code, r.err).to.equal(0);
     return JSON.parse(r.out);
   }
+
+  it('a usageDir that cannot be a folder stops the start with a message naming the setting', async () => {
+    const notAFolder = path.join(token.dir, 'a-file');
+    fs.writeFileSync(notAFolder, 'x');
+    const err = await start({ usageDir: path.join(notAFolder, 'usage') }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).to.match(/^keyVersions\.usageDir: /);
+  });
 
   it('counts survive a restart: counted before use, in blocks, and `keys versions` shows them', async () => {
     let h = await start({ reserveBlock: 10 });
