@@ -34,6 +34,7 @@ import { LiveConfiguration, type ReloadResult } from './reload';
 import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
+import { KeyVersionManager } from './xks/key-versions';
 import { XksService } from './xks/service';
 
 /** Running as worker `index` of a cluster (server.workers > 1): see src/cluster/. */
@@ -70,6 +71,8 @@ export interface RunningProxy {
   registry: KeyStoreRegistry;
   health: HealthMonitor;
   hsm: HsmBackend;
+  /** Key versions and their usage counts (src/xks/key-versions.ts). */
+  versions: KeyVersionManager;
   /** Load shedding state (429 beyond capacity). */
   overload: OverloadGuard;
   /** Hot reload of the configuration file (SIGHUP). Rejects with ConfigError; the old config stays. */
@@ -123,7 +126,17 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   const audit = asAuditSink(requestLog, log);
   meter.bind(proxySources({ config, registry, hsm, health, requestLog }));
-  const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
+  let versions: KeyVersionManager;
+  try {
+    versions = new KeyVersionManager(hsm, config.keyVersions, log);
+  } catch (e) {
+    await hsm.close();
+    if (!opts.requestLog) await requestLog.close();
+    throw new StartupError(`keyVersions.usageDir: ${(e as Error).message}`);
+  }
+  versions.start();
+  meter.bind({ keyVersions: () => versions.status() });
+  const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log, versions);
   // The admin API's reload needs the running proxy, which exists only once startControl returned.
   let reloadNow: (() => Promise<ReloadResult>) | undefined;
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
@@ -202,9 +215,11 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     registry,
     health,
     hsm,
+    versions,
     overload,
     async reload() {
       const result = live.reload();
+      versions.invalidate();
       log.info('configuration reloaded', { ...result });
       if (result.needsRestart.length) log.warn('changed settings that need a restart to apply', { settings: result.needsRestart });
       return result;
@@ -216,6 +231,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
         registry.stopReloading();
         await Promise.all(servers.map((s) => closeServer(s, graceMs)));
         await control.close(Math.min(graceMs, 1000));
+        await versions.close();
         await hsm.close();
         if (!opts.requestLog) await requestLog.close();
       })();

@@ -8,6 +8,7 @@
  * restart (spec "SigV4 credentials rotation"). A file that cannot be read or does not hold a
  * spec-conformant secret is left out (fail closed) and reported in the log.
  */
+import type { KeyRotation } from '../xks/key-versions-config';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config, KeyStoreConfig } from '../config/schema';
@@ -23,6 +24,8 @@ export interface ExternalKeyEntry {
   externalKeyId: string;
   label: string;
   enabled: boolean;
+  /** This key's own rotation triggers (keyVersions.rotation otherwise). */
+  rotation?: KeyRotation | undefined;
 }
 
 export class KeyStore implements SecretLookup {
@@ -47,7 +50,7 @@ export class KeyStore implements SecretLookup {
     this.uriPath = cfg.pathPrefix + XKS_API_SUFFIX;
     this.compatibility = cfg.compatibility;
     this.quota = cfg.quota && new TokenBucket(cfg.quota.requestsPerSecond, cfg.quota.burst ?? Math.max(1, Math.ceil(cfg.quota.requestsPerSecond)));
-    this.keys = new Map(cfg.keys.map((k) => [k.externalKeyId, { externalKeyId: k.externalKeyId, label: k.label ?? k.externalKeyId, enabled: k.enabled }]));
+    this.keys = new Map(cfg.keys.map((k) => [k.externalKeyId, { externalKeyId: k.externalKeyId, label: k.label ?? k.externalKeyId, enabled: k.enabled, rotation: k.rotation }]));
   }
 
   key(externalKeyId: string): ExternalKeyEntry | undefined {

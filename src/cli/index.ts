@@ -2,7 +2,7 @@
 /**
  * xks-proxy: the operator CLI.
  *   serve                         run the proxy
- *   keys create|list              AES keys in the token
+ *   keys create|list|rotate|versions|retire   AES keys in the token and their versions
  *   credentials new|list          SigV4 credentials of a key store, and the KMS proxy configuration JSON
  */
 import { parseArgs } from 'node:util';
@@ -20,6 +20,7 @@ import { CHECK_USAGE, checkCommand } from './check';
 import { AUDIT_USAGE, auditCommand } from './audit-commands';
 import { IMPORT_USAGE, importConfigCommand } from './import-config';
 import { killswitchCommand, operatorCommand, policyCommand } from './control-commands';
+import { KEY_VERSION_USAGE, keyVersionCommand } from './key-version-commands';
 
 const USAGE: Record<string, string> = {
   main: `xks-proxy ${VERSION}: an AWS KMS External Key Store proxy over PKCS#11
@@ -28,7 +29,7 @@ Usage: xks-proxy <command> [options]
 
 Commands:
   serve          run the proxy
-  keys           create and list keys in the HSM token
+  keys           create, list and rotate keys in the HSM token
   credentials    create and list SigV4 credentials of a key store
   audit          audit signing key, verification of the audit log, reconciliation with CloudTrail
   operator       operator key pairs and admin API tokens
@@ -52,7 +53,9 @@ create: generates an AES key inside the token (non-extractable, sensitive) with 
         --type hmac: the control state's MAC key (256-bit generic secret, sign/verify only, never
         leaves the HSM); its label is control.stateAuth.hsmKeyLabel (default xks-control-state).
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
-        the key stores and externalKeyIds that use it.`,
+        the key stores and externalKeyIds that use it.
+
+${KEY_VERSION_USAGE}`,
   audit: AUDIT_USAGE,
   'import-config': IMPORT_USAGE,
   check: CHECK_USAGE,
@@ -131,10 +134,11 @@ function withReloadReport(proxy: RunningProxy, log: AppLogger): { close(): Promi
 }
 
 async function keys(argv: string[]): Promise<number> {
-  const { flags, positionals } = parse(argv, { label: { type: 'string' }, type: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' } });
+  const { flags, positionals } = parse(argv, { label: { type: 'string' }, type: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' }, 'key-store': { type: 'string' }, 'key-id': { type: 'string' }, version: { type: 'string' } });
   const sub = positionals[0];
   if (flags.help || !sub) return help('keys', !flags.help);
   const loaded = load(flags);
+  if (sub === 'rotate' || sub === 'versions' || sub === 'retire') return keyVersionCommand(sub, loaded, hsmPin(loaded), flags, formatTable);
   if (sub === 'create') {
     const label = flags.label as string | undefined;
     if (!label) return usageError('keys', '--label is required');

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { AUDIT_DEFAULTS, AuditConfig } from '../audit/config';
 import { METRICS_DEFAULTS, MetricsConfig } from '../metrics/config';
 import { ControlConfig } from '../control/config';
+import { KEY_VERSIONS_DEFAULTS, KeyRotation, KeyVersionsConfig } from '../xks/key-versions-config';
 
 /** A secret is read from an environment variable or a file, never written into the config. */
 export const SecretSource = z
@@ -44,6 +45,8 @@ const ExternalKey = z
     label: z.string().min(1).max(256).optional(),
     /** An operator-disabled key: GetKeyMetadata says DISABLED, Encrypt/Decrypt say InvalidStateException. */
     enabled: z.boolean().default(true),
+    /** This key's rotation triggers (keyVersions.rotation otherwise). */
+    rotation: KeyRotation.optional(),
   })
   .strict();
 
@@ -269,6 +272,8 @@ export const ConfigSchema = z
     audit: AuditConfig.default(AUDIT_DEFAULTS),
     /** Kill switch, allowlists and the admin API (src/control/config.ts). Absent: all off. */
     control: ControlConfig.optional(),
+    /** Key versions, rotation and the GCM encryption limit (src/xks/key-versions-config.ts). */
+    keyVersions: KeyVersionsConfig.default(KEY_VERSIONS_DEFAULTS),
   })
   .strict()
   .superRefine((c, ctx) => {

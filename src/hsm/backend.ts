@@ -7,6 +7,8 @@
  * src/hsm/.
  */
 
+import type { KeyVersionObject } from './key-versions';
+
 /** Spec GetKeyMetadata keyUsage values a PKCS#11 key can have (at most ten). */
 export type KeyUsage = 'ENCRYPT' | 'DECRYPT' | 'WRAP' | 'UNWRAP' | 'SIGN' | 'VERIFY' | 'DERIVE';
 
@@ -62,6 +64,16 @@ export interface HsmBackend {
    */
   onAvailabilityChange?(listener: (available: boolean) => void): void;
   close(): Promise<void>;
+
+  // ---- key versions (key-versions.ts; used by src/xks/key-version-directory.ts) ----
+  /** The rotated versions (1, 2, ...) of the key labelled `label`, ascending; none: never rotated. */
+  listKeyVersions(label: string): Promise<KeyVersionObject[]>;
+  /**
+   * Generates the next version of `label` in the HSM and resolves to its number; with `from`,
+   * only if the current version is still `from` (else resolves to the current one: another
+   * process rotated first).
+   */
+  createKeyVersion(label: string, from?: number): Promise<number>;
 
   // ---- control state authentication (state-auth-ops.ts; used by src/control/state-auth.ts) ----
   /** HMAC-SHA256 of `data` inside the HSM with the generic secret key `keyLabel` (KeyNotFoundException if absent). */

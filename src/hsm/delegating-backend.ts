@@ -3,6 +3,7 @@
  * injection or counting in tests) extend it and override only what they change.
  */
 import type { GcmEncryptResult, HsmBackend, KeyInfo, PoolStats, TokenInfo } from './backend';
+import type { KeyVersionObject } from './key-versions';
 
 export class DelegatingBackend implements HsmBackend {
   constructor(readonly inner: HsmBackend) {}
@@ -49,5 +50,13 @@ export class DelegatingBackend implements HsmBackend {
 
   writeDataObject(label: string, value: Buffer): Promise<void> {
     return this.inner.writeDataObject(label, value);
+  }
+
+  listKeyVersions(label: string): Promise<KeyVersionObject[]> {
+    return this.inner.listKeyVersions(label);
+  }
+
+  createKeyVersion(label: string, from?: number): Promise<number> {
+    return this.inner.createKeyVersion(label, from);
   }
 }

@@ -36,6 +36,8 @@ import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op 
 import { isNetworkHsm, resolveHsmProfile, type HsmProfile } from './hsm-profile';
 import { SessionPool, type Lease } from './session-pool';
 import * as stateAuth from './state-auth-ops';
+import * as keyVersions from './key-versions';
+import type { KeyVersionObject } from './key-versions';
 
 /** The GCM tag is always 128 bits (gcm-iv-modes.ts). */
 const TAG_BITS = GCM_TAG_BYTES * 8;
@@ -576,6 +578,16 @@ export class Pkcs11Backend implements HsmBackend {
 
   writeDataObject(label: string, value: Buffer): Promise<void> {
     return this.withSession(label, (s) => stateAuth.writeDataObject(this.p, s.handle, label, value));
+  }
+
+  // ---- key versions: the operations live in key-versions.ts ----------------------------------
+
+  listKeyVersions(label: string): Promise<KeyVersionObject[]> {
+    return this.withSession(label, (s) => keyVersions.findKeyVersions(this.p, s.handle, label));
+  }
+
+  createKeyVersion(label: string, from?: number): Promise<number> {
+    return this.withSession(label, (s) => keyVersions.generateKeyVersion(this.p, s.handle, label, from));
   }
 
   tokenInfo(): TokenInfo {

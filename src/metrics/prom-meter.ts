@@ -18,6 +18,8 @@ import type { RequestRecord } from '../log/request-log';
 import type { PoolStats } from '../hsm/backend';
 import type { HealthResult } from '../xks/health-monitor';
 import { VERSION } from '../version';
+import type { KeyVersionStatus } from '../xks/key-versions';
+import { registerKeyVersionMetrics } from './key-version-metrics';
 import { sigv4FailureReason, type ControlStateProvider, type HsmOperation, type Meter } from './meter';
 
 /** Seconds. Resolves 1..250 ms (KMS gives a proxy call 250 ms in all) and shows what lies beyond. */
@@ -52,6 +54,8 @@ export interface MeterSources {
   audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined; lastCheckpointSeq?: number | undefined };
   /** Load shedding state (src/http/overload.ts). */
   overload?: () => { shedShare: number; inFlight: number };
+  /** Key versions of the keys served (key-version-metrics.ts). */
+  keyVersions?: () => readonly KeyVersionStatus[];
   now?: () => number;
 }
 
@@ -132,6 +136,7 @@ export class PromMeter implements Meter {
         for (const ks of self.sources.keyStores ?? []) this.set({ key_store: ks }, c?.keys[ks] ?? 0);
       },
     });
+    registerKeyVersionMetrics(registers, () => self.sources.keyVersions?.());
     new Gauge({
       name: 'xks_tls_certificate_expiry_days', help: 'Days until the served TLS certificate expires (negative once expired).', registers,
       collect() {

@@ -9,6 +9,8 @@ import type { AppLogger } from '../log/logger';
 import { buildAwsSampleGcmAad, buildGcmAad } from './aad';
 import { computeCdiv } from './cdiv';
 import type { HealthMonitor } from './health-monitor';
+import { KEY_VERSIONS_DEFAULTS } from './key-versions-config';
+import { KeyVersionManager } from './key-versions';
 import type { DecryptInput, EncryptInput } from './requests';
 
 export interface ProxyIdentity {
@@ -28,6 +30,8 @@ export interface EncryptResponse {
   ciphertext: string;
   initializationVector: string;
   authenticationTag: string;
+  /** Present once the key has been rotated: the key version (src/xks/version-metadata.ts). */
+  ciphertextMetadata?: string;
   ciphertextDataIntegrityValue?: string;
 }
 
@@ -52,6 +56,8 @@ export class XksService {
     private readonly health: HealthMonitor,
     private readonly identity: ProxyIdentity,
     private readonly log: AppLogger,
+    /** Key versions and usage counts (src/xks/key-versions.ts); default: in memory, no rotation. */
+    readonly versions: KeyVersionManager = new KeyVersionManager(hsm, KEY_VERSIONS_DEFAULTS, log),
   ) {}
 
   /** Spec: only keys of this key store exist for its callers; others are KeyNotFoundException. */
@@ -85,37 +91,40 @@ export class XksService {
 
   async encrypt(ks: KeyStore, externalKeyId: string, input: EncryptInput, t: HsmTiming): Promise<EncryptResponse> {
     const k = this.usableKey(ks, externalKeyId);
-    // We return no ciphertextMetadata, so the GCM AAD is uint16be(len(aad)) || aad || 0x00.
-    const gcmAad = buildGcmAad(input.aad, undefined);
-    const out = await this.timed(t, () => this.hsm.encrypt(k.label, input.plaintext, gcmAad));
+    // The current key version, its encryption counted first (GCM limit). A key never rotated is
+    // version 0 and gets no ciphertextMetadata, so the GCM AAD stays uint16be(len(aad)) || aad || 0x00.
+    const v = await this.timed(t, () => this.versions.forEncrypt(k));
+    const gcmAad = buildGcmAad(input.aad, v.metadata);
+    const out = await this.timed(t, () => this.hsm.encrypt(v.hsmLabel, input.plaintext, gcmAad));
     const response: EncryptResponse = {
       ciphertext: out.ciphertext.toString('base64'),
       initializationVector: out.iv.toString('base64'),
       authenticationTag: out.tag.toString('base64'),
     };
+    if (v.metadata) response.ciphertextMetadata = v.metadata.toString('base64');
     if (input.cdivRequested) {
       // Spec Appendix C: compute the CDIV first, then prove the output decrypts, so that a bit
       // flip after this point cannot produce a CDIV that vouches for a corrupt ciphertext.
-      response.ciphertextDataIntegrityValue = computeCdiv({ aad: input.aad, iv: out.iv, ciphertext: out.ciphertext, tag: out.tag });
-      await this.proveRoundTrip(k, input.plaintext, out.ciphertext, out.iv, out.tag, gcmAad, t);
+      response.ciphertextDataIntegrityValue = computeCdiv({ aad: input.aad, ciphertextMetadata: v.metadata, iv: out.iv, ciphertext: out.ciphertext, tag: out.tag });
+      await this.proveRoundTrip(v.hsmLabel, input.plaintext, out.ciphertext, out.iv, out.tag, gcmAad, t);
     }
     return response;
   }
 
-  private async proveRoundTrip(k: ExternalKeyEntry, plaintext: Buffer, ct: Buffer, iv: Buffer, tag: Buffer, aad: Buffer, t: HsmTiming): Promise<void> {
+  private async proveRoundTrip(hsmLabel: string, plaintext: Buffer, ct: Buffer, iv: Buffer, tag: Buffer, aad: Buffer, t: HsmTiming): Promise<void> {
     let back: Buffer;
     try {
-      back = await this.timed(t, () => this.hsm.decrypt(k.label, ct, iv, tag, aad));
+      back = await this.timed(t, () => this.hsm.decrypt(hsmLabel, ct, iv, tag, aad));
     } catch (e) {
       if (e instanceof XksError && e.errorName === 'InvalidKeyUsageException') {
         // Spec Appendix C: a returned CDIV is the proxy's assurance that a later Decrypt of this
         // ciphertext will succeed. A key that may not decrypt can never keep that promise, so the
         // CDIV request is refused rather than answered with a value that vouches for nothing.
-        this.log.debug('CDIV refused: the key may not decrypt', { label: k.label });
+        this.log.debug('CDIV refused: the key may not decrypt', { label: hsmLabel });
         throw new XksError(
           'InvalidKeyUsageException',
           'The external key may encrypt but not decrypt, so the proxy cannot vouch for the ciphertext with a ciphertextDataIntegrityValue. Encrypt without ciphertextDataIntegrityValueAlgorithm, or use a key that may decrypt.',
-          `CDIV refused: key ${k.label} may not decrypt, the round trip cannot be proven`,
+          `CDIV refused: key ${hsmLabel} may not decrypt, the round trip cannot be proven`,
         );
       }
       throw new XksError('InternalException', undefined, `CDIV round trip failed: ${e instanceof XksError ? e.errorName : 'error'}`);
@@ -125,9 +134,13 @@ export class XksService {
 
   async decrypt(ks: KeyStore, externalKeyId: string, input: DecryptInput, t: HsmTiming): Promise<{ plaintext: string }> {
     const k = this.usableKey(ks, externalKeyId);
+    // The version named by the metadata (none: the original key); the metadata itself goes into
+    // the AAD as received, so a changed byte fails the tag even where it names a real version.
+    const v = await this.timed(t, () => this.versions.forDecrypt(k, input.ciphertextMetadata, ks.compatibility));
     const gcmAad = buildGcmAad(input.aad, input.ciphertextMetadata);
     try {
-      const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, gcmAad));
+      const plaintext = await this.timed(t, () => this.hsm.decrypt(v.hsmLabel, input.ciphertext, input.iv, input.tag, gcmAad));
+      this.versions.recordDecrypt(k, v.version);
       return { plaintext: plaintext.toString('base64') };
     } catch (e) {
       // A key store migrated from the AWS sample proxy: its ciphertexts were sealed under that
@@ -137,7 +150,8 @@ export class XksService {
       // Without an AAD field the sample's layout is the spec's, already tried; an empty AAD field
       // (which the request parser does not tell from an absent one) is the one other candidate.
       const sampleAad = buildAwsSampleGcmAad(input.aad ?? Buffer.alloc(0), input.ciphertextMetadata);
-      const plaintext = await this.timed(t, () => this.hsm.decrypt(k.label, input.ciphertext, input.iv, input.tag, sampleAad));
+      const plaintext = await this.timed(t, () => this.hsm.decrypt(v.hsmLabel, input.ciphertext, input.iv, input.tag, sampleAad));
+      this.versions.recordDecrypt(k, v.version);
       t.aadLayout = 'aws-sample';
       return { plaintext: plaintext.toString('base64') };
     }

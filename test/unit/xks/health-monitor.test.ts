@@ -57,6 +57,12 @@ class ScriptedBackend implements HsmBackend {
   writeDataObject(): Promise<void> {
     throw new Error('not scripted');
   }
+  listKeyVersions(): Promise<never[]> {
+    throw new Error('not scripted');
+  }
+  createKeyVersion(): Promise<number> {
+    throw new Error('not scripted');
+  }
   async decrypt(_l: string, ciphertext: Buffer): Promise<Buffer> {
     if (!this.up) throw new XksError('InternalException', undefined, 'scripted: HSM gone');
     return Buffer.from(ciphertext);

@@ -1,0 +1,246 @@
+/**
+ * Counts the encryptions and decrypts of each key version, so that a version is rotated before
+ * the AES-GCM limit for random 96-bit IVs (NIST SP 800-38D section 8.3: at most 2^32 invocations
+ * per key) and an operator can see when an old version stops being used.
+ *
+ * Encryptions are counted BEFORE they happen, in blocks: a process appends "I reserve n
+ * encryptions of version v" to the key's ledger file and syncs it, and only then spends them. A
+ * crash (kill -9) loses at most the unspent rest of the blocks held (keyVersions.reserveBlock per
+ * process), and the loss is always an over-count, never an under-count.
+ *
+ * One file per key in keyVersions.usageDir, appended with O_APPEND by every process of the proxy
+ * (server.workers): POSIX makes each small append atomic and orders them, so the file is the one
+ * shared count without a lock. To know how much of its block a process may spend, it re-reads the
+ * file up to and including its own record (found by a nonce): the encryptions reserved before it
+ * are exact, whichever worker wrote them. Lines:
+ *
+ *   e <version> <n> <unix ms> <nonce>     n encryptions reserved
+ *   d <version> <n> <unix ms>             n decrypts done (written every flushIntervalMs)
+ *
+ * A torn line (power lost mid-write) counts nothing; every write starts with a newline so that
+ * it cannot merge with one.
+ *
+ * Without usageDir the counts live in memory only (lost on restart); the proxy warns at startup.
+ * The counts are this proxy's: proxies on other hosts keep their own files (see
+ * docs/runbook-key-rotation.md for thresholds in a fleet).
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface VersionUsage {
+  /** Encryptions counted (reserved: an upper bound of those done). */
+  encryptions: number;
+  decrypts: number;
+  /** Unix ms of the last decrypt counted, if any. */
+  lastDecryptMs: number | undefined;
+  /** Unix ms of the first record about this version in the ledger. */
+  firstSeenMs: number | undefined;
+}
+
+export interface UsageLedgerOptions {
+  /** Folder of the ledger files; undefined: in memory only. */
+  dir: string | undefined;
+  reserveBlock: number;
+  now?: () => number;
+}
+
+interface KeyLedger {
+  file: string | undefined;
+  /** Bytes of the file already folded into `totals`. */
+  offset: number;
+  partial: string;
+  totals: Map<number, VersionUsage>;
+  /** version -> encryptions this process reserved and has not spent yet. */
+  spare: Map<number, number>;
+  /** version -> decrypts not yet written. */
+  pendingDecrypts: Map<number, number>;
+}
+
+function emptyUsage(): VersionUsage {
+  return { encryptions: 0, decrypts: 0, lastDecryptMs: undefined, firstSeenMs: undefined };
+}
+
+/** The ledger file of the key labelled `label` (any label: the name is a digest of it). */
+export function ledgerFile(dir: string, label: string): string {
+  return path.join(dir, `${crypto.createHash('sha256').update(label, 'utf8').digest('hex').slice(0, 32)}.usage`);
+}
+
+export class UsageLedger {
+  private readonly keys = new Map<string, KeyLedger>();
+  private readonly now: () => number;
+  private nonceCounter = 0;
+  private readonly noncePrefix = `${process.pid}.${crypto.randomBytes(4).toString('hex')}`;
+
+  constructor(private readonly opts: UsageLedgerOptions) {
+    this.now = opts.now ?? Date.now;
+    if (opts.dir !== undefined) fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+  }
+
+  get persistent(): boolean {
+    return this.opts.dir !== undefined;
+  }
+
+  private ledger(label: string): KeyLedger {
+    let l = this.keys.get(label);
+    if (!l) {
+      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map() };
+      this.keys.set(label, l);
+    }
+    return l;
+  }
+
+  private usage(l: KeyLedger, version: number): VersionUsage {
+    let u = l.totals.get(version);
+    if (!u) {
+      u = emptyUsage();
+      l.totals.set(version, u);
+    }
+    return u;
+  }
+
+  /**
+   * Folds the lines appended since the last read into the totals. With `nonce`, returns the
+   * encryptions of `version` reserved before the line carrying it (undefined if not met).
+   */
+  private catchUp(l: KeyLedger, nonce?: string, version?: number): number | undefined {
+    if (l.file === undefined) return undefined;
+    let text: string;
+    try {
+      const fd = fs.openSync(l.file, 'r');
+      try {
+        const size = fs.fstatSync(fd).size;
+        if (size <= l.offset) return undefined;
+        const buf = Buffer.alloc(size - l.offset);
+        const n = fs.readSync(fd, buf, 0, buf.length, l.offset);
+        l.offset += n;
+        text = l.partial + buf.subarray(0, n).toString('utf8');
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    const lines = text.split('\n');
+    l.partial = lines.pop() ?? '';
+    let before: number | undefined;
+    for (const line of lines) {
+      const fields = line.split(' ');
+      const [kind, v, n, t, lineNonce] = fields;
+      const ver = Number(v);
+      const count = Number(n);
+      const at = Number(t);
+      // A torn or foreign line counts nothing: every field must be there and be a number.
+      if (fields.length !== (kind === 'e' ? 5 : kind === 'd' ? 4 : -1) || !Number.isSafeInteger(ver) || !Number.isSafeInteger(count) || count < 0 || !Number.isSafeInteger(at)) continue;
+      const u = this.usage(l, ver);
+      u.firstSeenMs ??= at;
+      if (kind === 'e') {
+        if (nonce !== undefined && lineNonce === nonce && ver === version) before = u.encryptions;
+        u.encryptions += count;
+      } else {
+        u.decrypts += count;
+        u.lastDecryptMs = Math.max(u.lastDecryptMs ?? 0, at);
+      }
+    }
+    return before;
+  }
+
+  private append(l: KeyLedger, lines: string): void {
+    if (l.file === undefined) return;
+    const fd = fs.openSync(l.file, 'a', 0o600);
+    try {
+      // The leading newline ends a line torn by a crash mid-write, so that it cannot swallow this
+      // record (the torn line counts nothing; empty lines are skipped).
+      fs.writeSync(fd, '\n' + lines);
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
+   * Counts one encryption of `version` if the version has not reached `limit`; false when it
+   * has (the caller must not encrypt). Writes to disk once per reserveBlock encryptions.
+   */
+  tryEncrypt(label: string, version: number, limit: number): boolean {
+    const l = this.ledger(label);
+    const spare = l.spare.get(version) ?? 0;
+    if (spare > 0) {
+      l.spare.set(version, spare - 1);
+      return true;
+    }
+    this.catchUp(l);
+    const u = this.usage(l, version);
+    if (u.encryptions >= limit) return false;
+    const n = Math.min(this.opts.reserveBlock, limit - u.encryptions);
+    const at = this.now();
+    if (l.file === undefined) {
+      u.firstSeenMs ??= at;
+      u.encryptions += n;
+      l.spare.set(version, n - 1);
+      return true;
+    }
+    const nonce = `${this.noncePrefix}.${++this.nonceCounter}`;
+    this.append(l, `e ${version} ${n} ${at} ${nonce}\n`);
+    // Another worker may have reserved between our read and our append: what we may spend is
+    // what is left under the limit after everything written before our line.
+    const before = this.catchUp(l, nonce, version);
+    const usable = before === undefined ? 0 : Math.max(0, Math.min(n, limit - before));
+    if (usable === 0) return false;
+    l.spare.set(version, usable - 1);
+    return true;
+  }
+
+  recordDecrypt(label: string, version: number): void {
+    const l = this.ledger(label);
+    l.pendingDecrypts.set(version, (l.pendingDecrypts.get(version) ?? 0) + 1);
+    if (l.file === undefined) this.flushKey(l);
+  }
+
+  private flushKey(l: KeyLedger): void {
+    const at = this.now();
+    const lines: string[] = [];
+    for (const [v, n] of l.pendingDecrypts) {
+      if (n === 0) continue;
+      if (l.file === undefined) {
+        const u = this.usage(l, v);
+        u.decrypts += n;
+        u.lastDecryptMs = at;
+        u.firstSeenMs ??= at;
+      }
+      lines.push(`d ${v} ${n} ${at}\n`);
+    }
+    l.pendingDecrypts.clear();
+    if (lines.length) this.append(l, lines.join(''));
+  }
+
+  /** Writes the decrypt counts not yet on disk (on an interval and at close). */
+  flush(): void {
+    for (const l of this.keys.values()) this.flushKey(l);
+  }
+
+  /**
+   * Encryptions of `version` and when it was first seen, as this process last read them (at most
+   * one block behind): cheap enough for every Encrypt.
+   */
+  lastKnown(label: string, version: number): { encryptions: number; firstSeenMs: number | undefined } {
+    const u = this.keys.get(label)?.totals.get(version);
+    return { encryptions: u?.encryptions ?? 0, firstSeenMs: u?.firstSeenMs };
+  }
+
+  /** Per-version usage of `label` as the ledger knows it now (pending decrypts included). */
+  usageOf(label: string): Map<number, VersionUsage> {
+    const l = this.ledger(label);
+    this.catchUp(l);
+    const out = new Map<number, VersionUsage>();
+    for (const [v, u] of l.totals) out.set(v, { ...u });
+    for (const [v, n] of l.pendingDecrypts) {
+      const u = out.get(v) ?? emptyUsage();
+      u.decrypts += n;
+      u.lastDecryptMs = this.now();
+      out.set(v, u);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * The usage ledger on a real folder: counted before use, survives a new process (a new ledger
+ * on the same folder), and two writers on one file (two workers) never exceed the limit together.
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ledgerFile, UsageLedger } from '../../../src/xks/usage-ledger';
+
+describe('UsageLedger (encryption counts per key version)', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-ledger-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('writes a block before the first encryption of it is spent', () => {
+    const l = new UsageLedger({ dir, reserveBlock: 100 });
+    expect(l.tryEncrypt('k', 0, 1_000)).to.equal(true);
+    // What a kill -9 right now would leave on disk: the whole block, never less than was used.
+    expect(new UsageLedger({ dir, reserveBlock: 100 }).usageOf('k').get(0)?.encryptions).to.equal(100);
+    for (let i = 0; i < 99; i++) l.tryEncrypt('k', 0, 1_000);
+    expect(fs.readFileSync(ledgerFile(dir, 'k'), 'utf8').trim().split('\n')).to.have.length(1);
+    l.tryEncrypt('k', 0, 1_000);
+    expect(new UsageLedger({ dir, reserveBlock: 100 }).usageOf('k').get(0)?.encryptions).to.equal(200);
+  });
+
+  it('a restarted process continues from the count on disk, up to the limit and not beyond', () => {
+    const first = new UsageLedger({ dir, reserveBlock: 10 });
+    for (let i = 0; i < 25; i++) expect(first.tryEncrypt('k', 3, 45)).to.equal(true);
+    const second = new UsageLedger({ dir, reserveBlock: 10 });
+    let allowed = 0;
+    while (second.tryEncrypt('k', 3, 45)) allowed++;
+    // The first process reserved 30 (3 blocks); the second may spend the 15 left, no more.
+    expect(allowed).to.equal(15);
+    expect(second.usageOf('k').get(3)?.encryptions).to.equal(45);
+  });
+
+  it('two writers on one ledger (two workers) share one limit exactly', () => {
+    const a = new UsageLedger({ dir, reserveBlock: 7 });
+    const b = new UsageLedger({ dir, reserveBlock: 7 });
+    let allowed = 0;
+    // Interleaved so that each reserves while the other holds a block it has not spent.
+    for (let i = 0; i < 100; i++) {
+      if (a.tryEncrypt('k', 1, 50)) allowed++;
+      if (b.tryEncrypt('k', 1, 50)) allowed++;
+    }
+    expect(allowed).to.equal(50);
+  });
+
+  it('decrypt counts reach the file on flush and per version', () => {
+    const l = new UsageLedger({ dir, reserveBlock: 10, now: () => 1_700_000_000_000 });
+    l.recordDecrypt('k', 0);
+    l.recordDecrypt('k', 0);
+    l.recordDecrypt('k', 2);
+    expect(new UsageLedger({ dir, reserveBlock: 10 }).usageOf('k').size).to.equal(0);
+    l.flush();
+    const u = new UsageLedger({ dir, reserveBlock: 10 }).usageOf('k');
+    expect(u.get(0)).to.include({ decrypts: 2, lastDecryptMs: 1_700_000_000_000 });
+    expect(u.get(2)?.decrypts).to.equal(1);
+  });
+
+  it('a torn last line (a crash mid-write) counts nothing and breaks nothing', () => {
+    fs.writeFileSync(ledgerFile(dir, 'k'), 'e 0 10 1 x\ne 0 1');
+    const l = new UsageLedger({ dir, reserveBlock: 10 });
+    expect(l.usageOf('k').get(0)?.encryptions).to.equal(10);
+    // The next record is not swallowed by the torn one.
+    expect(l.tryEncrypt('k', 0, 1_000)).to.equal(true);
+    expect(new UsageLedger({ dir, reserveBlock: 10 }).usageOf('k').get(0)?.encryptions).to.equal(20);
+  });
+});
