@@ -134,6 +134,9 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     if (!opts.requestLog) await requestLog.close();
     throw new StartupError(`keyVersions.usageDir: ${(e as Error).message}`);
   }
+  // Every version change this proxy makes or first sees is in its audit chain.
+  versions.onVersionEvent = (e) =>
+    audit.writeAdmin({ operator: 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
   versions.start();
   meter.bind({ keyVersions: () => versions.status() });
   const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log, versions);

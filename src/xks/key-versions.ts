@@ -54,10 +54,27 @@ export interface KeyVersionStatus {
   rotationFailures: number;
 }
 
+export interface KeyVersionEvent {
+  keyLabel: string;
+  version: number;
+  event: 'rotated' | 'observed' | 'rotation-failed';
+  detail?: string | undefined;
+}
+
 export class KeyVersionManager {
   private readonly seen = new Map<string, VersionsSeen>();
+  /** The newest version read for each label, kept across invalidate() to notice a new one. */
+  private readonly knownCurrent = new Map<string, number>();
   private readonly reading = new Map<string, Promise<VersionsSeen>>();
   private readonly rotating = new Map<string, Promise<void>>();
+  /** Versions this process generated, so that reading them back is not reported as another's rotation. */
+  private readonly rotatedHere = new Set<string>();
+  /**
+   * Told of every version change this process makes or sees (the composition root audits them):
+   * 'rotated' here, 'observed' when a newer version made elsewhere (the CLI, another proxy) is
+   * first read, 'rotation-failed' when an automatic rotation failed.
+   */
+  onVersionEvent: ((e: KeyVersionEvent) => void) | undefined;
   private readonly rotationBlockedUntil = new Map<string, number>();
   private readonly rotationFailures = new Map<string, number>();
   /** Keys this process has served, with their rotation settings (for metrics). */
@@ -104,9 +121,12 @@ export class KeyVersionManager {
     if (s && this.now() - s.readAtMs < maxAgeMs) return s;
     let r = this.reading.get(label);
     if (!r) {
+      const before = this.knownCurrent.get(label);
       r = this.hsm.listKeyVersions(label).then((versions) => {
         const v: VersionsSeen = { versions, current: versions.length ? versions[versions.length - 1]!.version : 0, readAtMs: this.now() };
         this.seen.set(label, v);
+        this.knownCurrent.set(label, v.current);
+        if (before !== undefined && v.current > before && !this.rotatedHere.has(`${label}#${v.current}`)) this.onVersionEvent?.({ keyLabel: label, version: v.current, event: 'observed' });
         return v;
       });
       this.reading.set(label, r);
@@ -153,7 +173,9 @@ export class KeyVersionManager {
       r = this.hsm
         .createKeyVersion(label, from)
         .then((v) => {
+          this.rotatedHere.add(`${label}#${v}`);
           this.log.info('key rotated: a new version encrypts from now on', { keyLabel: label, version: v });
+          this.onVersionEvent?.({ keyLabel: label, version: v, event: 'rotated' });
         })
         .finally(() => {
           this.rotating.delete(label);
@@ -172,11 +194,13 @@ export class KeyVersionManager {
   private rotationFailed(label: string, e: unknown): void {
     this.rotationBlockedUntil.set(label, this.now() + ROTATION_RETRY_MS);
     this.rotationFailures.set(label, (this.rotationFailures.get(label) ?? 0) + 1);
+    const detail = e instanceof XksError ? e.detail : (e as Error).message;
     this.log.error('automatic key rotation failed; the current version keeps encrypting up to keyVersions.encryptionLimit', {
       keyLabel: label,
       errorName: e instanceof XksError ? e.errorName : 'Error',
-      detail: e instanceof XksError ? e.detail : (e as Error).message,
+      detail,
     });
+    this.onVersionEvent?.({ keyLabel: label, version: this.knownCurrent.get(label) ?? 0, event: 'rotation-failed', detail });
   }
 
   /** The version Encrypt uses for `k`, its encryption already counted. */
