@@ -213,18 +213,18 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   enter(ctx: GateContext): GateTicket {
     const s = this.snap;
-    if (s.failClosed !== undefined) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `control state unreadable, failing closed: ${s.failClosed}`);
-    if (s.proxy) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, 'kill switch engaged (scope proxy)');
-    if (s.stores.size > 0 && s.stores.has(ctx.keyStore)) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `kill switch engaged (scope keystore:${ctx.keyStore})`);
+    if (s.failClosed !== undefined) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `control state unreadable, failing closed: ${s.failClosed}`).because(s.tamper ? 'control.tampered' : 'control.fail_closed');
+    if (s.proxy) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, 'kill switch engaged (scope proxy)').because('kill_switch.proxy');
+    if (s.stores.size > 0 && s.stores.has(ctx.keyStore)) throw new XksError('InvalidStateException', BLOCKED_MESSAGE, `kill switch engaged (scope keystore:${ctx.keyStore})`).because('kill_switch.key_store');
     let keyBlocked = false;
     if (ctx.externalKeyId !== undefined && s.keys.size > 0 && s.keys.has(keyRef(ctx.keyStore, ctx.externalKeyId))) {
-      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope key:${ctx.keyStore}/${ctx.externalKeyId})`);
+      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope key:${ctx.keyStore}/${ctx.externalKeyId})`).because('kill_switch.key');
       keyBlocked = true;
     }
     // Another id (in this key store or another) that reaches a blocked HSM key: the same block.
     const viaHsmKey = ctx.hsmKey !== undefined && s.hsmKeys.size > 0 ? s.hsmKeys.get(ctx.hsmKey) : undefined;
     if (viaHsmKey) {
-      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope ${viaHsmKey.scope}, same HSM key)`);
+      if (ctx.api !== 'GetKeyMetadata') throw new XksError('InvalidStateException', KEY_BLOCKED_MESSAGE, `kill switch engaged (scope ${viaHsmKey.scope}, same HSM key)`).because('kill_switch.hsm_key');
       keyBlocked = true;
     }
     let allowedBy: string | undefined;
@@ -233,7 +233,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       const policy = s.policies.get(ctx.keyStore);
       const d = policy ? policy.evaluate(ctx) : this.defaultWithoutPolicy === 'deny' ? { allow: false, statement: NO_POLICY_DENY } : undefined;
       if (d && !d.allow) {
-        const err = new XksError('AccessDeniedException', undefined, `denied by policy statement ${d.statement} of key store ${ctx.keyStore}`);
+        const err = new XksError('AccessDeniedException', undefined, `denied by policy statement ${d.statement} of key store ${ctx.keyStore}`).because('policy.denied');
         err.statement = d.statement;
         throw err;
       }

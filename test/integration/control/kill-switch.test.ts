@@ -128,6 +128,9 @@ describe('kill switch over HTTPS against SoftHSM2', function () {
       }
       // The request log says why (kill switch) without the operator's reason text.
       await waitForLog(h.requestLog, h.requestLogFile, (t) => t.includes(`kill switch engaged (scope ${scope})`));
+      // ... and as a stable code for tools (XksError.reason).
+      const code = ({ proxy: 'kill_switch.proxy', 'keystore:a': 'kill_switch.key_store', 'key:a/k1': 'kill_switch.key' } as Record<string, string>)[scope];
+      await waitForLog(h.requestLog, h.requestLogFile, (t) => t.includes(`"reasonCode":"${code}"`));
       await lift(scope);
       for (const api of APIS) expect(await effect('a', 'k1', api), `after lift ${api}`).to.equal('ok');
     });
