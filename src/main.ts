@@ -152,7 +152,10 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
-  if (plane) meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
+  if (plane) {
+    meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
+    meter.bind({ controlTrust: () => ({ trusted: plane.readinessFault() === undefined, tampered: plane.tamperReason() !== undefined }) });
+  }
   const overload = new OverloadGuard(config.server.overload);
   meter.bind({ overload: () => overload.state() });
   const controlFault = () => plane?.readinessFault();

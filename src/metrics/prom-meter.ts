@@ -54,6 +54,8 @@ export interface MeterSources {
   audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined; lastCheckpointSeq?: number | undefined };
   /** Load shedding state (src/http/overload.ts). */
   overload?: () => { shedShare: number; inFlight: number };
+  /** Whether the control state is trusted now (not failing closed) and whether tampering was found. */
+  controlTrust?: () => { trusted: boolean; tampered: boolean };
   /** Key versions of the keys served (key-version-metrics.ts). */
   keyVersions?: () => readonly KeyVersionStatus[];
   now?: () => number;
@@ -149,6 +151,21 @@ export class PromMeter implements Meter {
       collect() {
         this.reset();
         for (const c of self.sources.credentials?.() ?? []) this.set({ key_store: c.keyStore, access_key_id: c.accessKeyId }, (self.now() - c.createdAtMs) / DAY_MS);
+      },
+    });
+    new Gauge({
+      // A cluster reports its worst worker: one untrusted worker refuses its share of the traffic.
+      name: 'xks_control_state_trusted', help: 'The kill-switch / policy state is verified and in force (1), or the proxy fails closed because it cannot trust it (0).', registers, aggregator: 'min',
+      collect() {
+        const c = self.sources.controlTrust?.();
+        if (c) this.set(c.trusted ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'xks_control_state_tampered', help: 'The control state on disk (or in the store) was changed outside the proxy and did not authenticate (1) until a quorum repairs it.', registers, aggregator: 'max',
+      collect() {
+        const c = self.sources.controlTrust?.();
+        if (c) this.set(c.tampered ? 1 : 0);
       },
     });
     new Gauge({

@@ -153,6 +153,10 @@ describe('control state tampering by file access (SoftHSM2, real proxy)', functi
     expect(r.status, JSON.stringify(r.json)).to.equal(503);
     expect(r.json).to.include({ status: 'not ready', control: 'fail-closed' });
     expect(r.json.reason).to.match(/tampering/);
+    // The metrics an alert watches (ops/prometheus/alerts.yml XksControlStateTampered).
+    const metrics = (await h.proxy.meter.scrape()).body;
+    expect(metrics).to.match(/^xks_control_state_trusted 0$/m);
+    expect(metrics).to.match(/^xks_control_state_tampered 1$/m);
     const st = await admin('alice', 'GET', '/admin/v1/state');
     expect(st.json).to.include({ tampered: true });
     expect(st.json.failClosed).to.match(reason);
@@ -211,6 +215,7 @@ describe('control state tampering by file access (SoftHSM2, real proxy)', functi
     expect(await outcome('b')).to.equal(BLOCKED);
     expect(await outcome('a')).to.equal('ok');
     expect((await ready()).status).to.equal(200);
+    expect((await h.proxy.meter.scrape()).body).to.match(/^xks_control_state_trusted 1$/m);
     expect(tamperLogLines().length).to.equal(logs);
     expect(tamperAudits().length).to.equal(audits);
     await lift('keystore:b');
