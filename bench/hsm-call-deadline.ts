@@ -13,6 +13,7 @@ import { openPkcs11Backend } from '../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../src/log/logger';
 import { FaultyModule } from '../test/helpers/faulty-module';
 import { createTestToken } from '../test/helpers/softhsm-token';
+import { wrappedModule } from '../test/helpers/wrapped-module';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { 'hold-ms': { type: 'string', default: '2000' }, n: { type: 'string', default: '5' } } });
@@ -22,7 +23,7 @@ async function main(): Promise<void> {
   const net = new FaultyModule();
   // Parsed like a config file without hsm.callTimeoutMs: the default deadline applies.
   const cfg = HsmConfig.parse({ module: tk.module, moduleEnv: tk.hsmConfig.moduleEnv, tokenLabel: tk.tokenLabel, pin: { file: tk.pinFile }, callMode: 'async' });
-  const b = await openPkcs11Backend(cfg, tk.pin, createSilentLogger(), { wrapModule: net.wrap });
+  const b = await openPkcs11Backend(cfg, tk.pin, createSilentLogger(), wrappedModule(net.wrap));
   const rows: { answer: string; ms: number }[] = [];
   for (let i = 0; i < Number(values.n); i++) {
     net.holdAsync();

@@ -12,7 +12,7 @@ import * as pkcs11js from 'pkcs11js';
 import type { HsmConfig } from '../config/schema';
 import type { KeyInfo } from './backend';
 import { ckrCode, ckrName } from './ckr-table';
-import { findSecretKeys, readKeyInfo, withTokenSession } from './pkcs11-backend';
+import { findSecretKeys, readKeyInfo, withTokenSession } from './pkcs11-token';
 
 export type KeyUsageOption = 'encrypt-decrypt' | 'encrypt' | 'decrypt' | 'none';
 

@@ -7,7 +7,7 @@ import type { HsmConfig } from '../config/schema';
 import { XksError } from '../errors/xks-error';
 import { ckrCode, ckrName } from './ckr-table';
 import { findKeyVersions, generateKeyVersion, type KeyVersionObject } from './key-versions';
-import { withTokenSession } from './pkcs11-backend';
+import { withTokenSession } from './pkcs11-token';
 
 function operatorError(what: string, e: unknown): Error {
   if (e instanceof XksError) return new Error(e.detail ?? e.message);

@@ -20,7 +20,7 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { XksError } from '../errors/xks-error';
 import { xksAesKeyTemplate } from './key-admin';
-import { findSecretKeys, readKeyInfo } from './pkcs11-backend';
+import { findSecretKeys, readKeyInfo } from './pkcs11-token';
 
 /** What the token says about one rotated version (version 0 is not listed: it is the label itself). */
 export interface KeyVersionObject {

@@ -1,10 +1,12 @@
 /**
  * The PKCS#11 backend: XKS operations as AES-256-GCM inside the HSM, through pkcs11js.
  *
- * Together with key-admin.ts (the operator CLI's key commands, which reuse the helpers exported
- * here) this is the only code in src/ that calls pkcs11js; ckr-table.ts reads its constants.
- * Nothing PKCS#11 leaves this file: every failure becomes an XksError whose detail (log only) names
- * the CKR code and function, never data or the PIN.
+ * The PKCS#11 layer is split by concern: the process-wide module registry (pkcs11-module.ts), the
+ * token, session and key helpers the backend and the operator's key commands share
+ * (pkcs11-token.ts), and this backend. With key-admin.ts, key-version-admin.ts and
+ * state-auth-ops.ts they are the only code in src/ that calls pkcs11js; ckr-table.ts reads its
+ * constants. Nothing PKCS#11 leaves this layer: every failure becomes an XksError whose detail (log
+ * only) names the CKR code and function, never data or the PIN.
  *
  * HSM discipline (design.md):
  * - the token is found by its label, never by slot index (SoftHSM2 renumbers slots);
@@ -23,16 +25,14 @@
  * The pkcs11js calls are the synchronous ones (measured faster than the *Async variants for these
  * small payloads); the methods are still async so that the interface does not depend on that.
  */
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { GCM_TAG_BYTES, PROXY_IV_BYTES, planGcmEncrypt } from './gcm-iv-modes';
 import { IvSource } from './iv-source';
 import * as pkcs11js from 'pkcs11js';
 import type { HsmConfig } from '../config/schema';
 import { XksError } from '../errors/xks-error';
 import type { AppLogger } from '../log/logger';
-import type { GcmEncryptResult, HsmBackend, KeyInfo, KeyUsage, PoolStats, TokenInfo } from './backend';
-import { ckrCode, ckrName, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
+import type { GcmEncryptResult, HsmBackend, KeyInfo, PoolStats, TokenInfo } from './backend';
+import { ckrCode, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
 import { isNetworkHsm, resolveHsmProfile, type HsmProfile } from './hsm-profile';
 import { SessionPool, type Lease } from './session-pool';
 import * as stateAuth from './state-auth-ops';
@@ -42,343 +42,9 @@ import type { KeyVersionObject } from './key-versions';
 /** The GCM tag is always 128 bits (gcm-iv-modes.ts). */
 const TAG_BITS = GCM_TAG_BYTES * 8;
 
-// CK_STATE values (PKCS#11 2.40 section 5.7); pkcs11js does not export them.
-const CKS_RO_USER_FUNCTIONS = 1;
-const CKS_RW_USER_FUNCTIONS = 3;
 
-/* ------------------------------------------------------------------------------------------------
- * The loaded module, shared per process.
- *
- * A PKCS#11 library is a process-wide singleton whatever we do: dlopen returns the same instance,
- * and C_Initialize/C_Finalize/C_Login state belongs to the process, not to a pkcs11js object. So the
- * module is loaded once per path and reference counted: C_Finalize runs when its last user (a
- * backend, a key-admin command) lets go, and not under another user's feet.
- * ---------------------------------------------------------------------------------------------- */
-
-interface LoadedModule {
-  readonly pkcs11: pkcs11js.PKCS11;
-  readonly path: string;
-  users: number;
-}
-
-const loadedModules = new Map<string, LoadedModule>();
-
-export interface ModuleRef {
-  readonly pkcs11: pkcs11js.PKCS11;
-  readonly path: string;
-  /** true if nobody else in this process holds the module. */
-  soleUser(): boolean;
-  /** Lets go of the module; the last user finalises and unloads it. Idempotent. */
-  release(): void;
-}
-
-/** C_Initialize, tolerating a module that someone in this process has initialised already. */
-function initializeModule(p: pkcs11js.PKCS11): void {
-  try {
-    p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch (e) {
-    if (ckrCode(e) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw e;
-  }
-}
-
-/** Names only: hsm.moduleEnv may carry a vendor's credentials (e.g. a client password). */
-function describeEnv(env: Record<string, string>): string {
-  const names = Object.keys(env);
-  return names.length === 0 ? '' : ` (hsm.moduleEnv sets ${names.join(', ')})`;
-}
-
-/**
- * Loads (once per process) and initialises the PKCS#11 module. cfg.moduleEnv entries are put into
- * process.env first: modules such as SoftHSM2 read them at C_Initialize. Throws a plain Error with
- * an operator message when the module cannot be loaded or initialised.
- */
-export function acquireModule(cfg: Pick<HsmConfig, 'module' | 'moduleEnv'>): ModuleRef {
-  for (const [k, v] of Object.entries(cfg.moduleEnv)) process.env[k] = v;
-  const modPath = path.resolve(cfg.module);
-  let entry = loadedModules.get(modPath);
-  if (!entry) {
-    const p = new pkcs11js.PKCS11();
-    try {
-      p.load(modPath);
-    } catch (e) {
-      const why = e instanceof Error ? e.message : String(e);
-      throw new Error(`Cannot load the PKCS#11 module "${modPath}" (hsm.module): ${why}`);
-    }
-    entry = { pkcs11: p, path: modPath, users: 0 };
-    loadedModules.set(modPath, entry);
-  }
-  try {
-    initializeModule(entry.pkcs11);
-  } catch (e) {
-    if (entry.users === 0) {
-      loadedModules.delete(modPath);
-      entry.pkcs11.close();
-    }
-    const code = ckrCode(e);
-    const why = code !== undefined ? ckrName(code) : e instanceof Error ? e.message : String(e);
-    throw new Error(
-      `The PKCS#11 module "${modPath}" failed to initialise (${why})${describeEnv(cfg.moduleEnv)}. ` +
-        'For SoftHSM2, check that SOFTHSM2_CONF names a readable softhsm2.conf whose directories.tokendir exists.',
-    );
-  }
-  entry.users++;
-  const held = entry;
-  let released = false;
-  return {
-    pkcs11: held.pkcs11,
-    path: held.path,
-    soleUser: () => held.users === 1,
-    release: () => {
-      if (released) return;
-      released = true;
-      held.users--;
-      if (held.users > 0) return;
-      loadedModules.delete(held.path);
-      try {
-        held.pkcs11.C_Finalize();
-      } catch {
-        // Already finalised (by someone else in this process): nothing left to do.
-      }
-      held.pkcs11.close();
-    },
-  };
-}
-
-/* ------------------------------------------------------------------------------------------------
- * Token, session and key helpers, shared with key-admin.ts.
- * ---------------------------------------------------------------------------------------------- */
-
-export interface FoundToken {
-  slot: pkcs11js.Handle | undefined;
-  info: pkcs11js.TokenInfo | undefined;
-  /** Labels of all initialised tokens seen (for the operator message). */
-  labels: string[];
-  /** How many tokens carry the wanted label (more than one is a configuration error). */
-  matches: number;
-}
-
-/** Finds the slot whose token label (trimmed) equals `label`. Never by slot index. */
-export function findToken(p: pkcs11js.PKCS11, label: string): FoundToken {
-  const found: FoundToken = { slot: undefined, info: undefined, labels: [], matches: 0 };
-  for (const slot of p.C_GetSlotList(true)) {
-    let info: pkcs11js.TokenInfo;
-    try {
-      info = p.C_GetTokenInfo(slot);
-    } catch {
-      continue; // a token vanishing while we look is not our token
-    }
-    if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue; // SoftHSM2's free slot
-    const l = info.label.trim();
-    found.labels.push(l);
-    if (l === label) {
-      found.matches++;
-      found.slot = slot;
-      found.info = info;
-    }
-  }
-  return found;
-}
-
-export function noTokenMessage(cfg: Pick<HsmConfig, 'module' | 'moduleEnv' | 'tokenLabel'>, t: FoundToken): string {
-  if (t.matches > 1) {
-    return `${t.matches} tokens are labelled "${cfg.tokenLabel}" in PKCS#11 module "${cfg.module}"; token labels must be unique.`;
-  }
-  const seen = t.labels.length === 0 ? 'no initialised token at all' : `tokens found: ${t.labels.map((l) => `"${l}"`).join(', ')}`;
-  return `No token labelled "${cfg.tokenLabel}" (hsm.tokenLabel) in PKCS#11 module "${cfg.module}"${describeEnv(cfg.moduleEnv)}; ${seen}.`;
-}
-
-export function toTokenInfo(info: pkcs11js.TokenInfo): TokenInfo {
-  const v = (x: pkcs11js.Version) => `${x.major}.${x.minor}`;
-  return {
-    manufacturer: info.manufacturerID.trim(),
-    model: `${info.model.trim()} (hardware ${v(info.hardwareVersion)}, firmware ${v(info.firmwareVersion)})`,
-    serialNumber: info.serialNumber.trim(),
-    label: info.label.trim(),
-  };
-}
-
-/**
- * Opens an RW serial session and makes sure the user is logged in. Login state belongs to the
- * application and token, not to the session, so C_Login runs only if this session is not already
- * a user session (the first session, or after the token logged out because all sessions closed).
- */
-export function openUserSession(p: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin: string): pkcs11js.Handle {
-  const session = p.C_OpenSession(slot, pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION);
-  try {
-    const state = p.C_GetSessionInfo(session).state;
-    if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
-      try {
-        p.C_Login(session, pkcs11js.CKU_USER, pin);
-      } catch (e) {
-        if (ckrCode(e) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw e;
-      }
-    }
-  } catch (e) {
-    try {
-      p.C_CloseSession(session);
-    } catch {
-      // the login error is the one worth reporting
-    }
-    throw e;
-  }
-  return session;
-}
-
-/** Operator message for a failed session open/login at start-up. Never contains the PIN. */
-export function loginFailureMessage(tokenLabel: string, err: unknown): string {
-  const code = ckrCode(err);
-  const head = `Cannot log in to token "${tokenLabel}"`;
-  switch (code) {
-    case pkcs11js.CKR_PIN_INCORRECT:
-      return `${head}: the PIN is incorrect (CKR_PIN_INCORRECT). Check the secret named by hsm.pin.`;
-    case pkcs11js.CKR_PIN_LOCKED:
-      return `${head}: the user PIN is locked (CKR_PIN_LOCKED); the token's security officer must unlock or reset it.`;
-    case pkcs11js.CKR_PIN_EXPIRED:
-      return `${head}: the user PIN has expired (CKR_PIN_EXPIRED); set a new one.`;
-    case pkcs11js.CKR_PIN_INVALID:
-    case pkcs11js.CKR_PIN_LEN_RANGE:
-      return `${head}: the PIN has invalid characters or length (${ckrName(code)}). Check the secret named by hsm.pin.`;
-    case pkcs11js.CKR_USER_PIN_NOT_INITIALIZED:
-      return `${head}: the token's user PIN was never initialised (CKR_USER_PIN_NOT_INITIALIZED).`;
-    case undefined: {
-      const why = err instanceof XksError ? `${err.errorName}${err.detail ? ': ' + err.detail : ''}` : err instanceof Error ? err.name : String(err);
-      return `${head}: ${why}`;
-    }
-    default:
-      return `${head}: ${ckrName(code)}.`;
-  }
-}
-
-/**
- * Handles of the secret keys labelled `label` (all secret keys if `label` is undefined), at most
- * `max`. The search is always finalised, or the session would refuse the next C_FindObjectsInit.
- */
-export function findSecretKeys(p: pkcs11js.PKCS11, session: pkcs11js.Handle, label: string | undefined, max = 1000): pkcs11js.Handle[] {
-  const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }];
-  if (label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: label });
-  p.C_FindObjectsInit(session, template);
-  const handles: pkcs11js.Handle[] = [];
-  let failed = true;
-  try {
-    while (handles.length < max) {
-      const batch = p.C_FindObjects(session, Math.min(100, max - handles.length));
-      handles.push(...batch);
-      if (batch.length === 0) break;
-    }
-    failed = false;
-  } finally {
-    try {
-      p.C_FindObjectsFinal(session);
-    } catch (e) {
-      if (!failed) throw e; // else the first error is the one that matters
-    }
-  }
-  return handles;
-}
-
-const LITTLE_ENDIAN = os.endianness() === 'LE';
-
-/** A CK_ULONG attribute value (native size and byte order). */
-function readUlong(b: Buffer): number {
-  if (b.length === 8) return Number(LITTLE_ENDIAN ? b.readBigUInt64LE() : b.readBigUInt64BE());
-  if (b.length === 4) return LITTLE_ENDIAN ? b.readUInt32LE() : b.readUInt32BE();
-  throw new Error(`unexpected CK_ULONG attribute size ${b.length}`);
-}
-
-/** Spec GetKeyMetadata keyUsage order; the spec allows at most ten values. */
-const USAGE_ATTRIBUTES: readonly [KeyUsage, number][] = [
-  ['ENCRYPT', pkcs11js.CKA_ENCRYPT],
-  ['DECRYPT', pkcs11js.CKA_DECRYPT],
-  ['WRAP', pkcs11js.CKA_WRAP],
-  ['UNWRAP', pkcs11js.CKA_UNWRAP],
-  ['SIGN', pkcs11js.CKA_SIGN],
-  ['VERIFY', pkcs11js.CKA_VERIFY],
-  ['DERIVE', pkcs11js.CKA_DERIVE],
-];
-const MAX_KEY_USAGES = 10;
-
-export function keySpecOf(keyType: number, valueLen: number | undefined): string {
-  if (keyType === pkcs11js.CKK_AES) {
-    switch (valueLen) {
-      case 32:
-        return 'AES_256';
-      case 24:
-        return 'AES_192';
-      case 16:
-        return 'AES_128';
-      default:
-        return 'UNSUPPORTED';
-    }
-  }
-  if (keyType === pkcs11js.CKK_GENERIC_SECRET) return 'GENERIC_SECRET';
-  return 'UNSUPPORTED';
-}
-
-/**
- * Reads a secret key's KeyInfo: CKA_KEY_TYPE + CKA_VALUE_LEN -> keySpec ('AES_256' is the only
- * spec an XKS key may have), the usage flags -> keyUsage. `label` is read from CKA_LABEL when not
- * given. Shared by the backend (describeKey, key cache) and key-admin (listKeys).
- */
-export function readKeyInfo(p: pkcs11js.PKCS11, session: pkcs11js.Handle, handle: pkcs11js.Handle, label?: string): KeyInfo {
-  const types = [pkcs11js.CKA_KEY_TYPE, ...USAGE_ATTRIBUTES.map(([, t]) => t)];
-  if (label === undefined) types.push(pkcs11js.CKA_LABEL);
-  const values = new Map<number, Buffer>();
-  for (const a of p.C_GetAttributeValue(session, handle, types.map((type) => ({ type })))) values.set(a.type, a.value);
-  // CKA_VALUE_LEN is not defined for every secret key type (DES keys): read it on its own.
-  let valueLen: number | undefined;
-  try {
-    const [v] = p.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE_LEN }]);
-    if (v) valueLen = readUlong(v.value);
-  } catch (e) {
-    if (ckrCode(e) !== pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID) throw e;
-  }
-  const keyType = readUlong(values.get(pkcs11js.CKA_KEY_TYPE) ?? Buffer.alloc(0));
-  const keyUsage = USAGE_ATTRIBUTES.filter(([, t]) => (values.get(t)?.[0] ?? 0) !== 0)
-    .map(([u]) => u)
-    .slice(0, MAX_KEY_USAGES);
-  return {
-    label: label ?? (values.get(pkcs11js.CKA_LABEL) ?? Buffer.alloc(0)).toString('utf8'),
-    keySpec: keySpecOf(keyType, valueLen),
-    keyUsage,
-  };
-}
-
-/**
- * For short operator commands (key-admin.ts): load the module, find the token, open a logged-in
- * session, run `fn`, close everything. Errors are plain Errors with operator messages. If a backend
- * in this process already holds the token, its login is shared (PKCS#11 login is per process).
- */
-export async function withTokenSession<R>(
-  cfg: Pick<HsmConfig, 'module' | 'moduleEnv' | 'tokenLabel'>,
-  pin: string,
-  fn: (p: pkcs11js.PKCS11, session: pkcs11js.Handle) => R,
-): Promise<R> {
-  const mod = acquireModule(cfg);
-  try {
-    const p = mod.pkcs11;
-    const token = findToken(p, cfg.tokenLabel);
-    if (token.slot === undefined || token.matches !== 1) throw new Error(noTokenMessage(cfg, token));
-    let session: pkcs11js.Handle;
-    try {
-      session = openUserSession(p, token.slot, pin);
-    } catch (e) {
-      throw new Error(loginFailureMessage(cfg.tokenLabel, e));
-    }
-    try {
-      return fn(p, session);
-    } finally {
-      // Closing our last session on the token logs it out (PKCS#11), unless a backend in this
-      // process still has sessions there: an explicit C_Logout would log that backend out too.
-      try {
-        p.C_CloseSession(session);
-      } catch {
-        // nothing to do
-      }
-    }
-  } finally {
-    mod.release();
-  }
-}
+import { acquireModule, initializeModule, type ModuleRef } from './pkcs11-module';
+import { findSecretKeys, findToken, loginFailureMessage, noTokenMessage, openUserSession, readKeyInfo, toTokenInfo } from './pkcs11-token';
 
 /* ------------------------------------------------------------------------------------------------
  * The backend.
@@ -461,9 +127,8 @@ export class Pkcs11Backend implements HsmBackend {
   }
 
   /** See openPkcs11Backend. */
-  static async open(cfg: HsmConfig, pin: string, log: AppLogger, testHooks?: Pkcs11TestHooks): Promise<Pkcs11Backend> {
-    const shared = acquireModule(cfg);
-    const mod = testHooks?.wrapModule ? wrappedModuleRef(shared, testHooks.wrapModule) : shared;
+  static async open(cfg: HsmConfig, pin: string, log: AppLogger, opts: Pkcs11OpenOptions = {}): Promise<Pkcs11Backend> {
+    const mod = opts.module ? opts.module(cfg) : acquireModule(cfg);
     try {
       const token = findToken(mod.pkcs11, cfg.tokenLabel);
       if (token.slot === undefined || token.info === undefined || token.matches !== 1) {
@@ -1016,24 +681,16 @@ function isSessionGone(d: CkrDecision): boolean {
  * Error whose message tells the operator what is wrong (module path, labels found, PIN refused);
  * the PIN itself never appears in a message or a log line.
  */
-export async function openPkcs11Backend(cfg: HsmConfig, pin: string, log: AppLogger, testHooks?: Pkcs11TestHooks): Promise<Pkcs11Backend> {
-  return Pkcs11Backend.open(cfg, pin, log, testHooks);
+export async function openPkcs11Backend(cfg: HsmConfig, pin: string, log: AppLogger, opts?: Pkcs11OpenOptions): Promise<Pkcs11Backend> {
+  return Pkcs11Backend.open(cfg, pin, log, opts);
 }
 
 /**
- * FOR TESTS ONLY: fault injection and vendor emulation (test/helpers/iv-emulating-module.ts wraps
- * the real module to behave like an HSM that generates GCM IVs). Nothing in src/ passes it.
+ * Which loaded module this backend talks to. Default: the process-wide one for cfg.module
+ * (pkcs11-module.ts). A caller may interpose another ModuleRef in front of it, for this backend
+ * only (the tests' fault injection and vendor emulation do: test/helpers/wrapped-module.ts); the
+ * backend releases it on close like its own.
  */
-export interface Pkcs11TestHooks {
-  /** Wraps the loaded module for this backend only; other users keep the real one. */
-  wrapModule?: (real: pkcs11js.PKCS11) => pkcs11js.PKCS11;
-}
-
-/**
- * A ModuleRef whose pkcs11 object is `wrap(shared.pkcs11)`. The wrapper lives in this ref only:
- * loadedModules (the per-process cache other backends and key-admin share) keeps the real
- * object, and reference counting and release go to the shared ref.
- */
-function wrappedModuleRef(shared: ModuleRef, wrap: (real: pkcs11js.PKCS11) => pkcs11js.PKCS11): ModuleRef {
-  return { pkcs11: wrap(shared.pkcs11), path: shared.path, soleUser: () => shared.soleUser(), release: () => shared.release() };
+export interface Pkcs11OpenOptions {
+  module?: (cfg: Pick<HsmConfig, 'module' | 'moduleEnv'>) => ModuleRef;
 }

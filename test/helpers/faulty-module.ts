@@ -1,6 +1,6 @@
 /**
  * TEST ONLY: fault injection around the REAL PKCS#11 module (a JS Proxy around the pkcs11js
- * object, handed to one backend through Pkcs11TestHooks.wrapModule; other users of the module in
+ * object, handed to one backend through wrappedModule() (wrapped-module.ts); other users of the module in
  * the process keep the real one). Every call goes to SoftHSM2 unless a fault is switched on:
  *
  * - unplug(code): every C_* call (C_Initialize and C_Finalize included) fails with `code` without

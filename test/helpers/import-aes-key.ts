@@ -6,7 +6,7 @@
 import * as pkcs11js from 'pkcs11js';
 import type { HsmConfig } from '../../src/config/schema';
 import { xksAesKeyTemplate } from '../../src/hsm/key-admin';
-import { withTokenSession } from '../../src/hsm/pkcs11-backend';
+import { withTokenSession } from '../../src/hsm/pkcs11-token';
 
 export async function importAesKey(cfg: HsmConfig, pin: string, label: string, value: Buffer): Promise<void> {
   await withTokenSession(cfg, pin, (p, session) => {

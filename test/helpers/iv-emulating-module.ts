@@ -2,7 +2,7 @@
  * TEST ONLY: makes the real SoftHSM2 module behave like an HSM that generates the AES-GCM IV of an
  * encryption itself, so that hsm.ivMode 'hsm-params' and 'hsm-appended' run end to end on real
  * crypto. SoftHSM2 cannot generate GCM IVs; this wrapper (a JS Proxy around the pkcs11js object,
- * handed to the backend through Pkcs11TestHooks.wrapModule) draws the IV with node:crypto and
+ * handed to the backend through wrappedModule(), wrapped-module.ts) draws the IV with node:crypto and
  * passes it to the real C_EncryptInit, then reports it the way the vendor does:
  *
  * - 'hsm-params' (AWS CloudHSM: "the HSM ignores the IV in the request ... and writes the generated
@@ -25,7 +25,7 @@ import * as pkcs11js from 'pkcs11js';
 export type EmulatedIvVendor = { mode: 'hsm-params' } | { mode: 'hsm-appended'; ivBytes: 12 | 16 };
 
 export interface IvEmulator {
-  /** For Pkcs11TestHooks.wrapModule. */
+  /** For wrappedModule() (wrapped-module.ts). */
   wrap(real: pkcs11js.PKCS11): pkcs11js.PKCS11;
   /** What each GCM C_EncryptInit asked for: the caller's IV length and ulIvBits. */
   readonly seen: { ivLength: number; ivBits: number }[];

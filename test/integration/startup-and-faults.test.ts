@@ -17,6 +17,7 @@ import { FaultyModule } from '../helpers/faulty-module';
 import { ivEmulator } from '../helpers/iv-emulating-module';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
+import { wrappedModule } from '../helpers/wrapped-module';
 
 /** The real backend, with a switch that makes every HSM call fail the way we choose. */
 class FaultInjectingBackend extends DelegatingBackend {
@@ -114,7 +115,7 @@ describe('start-up checks and HSM faults', () => {
 
     it('"proxy" on an HSM that appends its own IV (emulated Luna in FIPS mode)', async () => {
       const emu = ivEmulator({ mode: 'hsm-appended', ivBytes: 16 });
-      const backend = await openPkcs11Backend({ ...token.hsmConfig }, token.pin, createSilentLogger(), { wrapModule: emu.wrap });
+      const backend = await openPkcs11Backend({ ...token.hsmConfig }, token.pin, createSilentLogger(), wrappedModule(emu.wrap));
       const msg = await startupError({}, backend); // start-up closes the backend it was given
       expect(msg).to.match(/InternalException: CKR_BUFFER_TOO_SMALL/);
       expect(msg).to.include('Check hsm.ivMode (now "proxy")');
@@ -131,7 +132,7 @@ describe('start-up checks and HSM faults', () => {
     before(async () => {
       net = new FaultyModule();
       // Async calls with a deadline (hsm.callTimeoutMs) far above what an unheld call takes.
-      const real = await openPkcs11Backend({ ...token.hsmConfig, callMode: 'async', callTimeoutMs: 2000 }, token.pin, createSilentLogger(), { wrapModule: net.wrap });
+      const real = await openPkcs11Backend({ ...token.hsmConfig, callMode: 'async', callTimeoutMs: 2000 }, token.pin, createSilentLogger(), wrappedModule(net.wrap));
       faulty = new FaultInjectingBackend(real);
       const credDir = path.join(token.dir, 'creds');
       cred = writeCredential(credDir);

@@ -16,6 +16,7 @@ import { createSilentLogger } from '../../../src/log/logger';
 import { FaultyModule } from '../../helpers/faulty-module';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectXks } from '../../helpers/xks-expect';
+import { wrappedModule } from '../../helpers/wrapped-module';
 
 const KEY = 'k-deadline';
 
@@ -31,7 +32,7 @@ describe("hsm.callTimeoutMs: every HSM call has a deadline (async call mode, rea
     await createKey(tk.hsmConfig, tk.pin, { label: KEY, usage: 'encrypt-decrypt' });
     net = new FaultyModule();
     // One session, so that "not reused" is visible; a pool wait long enough never to be the cause.
-    b = await openPkcs11Backend({ ...tk.hsmConfig, callMode: 'async', callTimeoutMs: 2000, pool: { size: 1, acquireTimeoutMs: 30000 } }, tk.pin, createSilentLogger(), { wrapModule: net.wrap });
+    b = await openPkcs11Backend({ ...tk.hsmConfig, callMode: 'async', callTimeoutMs: 2000, pool: { size: 1, acquireTimeoutMs: 30000 } }, tk.pin, createSilentLogger(), wrappedModule(net.wrap));
   });
   after(async () => {
     net?.holdAsync(false);
@@ -66,7 +67,7 @@ describe("hsm.callTimeoutMs: every HSM call has a deadline (async call mode, rea
 
   it('a request that needs a re-initialisation held up by a call still on the HSM also answers DependencyTimeoutException, and service resumes', async () => {
     const net2 = new FaultyModule();
-    const b2 = await openPkcs11Backend({ ...tk.hsmConfig, callMode: 'async', callTimeoutMs: 2000, pool: { size: 2, acquireTimeoutMs: 30000 } }, tk.pin, createSilentLogger(), { wrapModule: net2.wrap });
+    const b2 = await openPkcs11Backend({ ...tk.hsmConfig, callMode: 'async', callTimeoutMs: 2000, pool: { size: 2, acquireTimeoutMs: 30000 } }, tk.pin, createSilentLogger(), wrappedModule(net2.wrap));
     try {
       net2.holdAsync();
       const first = expectXks(b2.encrypt(KEY, Buffer.from('held'), aad), 'DependencyTimeoutException');

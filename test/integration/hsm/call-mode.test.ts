@@ -15,6 +15,7 @@ import { createSilentLogger } from '../../../src/log/logger';
 import { buildGcmAad } from '../../../src/xks/aad';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectXks, flip } from '../../helpers/xks-expect';
+import { wrappedModule } from '../../helpers/wrapped-module';
 
 const KEY = 'k-call-mode';
 
@@ -93,7 +94,7 @@ describe("hsm.callMode 'async' (real SoftHSM2; network latency emulated)", funct
       }) as typeof log.warn;
     }
     // The held calls must not run into the per-call deadline (tested in call-deadline.test.ts).
-    const b = await openPkcs11Backend({ ...tk.hsmConfig, callMode, callTimeoutMs: 60000, pool: { size: poolSize, acquireTimeoutMs: 5000 } }, tk.pin, log, wrap ? { wrapModule: wrap.wrap } : undefined);
+    const b = await openPkcs11Backend({ ...tk.hsmConfig, callMode, callTimeoutMs: 60000, pool: { size: poolSize, acquireTimeoutMs: 5000 } }, tk.pin, log, wrap ? wrappedModule(wrap.wrap) : undefined);
     opened.push(b);
     return b;
   }

@@ -19,6 +19,7 @@ import { startHarness, writeCredential, xksCall, type Credential, type Harness }
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectNoIvReuse } from '../../helpers/iv-uniqueness';
 import { expectXks, flip } from '../../helpers/xks-expect';
+import { wrappedModule } from '../../helpers/wrapped-module';
 
 const KEY = 'k-iv-modes';
 
@@ -32,7 +33,7 @@ describe('hsm.ivMode: who produces the GCM IV (real SoftHSM2, vendor IV generati
 
   async function open(ivMode: HsmConfig['ivMode'], vendor?: EmulatedIvVendor): Promise<{ backend: Pkcs11Backend; emu: IvEmulator | undefined }> {
     const emu = vendor ? ivEmulator(vendor) : undefined;
-    const backend = await openPkcs11Backend({ ...tk.hsmConfig, ivMode }, tk.pin, createSilentLogger(), emu ? { wrapModule: emu.wrap } : undefined);
+    const backend = await openPkcs11Backend({ ...tk.hsmConfig, ivMode }, tk.pin, createSilentLogger(), emu ? wrappedModule(emu.wrap) : undefined);
     opened.push(backend);
     return { backend, emu };
   }

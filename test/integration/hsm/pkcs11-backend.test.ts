@@ -15,6 +15,7 @@ import { captureLogger } from '../../helpers/capture-logger';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectNoIvReuse, ivRepeatingModule, type Encrypted } from '../../helpers/iv-uniqueness';
 import { expectXks, flip } from '../../helpers/xks-expect';
+import { wrappedModule } from '../../helpers/wrapped-module';
 
 async function errorOf(p: Promise<unknown>): Promise<Error> {
   try {
@@ -140,7 +141,7 @@ describe('Pkcs11Backend against a real SoftHSM2 token', function () {
 
     it('... a check that catches an IV used twice (it can fail)', async () => {
       // The same check on a backend whose module encrypts every 50th call under an earlier IV.
-      const repeating = await openPkcs11Backend(tk.hsmConfig, tk.pin, cap.log, { wrapModule: ivRepeatingModule(50) });
+      const repeating = await openPkcs11Backend(tk.hsmConfig, tk.pin, cap.log, wrappedModule(ivRepeatingModule(50)));
       try {
         const results = await encryptSameInput(repeating);
         expect(() => expectNoIvReuse(results)).to.throw(/an IV was used twice/);

@@ -31,6 +31,7 @@ import { FaultyModule } from '../../helpers/faulty-module';
 import { rawRequest, startHarness, writeCredential, xksCall } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { expectXks } from '../../helpers/xks-expect';
+import { wrappedModule } from '../../helpers/wrapped-module';
 
 const KEY = 'k-heal';
 const HEALTH_KEY = 'xks-health';
@@ -76,7 +77,7 @@ describe('the HSM link heals itself (real SoftHSM2)', function () {
 
   async function open(faulty?: FaultyModule, log = createSilentLogger()): Promise<Pkcs11Backend> {
     // A short retry so that the test does not wait long; nothing here depends on how long.
-    backend = await openPkcs11Backend({ ...tk.hsmConfig, recoveryIntervalMs: 20 }, tk.pin, log, faulty ? { wrapModule: faulty.wrap } : undefined);
+    backend = await openPkcs11Backend({ ...tk.hsmConfig, recoveryIntervalMs: 20 }, tk.pin, log, faulty ? wrappedModule(faulty.wrap) : undefined);
     health = new HealthMonitor(backend, { healthKeyLabel: HEALTH_KEY, intervalMs: 50000, degradedAboveMs: 250 }, createSilentLogger());
     return backend;
   }

@@ -13,7 +13,7 @@ import { generateOperatorKey, readPrivateJwk, writeOperatorKey } from '../../../
 import { generateSigningKeyPair, loadSigningKey } from '../../../src/audit/signing';
 import { ConfigError, parseConfig } from '../../../src/config/load';
 import { readSecret } from '../../../src/config/secrets';
-import { noTokenMessage } from '../../../src/hsm/pkcs11-backend';
+import { noTokenMessage } from '../../../src/hsm/pkcs11-token';
 
 describe('secret files must be private', () => {
   let dir: string;
