@@ -230,9 +230,11 @@ const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, 
  */
 async function withLocalStore<T>(loaded: LoadedConfig, fn: (store: StateStore) => Promise<T>): Promise<T> {
   const c = controlOf(loaded);
+  if (c.stateDir === undefined) throw new Error('the emergency commands work on the file store (control.store: file); in fleet mode use the admin API of any member');
+  const stateDir = c.stateDir;
   const hsm = await openPkcs11Backend({ ...loaded.config.hsm, pool: { ...loaded.config.hsm.pool, size: 1 } }, readSecret(loaded.config.hsm.pin), createSilentLogger());
   try {
-    return await fn(new StateStore(c.stateDir, hsmStateAuthenticator(hsm, c.stateAuth)));
+    return await fn(new StateStore(stateDir, hsmStateAuthenticator(hsm, c.stateAuth)));
   } finally {
     await hsm.close();
   }
