@@ -146,13 +146,17 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   const audit = asAuditSink(requestLog, log);
   meter.bind(proxySources({ config, registry, hsm, health, requestLog }));
-  const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log);
+  // Fleet mode: xksProxyFleetSize is the live members with a healthy deep check (control/fleet.ts).
+  let fleetSize: (() => number) | undefined;
+  const identity = { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, get fleetSize() { return fleetSize?.() ?? config.proxy.fleetSize; } };
+  const service = new XksService(hsm, health, identity, log);
   // The admin API's reload needs the running proxy, which exists only once startControl returned.
   let reloadNow: (() => Promise<ReloadResult>) | undefined;
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
+    fleetSize = control.fleetSize;
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();

@@ -33,7 +33,7 @@ import { closeServer, listen, tlsOptions } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import type { AdminActionRecord, AdminActionSink } from './actions';
 import { addCredential, removeCredential } from './credentials-admin';
-import { AuthError, OperatorAuth, type OperatorIdentity } from './jwt';
+import { AuthError, OperatorAuth, type OperatorAuthOptions, type OperatorIdentity } from './jwt';
 import type { Role } from './tokens';
 
 export interface AdminServerDeps {
@@ -49,6 +49,8 @@ export interface AdminServerDeps {
   reload?: () => Promise<unknown>;
   /** Lets other modules mount routes on the admin listener (e.g. /metrics), behind their own checks. */
   extraRoutes?: (app: express.Express) => void;
+  /** Fleet mode: the token id replay set shared by every member (OperatorAuthOptions.claimJti). */
+  claimJti?: OperatorAuthOptions['claimJti'];
 }
 
 export interface RunningAdminServer {
@@ -250,7 +252,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
 
 export async function startAdminServer(deps: AdminServerDeps): Promise<RunningAdminServer> {
   const a = deps.admin;
-  const auth = new OperatorAuth({ jwksFile: a.jwksFile, audience: a.audience, maxTokenLifetimeSeconds: a.maxTokenLifetimeSeconds, clockToleranceSeconds: a.clockToleranceSeconds, replayCacheSize: a.replayCacheSize, log: deps.log, ...(deps.now ? { now: deps.now } : {}) });
+  const auth = new OperatorAuth({ jwksFile: a.jwksFile, audience: a.audience, maxTokenLifetimeSeconds: a.maxTokenLifetimeSeconds, clockToleranceSeconds: a.clockToleranceSeconds, replayCacheSize: a.replayCacheSize, log: deps.log, ...(deps.claimJti ? { claimJti: deps.claimJti } : {}), ...(deps.now ? { now: deps.now } : {}) });
   const app = buildAdminApp(deps, auth);
   const common = { headersTimeout: 5000, requestTimeout: 30000, keepAliveTimeout: 5000 };
   const server = a.tls

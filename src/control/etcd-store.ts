@@ -57,8 +57,9 @@ export class EtcdControlStore implements ControlStore {
   private watchUp = false;
   private heartbeat: NodeJS.Timeout | undefined;
   private beating = false;
-  private leaseOk = true;
-  private lastProblem = 'not confirmed yet';
+  /** Until this member has joined the fleet, engages elsewhere do not wait for it. */
+  private leaseOk = false;
+  private lastProblem = 'this member has not joined the fleet yet';
   private confirmedAt: number;
   private staleReported = false;
   private handlers: StoreWatchHandlers | undefined;
@@ -166,7 +167,11 @@ export class EtcdControlStore implements ControlStore {
     this.handlers = h;
     void this.openWatch();
     const tick = Math.max(50, Math.floor(this.o.maxStalenessMs / 4));
-    this.heartbeat = setInterval(() => void this.beat(), tick);
+    this.heartbeat = setInterval(() => {
+      // Judged on every tick, not when a read ends: a read that hangs must not delay failing closed.
+      this.judge();
+      void this.beat();
+    }, tick);
     this.heartbeat.unref();
   }
 
@@ -212,10 +217,12 @@ export class EtcdControlStore implements ControlStore {
   private async beat(): Promise<void> {
     if (this.beating || this.closed) return;
     this.beating = true;
+    // What a quorum read confirms is the state as of when it was sent.
+    const sentAt = this.now();
     try {
       const res = await withDeadline(this.client.get(this.stateKey).exec(), this.callMs, 'confirm the control state (quorum read)');
       const rev = Number(res.kvs[0]?.mod_revision ?? 0);
-      if (this.watchUp && this.leaseOk) this.confirmedAt = this.now();
+      if (this.watchUp && this.leaseOk) this.confirmedAt = Math.max(this.confirmedAt, sentAt);
       if (rev !== this.lastRevision) this.handlers?.changed('etcd-resync');
     } catch (e) {
       this.lastProblem = `no quorum read answered (${(e as Error).message})`;

@@ -17,6 +17,7 @@ import type { ControlConfig } from './config';
 import { ControlPlane, type ControlPlaneOptions } from './control-plane';
 import type { HistoryEvent } from './state-model';
 import { checkStateKey, hsmStateAuthenticator, type StateHsm } from './state-auth';
+import { startFleetStore, type FleetParts } from './fleet-start';
 
 export interface ControlStartOptions {
   /** The HSM that authenticates the control state (required with a `control` section). */
@@ -30,12 +31,18 @@ export interface ControlStartOptions {
   reload?: AdminServerDeps['reload'];
   now?: () => number;
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
+  /** Fleet mode: this member's last deep health status (GetHealthStatus's), for its member record. */
+  health?: () => string | undefined;
 }
 
 export interface RunningControl {
   gate: AccessGate;
   control: ControlPlane | undefined;
   adminPort: number | undefined;
+  /** Fleet mode: live members with a healthy deep check (GetHealthStatus's xksProxyFleetSize). */
+  fleetSize?: (() => number) | undefined;
+  /** Fleet mode: the membership (fleet status). */
+  fleet?: FleetParts | undefined;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -60,9 +67,11 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   const stateAuth = hsmStateAuthenticator(opts.stateHsm, c.stateAuth);
   // Refuse to start without the MAC key: a state that cannot be authenticated would fail closed.
   await checkStateKey(stateAuth, live.config.hsm.tokenLabel);
+  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now) : undefined;
   const control = await ControlPlane.open({
     stateAuth,
-    stateDir: c.stateDir,
+    ...(c.stateDir !== undefined ? { stateDir: c.stateDir } : {}),
+    ...(fleet ? { store: fleet.store, awaitFleet: (r: number) => fleet.fleet.awaitAcks(r) } : {}),
     keyStores: registry,
     defaultForKeyStoresWithoutPolicy: c.policies.defaultForKeyStoresWithoutPolicy,
     approvalsRequired: c.killSwitch.approvalsRequired,
@@ -81,6 +90,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   // A change on disk the proxy did not make (bad MAC, older generation, deleted): audited, the
   // control plane has logged it at error level.
   control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(t.reason, t.origin, opts.now)));
+  if (fleet) await fleet.attach(control, onAdminAction, opts.health);
   control.startWatching();
   live.onReload({
     controlState: () => {
@@ -100,9 +110,10 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}) });
     } catch (e) {
       control.close();
+      await fleet?.close();
       throw e;
     }
   }
@@ -110,9 +121,12 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     gate: control,
     control,
     adminPort: admin?.port,
+    fleetSize: fleet ? () => fleet.fleet.healthySize() : undefined,
+    fleet,
     async close(graceMs = 1000) {
       control.close();
       await admin?.close(graceMs);
+      await fleet?.close();
     },
   };
 }
