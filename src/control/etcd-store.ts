@@ -103,6 +103,10 @@ export class EtcdControlStore implements ControlStore {
   }
 
   async read(): Promise<ReadResult> {
+    // The floor is what was seen before the read was sent: etcd reads are linearizable, so a read
+    // sent after generation N was seen returns N or newer, while one sent earlier may legitimately
+    // return an older state (concurrent calls answer in any order): that is not a rollback.
+    const floor = this.seen;
     let kv: IKeyValue | undefined;
     try {
       kv = (await withDeadline(this.client.get(this.stateKey).exec(), this.callMs, 'read the control state')).kvs[0];
@@ -114,10 +118,10 @@ export class EtcdControlStore implements ControlStore {
     } catch (e) {
       return { ok: false, fresh: false, tamper: false, reason: `cannot read ${this.location}: ${(e as Error).message}` };
     }
-    return this.verify(kv);
+    return this.verify(kv, floor);
   }
 
-  private async verify(kv: IKeyValue): Promise<ReadResult> {
+  private async verify(kv: IKeyValue, floor: { storeId: string; generation: number } | undefined): Promise<ReadResult> {
     const text = kv.value.toString('utf8');
     let claimed: string | undefined;
     try {
@@ -126,9 +130,9 @@ export class EtcdControlStore implements ControlStore {
       /* verifyStateText names it */
     }
     // The anchor is what this member has seen: the first state it reads names its store.
-    const anchor = { storeId: this.seen?.storeId ?? (typeof claimed === 'string' ? claimed : ''), generation: this.seen?.generation ?? 0 };
+    const anchor = { storeId: floor?.storeId ?? (typeof claimed === 'string' ? claimed : ''), generation: floor?.generation ?? 0 };
     const r = await verifyStateText(this.auth, text, anchor, this.location);
-    if (!r.ok) return r;
+    if (!r.ok) return r.fresh ? r : { ...r, reason: r.reason.replace('recorded in the HSM (an old file was put back: rollback)', 'already seen by this member (an old value was put back: rollback)') };
     const revision = Number(kv.mod_revision);
     this.noteSeen(r.state.storeId, r.state.generation, revision);
     return { ok: true, state: { ...r.state, revision }, ahead: false };
