@@ -16,6 +16,23 @@ import { applyEngage, type StateBody } from '../../../src/control/state-model';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { StateStore } from '../../../src/control/state-store';
+import { controlCommand, fleetCommand } from '../../../src/cli/fleet-commands';
+import { writeCredential } from '../../helpers/proxy-harness';
+
+function sink(): Writable & { text: string } {
+  const w = new Writable({
+    write(chunk, _enc, cb) {
+      w.text += chunk.toString();
+      cb();
+    },
+  }) as Writable & { text: string };
+  w.text = '';
+  return w;
+}
 
 const actor = { operator: 'alice', via: 'admin-api' as const };
 
@@ -113,5 +130,39 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     let refused: Error | undefined;
     await a.mutate(engage('proxy'), Date.now).catch((e: Error) => (refused = e));
     expect(refused?.message).to.match(/not trusted/);
+  });
+
+  it('control migrate --to etcd copies the file store with every block and policy, once; fleet status reads the fleet', async () => {
+    const stateDir = path.join(token.dir, 'migrate-state');
+    const auth = hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: 'migrate-anchor' });
+    const file = new StateStore(stateDir, auth);
+    file.ensureDir();
+    await file.mutate(engage('proxy'), Date.now);
+    await file.mutate(engage('keystore:a'), Date.now);
+    const p = fresh();
+    writeCredential(path.join(token.dir, 'migrate-creds'));
+    const configFile = path.join(token.dir, 'migrate.json');
+    fs.writeFileSync(configFile, JSON.stringify({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      server: { host: '127.0.0.1', port: 0, plainHttp: true },
+      log: { requestLogStdout: false },
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'migrate-creds'), keys: [{ externalKeyId: 'k1' }] }],
+      control: { store: 'file', stateDir, stateAuth: { anchorLabel: 'migrate-anchor' }, etcd: { endpoints: etcd.endpoints, prefix: p } },
+    }));
+    const out = sink();
+    const err = sink();
+    expect(await controlCommand(['migrate', '--to', 'etcd', '--confirm', '--config', configFile], out, err), err.text).to.equal(0);
+    const r = await newStore(p).read();
+    expect(r.ok).to.equal(true);
+    if (r.ok) expect(r.state.body.blocks.map((b) => b.scope).sort()).to.deep.equal(['keystore:a', 'proxy']);
+    // Never over a fleet that has a state.
+    const err2 = sink();
+    expect(await controlCommand(['migrate', '--to', 'etcd', '--confirm', '--config', configFile], sink(), err2)).to.equal(1);
+    expect(err2.text).to.match(/never overwritten/);
+    const st = sink();
+    expect(await fleetCommand(['status', '--json', '--config', configFile], st, sink())).to.equal(0);
+    const status = JSON.parse(st.text);
+    expect(status.controlRevision).to.be.greaterThan(0);
+    expect(status.members).to.deep.equal([]);
   });
 });
