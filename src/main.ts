@@ -157,6 +157,8 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   try {
     control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: (a) => a.get(METRICS_PATH, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
     fleetSize = control.fleetSize;
+    const fleetParts = control.fleet;
+    if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();

@@ -253,6 +253,11 @@ export class EtcdControlStore implements ControlStore {
     return this.now() - this.confirmedAt;
   }
 
+  /** Reported stale to the control plane (failing closed for want of confirmation). */
+  isStale(): boolean {
+    return this.staleReported;
+  }
+
   revision(): number {
     return this.lastRevision;
   }

@@ -8,6 +8,7 @@ import type { Etcd3 } from 'etcd3';
 import type { AdminActionSink } from '../admin/actions';
 import type { Config } from '../config/schema';
 import type { AppLogger } from '../log/logger';
+import type { FleetMetrics } from '../metrics/prom-meter';
 import { VERSION } from '../version';
 import type { EtcdConfig } from './config';
 import type { ControlPlane } from './control-plane';
@@ -22,6 +23,8 @@ export interface FleetParts {
   fleet: EtcdFleet;
   /** Follow the control plane: acks, staleness audit, health; joins the fleet (retrying until etcd answers). */
   attach(control: ControlPlane, audit: AdminActionSink, health: (() => string | undefined) | undefined): Promise<void>;
+  /** Scrape-time figures for the metrics (prom-meter.ts FleetMetrics). */
+  metrics(): FleetMetrics;
   close(): Promise<void>;
 }
 
@@ -74,6 +77,16 @@ export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config:
       const publish = setInterval(() => fleet.setHealth(health?.() ?? 'UNKNOWN', control.isFailClosed()), HEALTH_PUBLISH_MS);
       publish.unref();
       timers.push(publish);
+    },
+    metrics() {
+      const stalenessMs = store.stalenessMs();
+      return {
+        members: fleet.list().length,
+        healthyMembers: fleet.healthyCount(),
+        appliedRevision: fleet.appliedRevision(),
+        storeUp: !store.isStale(),
+        stalenessSeconds: stalenessMs / 1000,
+      };
     },
     async close() {
       closed = true;

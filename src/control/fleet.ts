@@ -19,6 +19,11 @@ import type { FleetAcks } from './control-plane';
 import { withDeadline } from './etcd-client';
 import type { EtcdControlStore } from './etcd-store';
 
+/** How long recording an admin token id may take before the token is refused (503). */
+const JTI_DEADLINE_MS = 5000;
+/** Pause between attempts (a failed member is skipped by the client on the next call). */
+const JTI_RETRY_MS = 200;
+
 export interface MemberRecord {
   nodeId: string;
   version: string;
@@ -155,14 +160,19 @@ export class EtcdFleet {
     void this.writeSelf().catch(() => undefined);
   }
 
+  /** The control revision this member has applied. */
+  appliedRevision(): number {
+    return this.self.appliedRevision;
+  }
+
   /** Live members (records on unexpired leases). */
   list(): MemberRecord[] {
     return [...this.members.values()].sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   }
 
-  /** GetHealthStatus's xksProxyFleetSize: live members whose deep check is healthy (at least 1: this one answers). */
-  healthySize(): number {
-    return Math.max(1, this.list().filter((m) => (m.health === 'ACTIVE' || m.health === 'DEGRADED') && !m.stale).length);
+  /** Live members whose deep check is healthy and that serve (not failing closed). */
+  healthyCount(): number {
+    return this.list().filter((m) => (m.health === 'ACTIVE' || m.health === 'DEGRADED') && !m.stale).length;
   }
 
   /** Waits until every live member has applied `revision`, or ackTimeoutMs. */
@@ -191,11 +201,26 @@ export class EtcdFleet {
    * answer (the caller refuses the token: fail closed).
    */
   async claimJti(id: string, expMs: number): Promise<boolean> {
+    // An etcd member that just died can fail one attempt (the client moves to another member on
+    // the next call): try again within a bounded time before refusing the token.
+    const deadline = this.now() + JTI_DEADLINE_MS;
+    for (;;) {
+      try {
+        return await this.claimJtiOnce(id, expMs, Math.max(500, deadline - this.now()));
+      } catch (e) {
+        if (this.now() + JTI_RETRY_MS >= deadline) throw e;
+        this.o.log.debug('token id not recorded in etcd yet; trying another member', { reason: (e as Error).message });
+        await new Promise((r) => setTimeout(r, JTI_RETRY_MS));
+      }
+    }
+  }
+
+  private async claimJtiOnce(id: string, expMs: number, budgetMs: number): Promise<boolean> {
     const key = `${this.jtiPrefix}${crypto.createHash('sha256').update(id).digest('hex')}`;
     const ttl = Math.max(1, Math.ceil((expMs - this.now()) / 1000));
     const lease = this.client.lease(ttl, { autoKeepAlive: false });
-    const leaseId = await withDeadline(lease.grant(), 5000, 'grant the token lease');
-    const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(String(expMs)).lease(leaseId)).commit(), 5000, 'record the token id');
+    const leaseId = await withDeadline(lease.grant(), budgetMs, 'grant the token lease');
+    const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(String(expMs)).lease(leaseId)).commit(), budgetMs, 'record the token id');
     if (!res.succeeded) await lease.revoke().catch(() => undefined);
     else lease.release();
     return res.succeeded;

@@ -121,7 +121,8 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     gate: control,
     control,
     adminPort: admin?.port,
-    fleetSize: fleet ? () => fleet.fleet.healthySize() : undefined,
+    // At least 1: the member answering GetHealthStatus is one (its record may not be published yet).
+    fleetSize: fleet ? () => Math.max(1, fleet.fleet.healthyCount()) : undefined,
     fleet,
     async close(graceMs = 1000) {
       control.close();

@@ -148,6 +148,12 @@ describe('fleet mode on a real etcd cluster', function () {
     await liftVia('keystore:a', 'C', 'A');
     await until(async () => (await encrypt('C')).status === 200, 5000, 'C serves after the lift');
     await until(async () => (await health('A')).json?.xksProxyFleetSize === 3, 10_000, 'fleet size 3 on A');
+    const metrics = await adminRaw(P('A').proxy.adminPort!, 'GET', '/metrics', await ops.token('alice'));
+    expect(metrics.status).to.equal(200);
+    expect(metrics.text).to.match(/^xks_fleet_members 3$/m);
+    expect(metrics.text).to.match(/^xks_fleet_members_healthy 3$/m);
+    expect(metrics.text).to.match(/^xks_control_store_up 1$/m);
+    expect(metrics.text).to.match(/^xks_control_applied_revision [1-9]\d*$/m);
     await P('C').close();
     delete proxies.C;
     await until(async () => (await health('A')).json?.xksProxyFleetSize === 2, 10_000, 'fleet size 2 on A once C left');
