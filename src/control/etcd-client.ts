@@ -8,7 +8,16 @@ import { readSecret } from '../config/secrets';
 import type { EtcdConfig } from './config';
 
 export function connectEtcd(c: EtcdConfig): Etcd3 {
-  const opts: IOptions = { hosts: c.endpoints.map((e) => e.replace(/\/$/, '')), dialTimeout: Math.max(1000, c.maxStalenessMs) };
+  // A call sent to a member that just died waits for its connection without a deadline; with one,
+  // it fails as DEADLINE_EXCEEDED, which the client retries on another member (seen in the fleet
+  // test: token id claims hung for 5 s after one etcd member was killed). Streams (watch, lease
+  // keep-alive) have no deadline.
+  const attemptMs = Math.max(500, Math.floor(c.maxStalenessMs / 3));
+  const opts: IOptions = {
+    hosts: c.endpoints.map((e) => e.replace(/\/$/, '')),
+    dialTimeout: Math.max(1000, c.maxStalenessMs),
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + attemptMs }),
+  };
   if (c.tls) {
     opts.credentials = {
       rootCertificate: fs.readFileSync(c.tls.caFile),

@@ -4,7 +4,10 @@
  * one quorum, one replay set, live membership, and failing closed without an etcd quorum.
  */
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { createKey } from '../../../src/hsm/key-admin';
 import type { ControlPlane } from '../../../src/control/control-plane';
@@ -157,6 +160,20 @@ describe('fleet mode on a real etcd cluster', function () {
     await P('C').close();
     delete proxies.C;
     await until(async () => (await health('A')).json?.xksProxyFleetSize === 2, 10_000, 'fleet size 2 on A once C left');
+  });
+
+  it('emergency engage from the CLI writes to etcd directly (no admin API): every member refuses; fleet status lists them', async () => {
+    const configFile = path.join(token.dir, 'fleet-cli.json');
+    fs.writeFileSync(configFile, JSON.stringify({ ...configFor('cli'), server: { host: '127.0.0.1', port: 0, plainHttp: true }, log: { requestLogStdout: false } }));
+    const cli = path.resolve(__dirname, '../../../src/cli/index.js');
+    const r = await promisify(execFile)(process.execPath, [cli, 'killswitch', 'emergency-engage', '--scope', 'proxy', '--reason', 'admin APIs unreachable', '--operator', 'carol', '--config', configFile]);
+    expect(JSON.parse(r.stdout).engaged).to.equal(true);
+    expect(r.stderr).to.match(/written to etcd/);
+    await until(async () => (await refuses('A')) && (await refuses('B')), 5000, 'A and B refuse after the emergency engage');
+    const st = await promisify(execFile)(process.execPath, [cli, 'fleet', 'status', '--json', '--config', configFile]);
+    expect(JSON.parse(st.stdout).members.map((m: { nodeId: string }) => m.nodeId)).to.deep.equal(['A', 'B']);
+    await liftVia('proxy', 'B', 'A');
+    await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
 
   it('one etcd member killed: the fleet keeps working (engage on B, A refuses, lift)', async () => {
