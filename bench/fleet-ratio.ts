@@ -38,6 +38,15 @@ async function main(): Promise<void> {
       const t = targets[name];
       return closedLoop({ origin: `https://localhost:${t.port}`, ca: fs.readFileSync(t.certFile), requests: reqs[name]!, connections: Number(values.connections), durationMs: ms });
     };
+    // What fleet mode adds off the hot path (quorum-read heartbeat, watches, lease keep-alive):
+    // CPU time of each idle proxy over the same 5 s (a steadier figure than throughput on a busy machine).
+    const cpuMs = (pid: number) => {
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
+    };
+    const idle0 = { file: cpuMs(targets.file.pid), etcd: cpuMs(targets.etcd.pid) };
+    await new Promise((r) => setTimeout(r, 5000));
+    console.log(`idle CPU over 5 s: file ${(cpuMs(targets.file.pid) - idle0.file).toFixed(0)} ms, etcd ${(cpuMs(targets.etcd.pid) - idle0.etcd).toFixed(0)} ms`);
     // Warm-up (JIT, sessions), not counted.
     await run('file', 2000);
     await run('etcd', 2000);

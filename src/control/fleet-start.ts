@@ -72,9 +72,12 @@ export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config:
           },
         );
       };
+      const publishHealth = () => fleet.setHealth(health?.() ?? 'UNKNOWN', control.isFailClosed());
+      // In the first record already (the start-up deep check has run).
+      publishHealth();
       // The first attempt before the proxy serves (a member is waited for by engages once joined).
       await join();
-      const publish = setInterval(() => fleet.setHealth(health?.() ?? 'UNKNOWN', control.isFailClosed()), HEALTH_PUBLISH_MS);
+      const publish = setInterval(publishHealth, HEALTH_PUBLISH_MS);
       publish.unref();
       timers.push(publish);
     },
