@@ -148,7 +148,9 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('kill-switch.engage', (r) => ({ scope: str(bodyField(r, 'scope')) }), async (r) => {
       const out = await control.engage(str(bodyField(r, 'scope')), actor(r), str(bodyField(r, 'reason')));
-      return { body: { engaged: true, ...out }, detail: out.drained ? 'drained' : `${out.stillInFlight} operations still in flight after the drain timeout` };
+      // Fleet mode: the etcd revision, and who acknowledged it, go into this member's audit record.
+      const fleet = out.fleet ? `; etcd revision ${out.revision}, acknowledged by ${out.fleet.acknowledged.join(', ')}${out.fleet.missing.length ? `, NOT acknowledged by ${out.fleet.missing.join(', ')}` : ''}` : '';
+      return { body: { engaged: true, ...out }, detail: (out.drained ? 'drained' : `${out.stillInFlight} operations still in flight after the drain timeout`) + fleet };
     }),
   );
 

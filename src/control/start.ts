@@ -84,8 +84,13 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     ...(opts.propagateChange ? { propagateChange: opts.propagateChange } : {}),
   });
   // Changes made by another process (the emergency CLI) reach the audit trail too.
-  control.on('external-change', (events: HistoryEvent[]) => {
-    for (const e of events) onAdminAction(historyToRecord(e));
+  // Fleet mode: every member audits the changes it applies, with the etcd revision, so that each
+  // node's chain shows when it started refusing.
+  control.on('external-change', (events: HistoryEvent[], revision?: number) => {
+    for (const e of events) {
+      const r = historyToRecord(e);
+      onAdminAction(revision === undefined ? r : { ...r, detail: [r.detail, `applied from etcd revision ${revision}`].filter(Boolean).join('; ') });
+    }
   });
   // A change on disk the proxy did not make (bad MAC, older generation, deleted): audited, the
   // control plane has logged it at error level.

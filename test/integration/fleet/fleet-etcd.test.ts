@@ -113,6 +113,9 @@ describe('fleet mode on a real etcd cluster', function () {
     const onB = await encrypt('B');
     expect(onB.json.errorName, onB.text).to.equal('InvalidStateException');
     console.log(`      engage on A -> applied on B: ${(Number((await appliedOnB) - t0) / 1e6).toFixed(1)} ms; engage call returned after ${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms`);
+    // Audit: A records the change with its etcd revision and who acknowledged; B the revision it applied.
+    await until(async () => P('A').appLog().includes(`etcd revision ${r.json.revision}, acknowledged by A, B`), 5000, 'A audited the engage with its revision');
+    await until(async () => P('B').appLog().includes(`applied from etcd revision ${r.json.revision}`), 5000, 'B audited the revision it applied');
     await liftVia('proxy', 'A', 'B');
     await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
