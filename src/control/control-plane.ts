@@ -423,6 +423,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   }
 
   private refuseIfFailClosed(): void {
+    if (this.stale !== undefined) throw new ControlError('fail-closed', `this member cannot confirm the fleet's control state and refuses every call until etcd answers again; make the change through another member, or with "xks-proxy killswitch emergency-engage" (${this.stale})`);
     if (this.snap.failClosed !== undefined) throw new ControlError('fail-closed', `the control state is unreadable and everything is blocked; repair it on the appliance with "xks-proxy killswitch repair" (${this.snap.failClosed})`);
   }
 

@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
+import { Etcd3 } from 'etcd3';
 import path from 'node:path';
 import { createKey } from '../../../src/hsm/key-admin';
 import type { ControlPlane } from '../../../src/control/control-plane';
@@ -177,6 +178,26 @@ describe('fleet mode on a real etcd cluster', function () {
     expect(JSON.parse(st.stdout).members.map((m: { nodeId: string }) => m.nodeId)).to.deep.equal(['A', 'B']);
     await liftVia('proxy', 'B', 'A');
     await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
+  });
+
+  it('a member whose lease is lost (revoked in etcd) rejoins by itself, and engages wait for it again', async () => {
+    const c = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      const old = (await c.get(`${prefix}members/A`).exec()).kvs[0]!.lease;
+      await c.leaseClient.leaseRevoke({ ID: old });
+      await until(async () => {
+        const k = (await c.get(`${prefix}members/A`).exec()).kvs[0];
+        return k !== undefined && k.lease !== old;
+      }, 10_000, 'A back in the fleet on a new lease');
+      expect(P('A').appLog()).to.include('fleet membership lease lost');
+      const r = await admin('B')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'keystore:a', reason: 'after the rejoin' });
+      expect(r.json.fleet.acknowledged).to.have.members(['A', 'B']);
+      expect(await refuses('A')).to.equal(true);
+      await liftVia('keystore:a', 'A', 'B');
+      await until(async () => (await encrypt('A')).status === 200, 5000, 'A serves after the lift');
+    } finally {
+      c.close();
+    }
   });
 
   it('one etcd member killed: the fleet keeps working (engage on B, A refuses, lift)', async () => {
