@@ -320,7 +320,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     this.snap = next;
     if (next.state) this.lastGood = next.state;
     if (next.failClosed !== undefined && next.tamper && next.failClosed !== prev.failClosed) {
-      this.opts.log.error('control state TAMPERING detected: the state on disk was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
+      this.opts.log.error(`control state TAMPERING detected: the stored state (${this.store.location}) was changed outside the proxy; every key store is blocked until it is repaired (${this.store.kind === 'file' ? 'xks-proxy killswitch repair' : 'docs/fleet.md'})`, { reason: next.failClosed, origin });
       this.emit('tamper', { reason: next.failClosed, origin });
     } else if (next.failClosed !== undefined && prev.failClosed === undefined) {
       this.opts.log.error('control state unreadable: every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });

@@ -80,7 +80,10 @@ export class EtcdFleet {
 
   /** Joins the fleet (lease + record) and follows the other members. */
   async start(): Promise<void> {
-    await this.join();
+    // A retried start (etcd went away half-way) keeps the lease it already has.
+    if (!this.lease) await this.join();
+    await this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
     const base = await this.client.getAll().prefix(this.membersPrefix).exec();
     for (const kv of base.kvs) this.apply(kv.key.toString(), kv.value.toString());
     const w = await this.client.watch().prefix(this.membersPrefix).startRevision(String(Number(base.header.revision) + 1)).create();

@@ -240,4 +240,26 @@ describe('fleet mode on a real etcd cluster', function () {
     expect(P('A').appLog()).to.include('failing closed');
     await until(async () => P('A').appLog().includes('control-state.stale') && P('A').appLog().includes('control-state.recovered'), 5000, 'A audited the stale state and the recovery (admin actions go to the app log without an audit log)');
   });
+
+  // Last: it leaves the fleet's state untrusted.
+  it('a state written into etcd without the HSM key (an etcd credential holder) is tampering: every member fails closed, not ready, audited', async () => {
+    const c = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      const key = `${prefix}control/state`;
+      const forged = JSON.parse((await c.get(key).string())!);
+      forged.body.policies = {};
+      forged.generation += 1;
+      const tampered = Promise.all(['A', 'B'].map((n) => waitEvent(cp(n), 'tamper', () => true, 10_000)));
+      await c.put(key).value(JSON.stringify(forged));
+      await tampered;
+      for (const n of ['A', 'B']) {
+        expect(await refuses(n)).to.equal(true);
+        expect((await rawRequest(P(n), { method: 'GET', path: '/healthz/ready' })).status).to.equal(503);
+        expect(P(n).appLog()).to.include('control state TAMPERING detected');
+      }
+      await until(async () => P('B').appLog().includes('control-state.tamper'), 5000, 'B audited the tampering');
+    } finally {
+      c.close();
+    }
+  });
 });
