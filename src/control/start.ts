@@ -67,6 +67,9 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   const stateAuth = hsmStateAuthenticator(opts.stateHsm, c.stateAuth);
   // Refuse to start without the MAC key: a state that cannot be authenticated would fail closed.
   await checkStateKey(stateAuth, live.config.hsm.tokenLabel);
+  // Each worker process would join the fleet under the same node id, and a member's ack would not
+  // cover its workers: not supported yet (docs/fleet.md, "Not done yet").
+  if (c.store === 'etcd' && live.config.server.workers > 1) throw new Error('control.store: etcd does not support server.workers > 1 yet: run one proxy process per fleet member (docs/fleet.md)');
   const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now) : undefined;
   const control = await ControlPlane.open({
     stateAuth,

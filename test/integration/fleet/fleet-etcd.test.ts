@@ -121,6 +121,12 @@ describe('fleet mode on a real etcd cluster', function () {
     await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
 
+  it('refuses to start with server.workers > 1 (each worker would join under one node id)', async () => {
+    let err: Error | undefined;
+    await startHarness({ ...configFor('W'), server: { workers: 2 } }).then((h) => h.close(), (e: Error) => (err = e));
+    expect(err?.message).to.match(/control.store: etcd does not support server.workers > 1/);
+  });
+
   it('a token used on A is refused as a replay on B', async () => {
     const tok = await ops.token('alice');
     expect((await adminRaw(P('A').proxy.adminPort!, 'GET', '/admin/v1/state', tok)).status).to.equal(200);
