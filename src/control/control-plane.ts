@@ -343,6 +343,10 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private async reloadNow(origin: string): Promise<boolean> {
     const next = await this.load();
     const cur = this.snap;
+    // Fleet mode: a read that fails (no quorum, timeout) says nothing new about the state; whether
+    // the state in force is still confirmed is the staleness bound's decision (failing closed once
+    // it runs out), not one failed read's.
+    if (this.store.kind !== 'file' && next.failClosed !== undefined && !next.tamper && cur.failClosed === undefined && this.stale === undefined) return false;
     if (next.failClosed === undefined && cur.failClosed === undefined && next.mac === cur.mac) return false;
     if (next.failClosed !== undefined && cur.failClosed === next.failClosed) return false;
     // Read before a change this process installed meanwhile: stale, not newer (a rollback on disk
@@ -368,12 +372,24 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   /** Follow changes made elsewhere (another process, another member of the fleet). */
   startWatching(): void {
+    // At most one reload running and one more queued, however often the store reports changes (a
+    // watch that reconnects in a loop while etcd has no quorum reported thousands per second, and
+    // the queue of reloads, each waiting for a read, filled the heap).
+    let running = false;
     const check = (origin: string) => {
       if (this.reloadQueued) return;
       this.reloadQueued = true;
+      if (running) return;
       setImmediate(() => {
         this.reloadQueued = false;
-        void this.reload(origin);
+        running = true;
+        void this.reload(origin).finally(() => {
+          running = false;
+          if (this.reloadQueued) {
+            this.reloadQueued = false;
+            check(origin);
+          }
+        });
       });
     };
     this.store.watch({

@@ -62,6 +62,8 @@ export class EtcdControlStore implements ControlStore {
   private lastProblem = 'this member has not joined the fleet yet';
   private confirmedAt: number;
   private staleReported = false;
+  /** Past maxStalenessMs but within keepLastKnownMs: said once per episode. */
+  private keepingLastKnown = false;
   private handlers: StoreWatchHandlers | undefined;
   private closed = false;
 
@@ -239,6 +241,11 @@ export class EtcdControlStore implements ControlStore {
   private judge(): void {
     const age = this.now() - this.confirmedAt;
     const bound = this.o.maxStalenessMs + this.o.keepLastKnownMs;
+    const keeping = this.o.keepLastKnownMs > 0 && age > this.o.maxStalenessMs && age <= bound;
+    if (keeping && !this.keepingLastKnown) {
+      this.o.log.warn('fleet: the control state cannot be confirmed; serving with the last known state (control.etcd.keepLastKnownMs): a block engaged elsewhere meanwhile is not applied here', { unconfirmedMs: age, failClosedAfterMs: bound, reason: this.lastProblem });
+    }
+    this.keepingLastKnown = keeping;
     if (age > bound && !this.staleReported) {
       this.staleReported = true;
       this.handlers?.staleness?.(`the control state in etcd could not be confirmed for ${age} ms (bound ${bound} ms): ${this.lastProblem}`);

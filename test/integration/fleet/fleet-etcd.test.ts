@@ -59,17 +59,17 @@ describe('fleet mode on a real etcd cluster', function () {
   let prefix: string;
   const proxies: Record<string, Harness> = {};
 
-  const configFor = (nodeId: string) => ({
+  const configFor = (nodeId: string, etcdExtra: Record<string, unknown> = {}) => ({
     hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
     keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }, { externalKeyId: 'k2' }] }],
     control: {
       store: 'etcd',
-      etcd: { endpoints: etcd.endpoints, prefix, nodeId, maxStalenessMs: MAX_STALENESS_MS, leaseTtlSeconds: 4, ackTimeoutMs: 3000 },
+      etcd: { endpoints: etcd.endpoints, prefix, nodeId, maxStalenessMs: MAX_STALENESS_MS, leaseTtlSeconds: 4, ackTimeoutMs: 3000, ...etcdExtra },
       killSwitch: { approvalsRequired: 2 },
       admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile },
     },
   });
-  const start = async (nodeId: string) => (proxies[nodeId] = await startHarness(configFor(nodeId)));
+  const start = async (nodeId: string, etcdExtra?: Record<string, unknown>) => (proxies[nodeId] = await startHarness(configFor(nodeId, etcdExtra)));
   const P = (n: string) => proxies[n]!;
   const cp = (n: string) => P(n).proxy.control!;
   const admin = (n: string) => adminClient(() => P(n).proxy.adminPort!, ops);
@@ -221,6 +221,8 @@ describe('fleet mode on a real etcd cluster', function () {
 
   it('etcd quorum lost: every proxy fails closed within the staleness bound (not ready, audited) and recovers when it returns', async () => {
     expect((await encrypt('A')).status).to.equal(200);
+    // K chose availability: it keeps the last known state for up to a minute past the bound.
+    await start('K', { keepLastKnownMs: 60_000, leaseTtlSeconds: 70 });
     const t0 = Date.now();
     const staleA = waitEvent(cp('A'), 'stale', () => true, 20_000);
     const staleB = waitEvent(cp('B'), 'stale', () => true, 20_000);
@@ -228,6 +230,9 @@ describe('fleet mode on a real etcd cluster', function () {
     await etcd.kill(2);
     await Promise.all([staleA, staleB]);
     console.log(`      quorum lost -> both proxies fail closed after ${Date.now() - t0} ms (maxStalenessMs ${MAX_STALENESS_MS})`);
+    await until(async () => P('K').appLog().includes('serving with the last known state'), 10_000, 'K past maxStalenessMs, keeping the last known state');
+    expect((await encrypt('K')).status).to.equal(200);
+    expect(cp('K').isFailClosed()).to.equal(false);
     for (const n of ['A', 'B']) {
       const r = await encrypt(n);
       expect(r.json.errorName, r.text).to.equal('InvalidStateException');
