@@ -139,13 +139,19 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     audit.writeAdmin({ operator: 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
   versions.start();
   meter.bind({ keyVersions: () => versions.status() });
-  const service = new XksService(hsm, health, { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, fleetSize: config.proxy.fleetSize }, log, versions);
+  // Fleet mode: xksProxyFleetSize is the live members with a healthy deep check (control/fleet.ts).
+  let fleetSize: (() => number) | undefined;
+  const identity = { vendor: config.proxy.vendor, model: `${config.proxy.model} ${VERSION}`, get fleetSize() { return fleetSize?.() ?? config.proxy.fleetSize; } };
+  const service = new XksService(hsm, health, identity, log, versions);
   // The admin API's reload needs the running proxy, which exists only once startControl returned.
   let reloadNow: (() => Promise<ReloadResult>) | undefined;
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}) });
+    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
+    fleetSize = control.fleetSize;
+    const fleetParts = control.fleet;
+    if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();

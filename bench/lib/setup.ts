@@ -36,12 +36,15 @@ export interface TargetOptions {
   nodeArgs?: string[];
   /** server.workers: worker processes of the proxy (node:cluster). */
   workers?: number;
+  /** Runs on the fresh token before the proxy starts (e.g. to create the control state's MAC key). */
+  prepareToken?: (token: TestToken) => Promise<void>;
 }
 
 export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget & { token: TestToken }> {
   const token = createTestToken();
   await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
   await createKey(token.hsmConfig, token.pin, { label: BENCH_KEY, usage: 'encrypt-decrypt' });
+  await opts.prepareToken?.(token);
   const { certFile, keyFile } = makeTlsCert(token.dir);
   const cred = writeCredential(path.join(token.dir, 'creds'));
   const configFile = path.join(token.dir, 'bench.yaml');

@@ -48,6 +48,12 @@ export interface OperatorAuthOptions {
   clockToleranceSeconds: number;
   replayCacheSize: number;
   log: AppLogger;
+  /**
+   * Fleet mode: records the token id in the fleet's shared replay set (etcd), true the first time
+   * it is seen anywhere in the fleet. Replaces the in-memory cache; a store that cannot answer
+   * refuses the token (503, fail closed).
+   */
+  claimJti?: (id: string, expMs: number) => Promise<boolean>;
   now?: () => number;
 }
 
@@ -153,9 +159,20 @@ export class OperatorAuth {
     if (iat < this.startedAtS) throw new AuthError(401, 'token issued before this admin listener started');
     if (typeof jti !== 'string' || !JTI_RE.test(jti)) throw new AuthError(401, 'jti must be 16-128 URL-safe characters');
     if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) throw new AuthError(401, `unknown ${ROLE_CLAIM} ${JSON.stringify(role)}`);
-    this.useJti(`${kid}\u0000${jti}`, exp * 1000, nowMs);
+    if (this.o.claimJti) await this.claimShared(`${kid}\u0000${jti}`, exp * 1000);
+    else this.useJti(`${kid}\u0000${jti}`, exp * 1000, nowMs);
     if (!(this.roles.get(kid) ?? []).includes(role as Role)) throw new AuthError(403, `key ${kid} may not take the role ${role} (its ${KEY_ROLES_MEMBER}: ${(this.roles.get(kid) ?? []).join(', ')})`);
     return { operator: kid, role: role as Role, jti, exp };
+  }
+
+  private async claimShared(key: string, expMs: number): Promise<void> {
+    let first: boolean;
+    try {
+      first = await this.o.claimJti!(key, expMs + this.o.clockToleranceSeconds * 1000);
+    } catch (e) {
+      throw new AuthError(503, `the fleet's token replay set cannot be reached; refusing tokens until it can (${(e as Error).message})`);
+    }
+    if (!first) throw new AuthError(401, 'jti already used (replay, on this or another member of the fleet)');
   }
 
   private useJti(key: string, expMs: number, nowMs: number): void {

@@ -34,7 +34,7 @@ import { closeServer, listen, tlsOptions } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import type { AdminActionRecord, AdminActionSink } from './actions';
 import { addCredential, removeCredential } from './credentials-admin';
-import { AuthError, OperatorAuth, type OperatorIdentity } from './jwt';
+import { AuthError, OperatorAuth, type OperatorAuthOptions, type OperatorIdentity } from './jwt';
 import type { Role } from './tokens';
 
 export interface AdminServerDeps {
@@ -50,6 +50,8 @@ export interface AdminServerDeps {
   reload?: () => Promise<unknown>;
   /** Lets other modules mount routes on the admin listener (e.g. /metrics); `guard.reader` authenticates a reading role. */
   extraRoutes?: (app: express.Express, guard: AdminGuards) => void;
+  /** Fleet mode: the token id replay set shared by every member (OperatorAuthOptions.claimJti). */
+  claimJti?: OperatorAuthOptions['claimJti'];
 }
 
 /** The admin API's own checks, for routes other modules mount. */
@@ -157,7 +159,9 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('kill-switch.engage', (r) => ({ scope: str(bodyField(r, 'scope')) }), async (r) => {
       const out = await control.engage(str(bodyField(r, 'scope')), actor(r), str(bodyField(r, 'reason')));
-      return { body: { engaged: true, ...out }, detail: out.drained ? 'drained' : `${out.stillInFlight} operations still in flight after the drain timeout` };
+      // Fleet mode: the etcd revision, and who acknowledged it, go into this member's audit record.
+      const fleet = out.fleet ? `; etcd revision ${out.revision}, acknowledged by ${out.fleet.acknowledged.join(', ')}${out.fleet.missing.length ? `, NOT acknowledged by ${out.fleet.missing.join(', ')}` : ''}` : '';
+      return { body: { engaged: true, ...out }, detail: (out.drained ? 'drained' : `${out.stillInFlight} operations still in flight after the drain timeout`) + fleet };
     }),
   );
 
@@ -261,7 +265,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
 
 export async function startAdminServer(deps: AdminServerDeps): Promise<RunningAdminServer> {
   const a = deps.admin;
-  const auth = new OperatorAuth({ jwksFile: a.jwksFile, audience: a.audience, maxTokenLifetimeSeconds: a.maxTokenLifetimeSeconds, clockToleranceSeconds: a.clockToleranceSeconds, replayCacheSize: a.replayCacheSize, log: deps.log, ...(deps.now ? { now: deps.now } : {}) });
+  const auth = new OperatorAuth({ jwksFile: a.jwksFile, audience: a.audience, maxTokenLifetimeSeconds: a.maxTokenLifetimeSeconds, clockToleranceSeconds: a.clockToleranceSeconds, replayCacheSize: a.replayCacheSize, log: deps.log, ...(deps.claimJti ? { claimJti: deps.claimJti } : {}), ...(deps.now ? { now: deps.now } : {}) });
   const app = buildAdminApp(deps, auth);
   const common = { headersTimeout: 5000, requestTimeout: 30000, keepAliveTimeout: 5000 };
   const server = a.tls

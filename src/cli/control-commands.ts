@@ -20,6 +20,9 @@ import { blockCoverage, checkScope, parseScope } from '../control/scope';
 import { applyEngage, applyRepair, checkReason, type Actor } from '../control/state-model';
 import { hsmStateAuthenticator } from '../control/state-auth';
 import { StateStore, type RepairSource } from '../control/state-store';
+import type { ControlStore } from '../control/control-store';
+import { connectEtcd, normalisePrefix } from '../control/etcd-client';
+import { EtcdControlStore } from '../control/etcd-store';
 import { readSecret } from '../config/secrets';
 import { openPkcs11Backend } from '../hsm/pkcs11-backend';
 import { createSilentLogger } from '../log/logger';
@@ -54,6 +57,9 @@ approve-lift:     one operator's approval to lift; the block is lifted when cont
 emergency-engage: writes the block into the state files directly (run it on the appliance, as the
                   user that owns control.stateDir; it logs in to the HSM from the config to
                   authenticate the state); the running proxy picks it up within a second.
+                  Fleet mode (control.store: etcd): writes it into etcd directly, for when no
+                  member's admin API answers; every member applies it from its watch.
+                  show --local reads the same store (the state folder, or etcd).
 repair:           only when the state is not trusted (unreadable, tampered, rolled back, deleted;
                   the proxy fails closed): keeps the untrusted file as state.json.broken-*, writes
                   a new authenticated state (empty; --from-backup: the verified last good state;
@@ -230,11 +236,31 @@ const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, 
  */
 async function withLocalStore<T>(loaded: LoadedConfig, fn: (store: StateStore) => Promise<T>): Promise<T> {
   const c = controlOf(loaded);
+  if (c.stateDir === undefined) throw new Error('the emergency commands work on the file store (control.store: file); in fleet mode use the admin API of any member');
+  const stateDir = c.stateDir;
   const hsm = await openPkcs11Backend({ ...loaded.config.hsm, pool: { ...loaded.config.hsm.pool, size: 1 } }, readSecret(loaded.config.hsm.pin), createSilentLogger());
   try {
-    return await fn(new StateStore(c.stateDir, hsmStateAuthenticator(hsm, c.stateAuth)));
+    return await fn(new StateStore(stateDir, hsmStateAuthenticator(hsm, c.stateAuth)));
   } finally {
     await hsm.close();
+  }
+}
+
+/**
+ * The store the proxies use (control.store): the state folder, or in fleet mode the fleet's etcd
+ * prefix, straight (so that the emergency engage works when no member's admin API answers).
+ */
+async function withConfiguredStore<T>(loaded: LoadedConfig, fn: (store: Pick<ControlStore, 'read' | 'mutate'>) => Promise<T>): Promise<T> {
+  const c = controlOf(loaded);
+  if (c.store !== 'etcd' || !c.etcd) return withLocalStore(loaded, fn);
+  const e = c.etcd;
+  const client = connectEtcd(e);
+  const hsm = await openPkcs11Backend({ ...loaded.config.hsm, pool: { ...loaded.config.hsm.pool, size: 1 } }, readSecret(loaded.config.hsm.pin), createSilentLogger());
+  try {
+    return await fn(new EtcdControlStore(client, hsmStateAuthenticator(hsm, c.stateAuth), { prefix: normalisePrefix(e.prefix), maxStalenessMs: e.maxStalenessMs, keepLastKnownMs: e.keepLastKnownMs, log: createSilentLogger() }));
+  } finally {
+    await hsm.close();
+    client.close();
   }
 }
 
@@ -257,7 +283,7 @@ export function killswitchCommand(argv: string[]): Promise<number> {
       case 'show':
         if (flags.local) {
           const loaded = loadCfg(flags);
-          const r = await withLocalStore(loaded, (store) => store.read());
+          const r = await withConfiguredStore(loaded, (store) => store.read());
           // What each block covers in the configuration file as it is now (ids sharing an HSM key).
           const dir = directoryOf(loaded.config.keyStores);
           if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
@@ -276,10 +302,10 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         const hsmKey = sc.kind === 'key' ? dir.hsmKeyOf(sc.keyStore, sc.externalKeyId) : undefined;
         const reason = checkReason(need(flags, 'reason'));
         const by = localActor(need(flags, 'operator'));
-        const out = await withLocalStore(loaded, async (store) => {
+        const out = await withConfiguredStore(loaded, async (store) => {
           const cur = await store.read();
           if (!cur.ok && !cur.fresh) return cur.reason;
-          return (await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now(), hsmKey), result: undefined }))).state;
+          return (await store.mutate((b) => ({ body: applyEngage(b, scope, by, reason, Date.now(), hsmKey), result: undefined }), Date.now)).state;
         });
         if (typeof out === 'string') {
           io.stderr.write(`the state is not trusted, so the proxy already blocks everything (fail closed): ${out}\n`);
@@ -287,7 +313,7 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         }
         const state = out;
         io.stdout.write(JSON.stringify({ engaged: true, scope, generation: state.generation, by }, null, 2) + '\n');
-        io.stderr.write('written to the state file; a running proxy picks it up within control.watchIntervalMs (fs.watch usually at once).\n');
+        io.stderr.write(loaded.config.control?.store === 'etcd' ? `written to etcd (revision ${state.revision}); every member applies it from its watch (xks-proxy fleet status shows who has).\n` : 'written to the state file; a running proxy picks it up within control.watchIntervalMs (fs.watch usually at once).\n');
         return 0;
       }
       case 'repair': {

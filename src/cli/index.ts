@@ -21,6 +21,7 @@ import { AUDIT_USAGE, auditCommand } from './audit-commands';
 import { IMPORT_USAGE, importConfigCommand } from './import-config';
 import { killswitchCommand, operatorCommand, policyCommand } from './control-commands';
 import { KEY_VERSION_USAGE, keyVersionCommand } from './key-version-commands';
+import { controlCommand, fleetCommand } from './fleet-commands';
 
 const USAGE: Record<string, string> = {
   main: `xks-proxy ${VERSION}: an AWS KMS External Key Store proxy over PKCS#11
@@ -35,6 +36,8 @@ Commands:
   operator       operator key pairs and admin API tokens
   killswitch     show, engage and lift the kill switch (and the emergency local engage, repair)
   policy         the proxy's allowlists per key store
+  fleet          fleet mode (control.store: etcd): members, applied revisions, health
+  control        control state migration between the file store and etcd
   check          conformance and latency check of any XKS proxy (ours or another)
   import-config  the AWS sample XKS proxy's settings.toml as this proxy's configuration
 
@@ -217,7 +220,7 @@ function usageError(topic: string, msg: string): number {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials, audit: auditCommand, operator: operatorCommand, killswitch: killswitchCommand, policy: policyCommand, check: checkCommand, 'import-config': importConfigCommand };
+  const commands: Record<string, (a: string[]) => Promise<number>> = { serve, keys, credentials, audit: auditCommand, operator: operatorCommand, killswitch: killswitchCommand, policy: policyCommand, check: checkCommand, 'import-config': importConfigCommand, fleet: (a) => fleetCommand(a), control: (a) => controlCommand(a) };
   if (cmd === '--version' || cmd === 'version') {
     process.stdout.write(VERSION + '\n');
     return 0;

@@ -41,13 +41,59 @@ export const AdminConfig = z
   .strict();
 export type AdminConfig = z.infer<typeof AdminConfig>;
 
+/**
+ * Fleet mode (docs/fleet.md): the control state, the members and the admin token replay set in an
+ * etcd v3 cluster, one fleet per key prefix.
+ */
+export const EtcdConfig = z
+  .object({
+    /** Client URLs of the etcd members, e.g. https://10.0.1.5:2379. */
+    endpoints: z.array(z.string().regex(/^https?:\/\/[^/\s]+\/?$/, 'an etcd client URL: http(s)://host:port')).min(1),
+    /** Every key of this fleet starts with it; proxies with one prefix are one fleet. */
+    prefix: z.string().min(1).max(256).regex(/^[A-Za-z0-9._\/-]+$/).default('/xks-proxy/default/'),
+    /** Client certificates (etcd --client-cert-auth); caFile alone checks the server only. */
+    tls: z.object({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() }).strict().optional(),
+    /** etcd's own authentication (etcdctl user add): the password is read from a file (0600). */
+    auth: z.object({ username: z.string().min(1).max(256), passwordFile: z.string().min(1) }).strict().optional(),
+    /** This member's name in the fleet (defaults to the host name and the XKS port). */
+    nodeId: z.string().min(1).max(128).regex(/^[A-Za-z0-9._:@-]+$/).optional(),
+    /** What `fleet status` shows as this member's address (defaults to the XKS listener's). */
+    advertiseAddress: z.string().min(1).max(256).optional(),
+    /**
+     * How long a member may go without confirming the control state (watch up and a quorum read
+     * answered) before it fails closed: every crypto call refused, not ready.
+     */
+    maxStalenessMs: z.number().int().min(200).max(60_000).default(3000),
+    /**
+     * Availability over safety, off by default: keep serving with the last confirmed state for this
+     * much longer after maxStalenessMs ran out (a block engaged elsewhere meanwhile is not seen).
+     */
+    keepLastKnownMs: z.number().int().min(0).max(600_000).default(0),
+    /** Membership lease: a member that stops refreshing it leaves the fleet after this long. */
+    leaseTtlSeconds: z.number().int().min(2).max(600).default(10),
+    /** How long an engage waits for every live member to acknowledge before it names the missing. */
+    ackTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+  })
+  .strict()
+  .superRefine((e, ctx) => {
+    // A member that lost contact must fail closed before its lease lets an engage stop waiting for it.
+    if (e.leaseTtlSeconds * 1000 <= e.maxStalenessMs + e.keepLastKnownMs) {
+      ctx.addIssue({ code: 'custom', path: ['leaseTtlSeconds'], message: 'must be longer than maxStalenessMs + keepLastKnownMs (a cut-off member must fail closed before it leaves the fleet)' });
+    }
+    if (e.tls && (e.tls.certFile === undefined) !== (e.tls.keyFile === undefined)) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'certFile and keyFile go together' });
+  });
+export type EtcdConfig = z.infer<typeof EtcdConfig>;
+
 const STATE_AUTH_DEFAULTS = { hsmKeyLabel: 'xks-control-state', anchorLabel: 'xks-control-state-generation' };
 const KILL_SWITCH_DEFAULTS = { approvalsRequired: 2, approvalWindowSeconds: 3600, drainTimeoutMs: 5000 };
 
 export const ControlConfig = z
   .object({
-    /** Durable state (kill switch, approvals, policies): state.json, written atomically. */
-    stateDir: z.string().min(1),
+    /** Where the control state lives: a folder on this host (file) or an etcd cluster shared by a fleet (etcd). */
+    store: z.enum(['file', 'etcd']).default('file'),
+    /** File store: state.json (kill switch, approvals, policies), written atomically. Required with store: file. */
+    stateDir: z.string().min(1).optional(),
+    etcd: EtcdConfig.optional(),
     killSwitch: z
       .object({
         /** Distinct operators whose approvals lift a block (engaging needs one). */
@@ -89,6 +135,8 @@ export const ControlConfig = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.store === 'file' && c.stateDir === undefined) ctx.addIssue({ code: 'custom', path: ['stateDir'], message: 'required with store: file' });
+    if (c.store === 'etcd' && c.etcd === undefined) ctx.addIssue({ code: 'custom', path: ['etcd'], message: 'required with store: etcd' });
     if (c.admin && c.admin.enabled && !isLoopbackHost(c.admin.host) && !c.admin.tls) {
       ctx.addIssue({ code: 'custom', path: ['admin', 'tls'], message: 'required when admin.host is not a loopback address' });
     }
@@ -99,7 +147,12 @@ export type ControlConfig = z.infer<typeof ControlConfig>;
 export function resolveControlPaths(c: ControlConfig, abs: (p: string) => string): ControlConfig {
   return {
     ...c,
-    stateDir: abs(c.stateDir),
+    stateDir: c.stateDir === undefined ? undefined : abs(c.stateDir),
+    etcd: c.etcd && {
+      ...c.etcd,
+      tls: c.etcd.tls && { caFile: abs(c.etcd.tls.caFile), certFile: c.etcd.tls.certFile === undefined ? undefined : abs(c.etcd.tls.certFile), keyFile: c.etcd.tls.keyFile === undefined ? undefined : abs(c.etcd.tls.keyFile) },
+      auth: c.etcd.auth && { ...c.etcd.auth, passwordFile: abs(c.etcd.auth.passwordFile) },
+    },
     admin: c.admin && {
       ...c.admin,
       jwksFile: abs(c.admin.jwksFile),

@@ -30,7 +30,6 @@
  */
 import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs';
 import { XksError } from '../errors/xks-error';
 import type { AppLogger } from '../log/logger';
 import type { AccessGate, GateContext, GateTicket } from './access-gate';
@@ -52,11 +51,16 @@ import {
   type StoredPolicy,
 } from './state-model';
 import type { StateAuthenticator } from './state-auth';
-import { STATE_FILE, StateStore, type StoredState } from './state-store';
+import type { StoredState } from './state-store';
+import type { ControlStore } from './control-store';
+import { FileControlStore } from './file-control-store';
 import { canonicalJson } from '../audit/canonical';
 
 export interface ControlPlaneOptions {
-  stateDir: string;
+  /** The file store's folder (used when no `store` is given). */
+  stateDir?: string;
+  /** Where the state lives (control-store.ts); the file store in `stateDir` when absent. */
+  store?: ControlStore;
   /**
    * The configured key stores, read live (the registry): scopes and policies must name one of them,
    * and key blocks resolve to HSM keys through it. A plain list is a fixed directory without keys.
@@ -68,8 +72,8 @@ export interface ControlPlaneOptions {
   approvalWindowMs: number;
   drainTimeoutMs: number;
   watchIntervalMs: number;
-  /** The HSM's MAC key and generation record for the state file (state-auth.ts). */
-  stateAuth: StateAuthenticator;
+  /** The HSM's MAC key and generation record for the state file (state-auth.ts), for the file store. */
+  stateAuth?: StateAuthenticator;
   log: AppLogger;
   now?: () => number;
   /**
@@ -83,6 +87,18 @@ export interface ControlPlaneOptions {
    * the change returns once the promise settles.
    */
   propagateChange?: () => void | Promise<void>;
+  /**
+   * Fleet mode: after a local engage has drained, wait until every live member of the fleet has
+   * acknowledged the store revision that holds the block (bounded; names those that did not).
+   */
+  awaitFleet?: (revision: number) => Promise<FleetAcks>;
+}
+
+export interface FleetAcks {
+  /** Live members that applied the revision (this one included). */
+  acknowledged: string[];
+  /** Live members that did not acknowledge within the bounded wait. */
+  missing: string[];
 }
 
 interface Snapshot {
@@ -114,6 +130,9 @@ export interface EngageResult {
   drained: boolean;
   /** Operations in scope still running when drainTimeoutMs ran out (0 when drained). */
   stillInFlight: number;
+  /** Fleet mode: the store revision of the block and which live members acknowledged it. */
+  revision?: number | undefined;
+  fleet?: FleetAcks | undefined;
 }
 
 export interface ApproveResult {
@@ -166,13 +185,14 @@ export const NO_POLICY_DENY = '(no policy: control.policies.defaultForKeyStoresW
 
 export class ControlPlane extends EventEmitter implements AccessGate {
   private snap: Snapshot;
-  private readonly store: StateStore;
+  private readonly store: ControlStore;
   private readonly live = new Set<LiveTicket>();
   private readonly now: () => number;
-  private watcher: fs.FSWatcher | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private lastStat = '';
   private reloadQueued = false;
+  /** Set while the store cannot confirm the state (fleet mode): everything is refused. */
+  private stale: string | undefined;
+  /** The last trusted state installed: what a state read after a fault is compared with (audit). */
+  private lastGood: StoredState | undefined;
   /** Reloads run one at a time (each reads the HSM), so that an older read never replaces a newer one. */
   private reloadChain: Promise<unknown> = Promise.resolve();
   /** In-process serialisation of changes (the file lock serialises processes). */
@@ -182,7 +202,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   private constructor(
     private readonly opts: ControlPlaneOptions,
-    store: StateStore,
+    store: ControlStore,
   ) {
     super();
     this.now = opts.now ?? Date.now;
@@ -197,15 +217,11 @@ export class ControlPlane extends EventEmitter implements AccessGate {
    * generation record in the HSM; a deleted state is never re-created), then loads and verifies it.
    */
   static async open(opts: ControlPlaneOptions): Promise<ControlPlane> {
-    const store = new StateStore(opts.stateDir, opts.stateAuth);
-    try {
-      store.ensureDir();
-      await store.initIfFresh((opts.now ?? Date.now)());
-    } catch (e) {
-      opts.log.error('control state folder cannot be initialised; failing closed', { stateDir: opts.stateDir, reason: (e as Error).message });
-    }
+    const store = opts.store ?? fileStore(opts);
+    await store.initIfFresh((opts.now ?? Date.now)());
     const cp = new ControlPlane(opts, store);
     cp.snap = await cp.load();
+    cp.lastGood = cp.snap.state;
     return cp;
   }
 
@@ -258,10 +274,11 @@ export class ControlPlane extends EventEmitter implements AccessGate {
 
   /** The verified state as a snapshot; anything untrusted is a fail-closed one. */
   private async load(): Promise<Snapshot> {
+    if (this.stale !== undefined) return failClosedSnapshot(this.stale, false);
     try {
       const r = await this.store.read();
       if (r.ok) return this.compile(r.state);
-      if (r.fresh) return failClosedSnapshot(`${this.store.file} does not exist (the state folder was never initialised)`, false);
+      if (r.fresh) return failClosedSnapshot(`${this.store.location} does not exist (the state was never initialised)`, false);
       return failClosedSnapshot(r.reason, r.tamper);
     } catch (e) {
       return failClosedSnapshot(`cannot load: ${(e as Error).message}`, false);
@@ -301,8 +318,9 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private install(next: Snapshot, origin: string): void {
     const prev = this.snap;
     this.snap = next;
+    if (next.state) this.lastGood = next.state;
     if (next.failClosed !== undefined && next.tamper && next.failClosed !== prev.failClosed) {
-      this.opts.log.error('control state TAMPERING detected: the state on disk was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
+      this.opts.log.error(`control state TAMPERING detected: the stored state (${this.store.location}) was changed outside the proxy; every key store is blocked until it is repaired (${this.store.kind === 'file' ? 'xks-proxy killswitch repair' : 'docs/fleet.md'})`, { reason: next.failClosed, origin });
       this.emit('tamper', { reason: next.failClosed, origin });
     } else if (next.failClosed !== undefined && prev.failClosed === undefined) {
       this.opts.log.error('control state unreadable: every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
@@ -325,69 +343,91 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   private async reloadNow(origin: string): Promise<boolean> {
     const next = await this.load();
     const cur = this.snap;
+    // Fleet mode: a read that fails (no quorum, timeout) says nothing new about the state; whether
+    // the state in force is still confirmed is the staleness bound's decision (failing closed once
+    // it runs out), not one failed read's.
+    if (this.store.kind !== 'file' && next.failClosed !== undefined && !next.tamper && cur.failClosed === undefined && this.stale === undefined) return false;
     if (next.failClosed === undefined && cur.failClosed === undefined && next.mac === cur.mac) return false;
     if (next.failClosed !== undefined && cur.failClosed === next.failClosed) return false;
     // Read before a change this process installed meanwhile: stale, not newer (a rollback on disk
     // is refused by the store against the HSM's record, not here).
     if (next.state && cur.state && next.state.storeId === cur.state.storeId && next.state.generation < cur.state.generation) return false;
     this.install(next, origin);
-    const events = newEvents(cur.state?.body.history ?? [], next.state?.body.history ?? []).filter((e) => e.by.via === 'local-cli');
-    if (events.length) this.emit('external-change', events);
+    const fleet = this.store.kind !== 'file';
+    // File mode: the proxy's own processes share the folder, so only the emergency CLI's changes
+    // are news. Fleet mode: every change read here was made by another member (this member's own
+    // are installed when written), and each member audits what it applies.
+    const base = cur.state ?? this.lastGood;
+    const events = newEvents(base?.body.history ?? [], next.state?.body.history ?? []).filter((e) => fleet || e.by.via === 'local-cli');
+    if (events.length) this.emit('external-change', events, next.state?.revision);
+    if (fleet && next.state) {
+      // Blocks new to this member: its operations in scope drain before it acknowledges.
+      const had = new Set((base?.body.blocks ?? []).map((x) => x.scope));
+      const added = next.state.body.blocks.filter((x) => !had.has(x.scope)).map((x) => x.scope);
+      const drains = await Promise.all(added.map((sc) => this.drainScope(sc)));
+      this.emit('applied', { revision: next.state.revision, own: false, drained: drains.every((d) => d.drained) });
+    }
     return true;
   }
 
-  /** fs.watch on the folder (fast path) plus a periodic stat (fallback: network filesystems, missed events). */
+  /** Follow changes made elsewhere (another process, another member of the fleet). */
   startWatching(): void {
-    this.stopWatching();
+    // At most one reload running and one more queued, however often the store reports changes (a
+    // watch that reconnects in a loop while etcd has no quorum reported thousands per second, and
+    // the queue of reloads, each waiting for a read, filled the heap).
+    let running = false;
     const check = (origin: string) => {
       if (this.reloadQueued) return;
       this.reloadQueued = true;
+      if (running) return;
       setImmediate(() => {
         this.reloadQueued = false;
-        void this.reload(origin);
+        running = true;
+        void this.reload(origin).finally(() => {
+          running = false;
+          if (this.reloadQueued) {
+            this.reloadQueued = false;
+            check(origin);
+          }
+        });
       });
     };
-    try {
-      this.watcher = fs.watch(this.opts.stateDir, { persistent: false }, (_ev, name) => {
-        if (name === null || name === STATE_FILE) check('fs.watch');
-      });
-      this.watcher.on('error', (e) => this.opts.log.warn('fs.watch on the control state folder failed; polling only', { reason: e.message }));
-    } catch (e) {
-      this.opts.log.warn('fs.watch unavailable for the control state folder; polling only', { reason: (e as Error).message });
-    }
-    this.lastStat = this.statKey();
-    this.timer = setInterval(() => {
-      const k = this.statKey();
-      if (k !== this.lastStat) {
-        this.lastStat = k;
-        check('poll');
-      } else if (this.snap.failClosed !== undefined && !this.snap.tamper) {
-        // A fault, not tampering (e.g. the HSM did not answer while verifying): try again, so
-        // that the node recovers by itself once the HSM is back, without a change to the file.
-        check('retry');
-      }
-    }, this.opts.watchIntervalMs);
-    this.timer.unref();
+    this.store.watch({
+      changed: check,
+      wantsRetry: () => this.snap.failClosed !== undefined && !this.snap.tamper && this.stale === undefined,
+      staleness: (reason) => this.setStale(reason),
+    });
   }
 
-  private statKey(): string {
-    try {
-      const st = fs.statSync(this.store.file);
-      return `${st.ino}:${st.size}:${st.mtimeMs}`;
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code ?? 'error';
+  /**
+   * The store cannot confirm that the state in force is current (fleet mode: watch broken, no
+   * quorum, lease lost) beyond its staleness bound: fail closed until it can, then re-read.
+   */
+  private setStale(reason: string | undefined): void {
+    if (reason === this.stale) return;
+    const was = this.stale;
+    this.stale = reason;
+    if (reason !== undefined) {
+      this.install(failClosedSnapshot(reason, false), 'staleness');
+      this.emit('stale', { reason });
+    } else {
+      this.emit('recovered', { was });
+      void this.reload('recovered');
     }
   }
 
   stopWatching(): void {
-    this.watcher?.close();
-    this.watcher = undefined;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
+    this.store.unwatch();
   }
 
   close(): void {
     this.stopWatching();
+    void this.store.close();
+  }
+
+  /** The store this plane reads and writes. */
+  get controlStore(): ControlStore {
+    return this.store;
   }
 
   // ---- changes -------------------------------------------------------------------------------
@@ -399,6 +439,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
   }
 
   private refuseIfFailClosed(): void {
+    if (this.stale !== undefined) throw new ControlError('fail-closed', `this member cannot confirm the fleet's control state and refuses every call until etcd answers again; make the change through another member, or with "xks-proxy killswitch emergency-engage" (${this.stale})`);
     if (this.snap.failClosed !== undefined) throw new ControlError('fail-closed', `the control state is unreadable and everything is blocked; repair it on the appliance with "xks-proxy killswitch repair" (${this.snap.failClosed})`);
   }
 
@@ -414,7 +455,8 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       throw e;
     }
     this.install(this.compile(out.state), origin);
-    this.lastStat = this.statKey();
+    this.store.noteOwnWrite();
+    this.emit('applied', { revision: out.state.revision, own: true });
     if (origin !== 'engage') await this.opts.propagateChange?.();
     return out;
   }
@@ -433,7 +475,9 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       const drained = local.drained && remote.drained;
       const stillInFlight = local.stillInFlight + remote.stillInFlight;
       if (!drained) this.opts.log.warn('kill switch engaged, but operations in scope were still running when the drain timeout ran out', { scope: canonical, stillInFlight });
-      const result = { scope: canonical, generation: state.generation, drained, stillInFlight };
+      const fleet = this.opts.awaitFleet && state.revision !== undefined ? await this.opts.awaitFleet(state.revision) : undefined;
+      if (fleet && fleet.missing.length > 0) this.opts.log.warn('kill switch engaged, but some live members of the fleet did not acknowledge it within the wait', { scope: canonical, revision: state.revision, missing: fleet.missing });
+      const result: EngageResult = { scope: canonical, generation: state.generation, drained, stillInFlight, ...(state.revision !== undefined ? { revision: state.revision } : {}), ...(fleet ? { fleet } : {}) };
       this.emit('engaged', result);
       return result;
     });
@@ -634,4 +678,9 @@ function failClosedSnapshot(reason: string, tamper: boolean): Snapshot {
 
 function isDirectory(k: KeyDirectory | readonly string[]): k is KeyDirectory {
   return !Array.isArray(k);
+}
+
+function fileStore(opts: ControlPlaneOptions): ControlStore {
+  if (opts.stateDir === undefined || opts.stateAuth === undefined) throw new Error('the file control store needs stateDir and stateAuth');
+  return new FileControlStore(opts.stateDir, opts.stateAuth, opts.watchIntervalMs, opts.log);
 }

@@ -17,6 +17,7 @@ import type { ControlConfig } from './config';
 import { ControlPlane, type ControlPlaneOptions } from './control-plane';
 import type { HistoryEvent } from './state-model';
 import { checkStateKey, hsmStateAuthenticator, type StateHsm } from './state-auth';
+import { startFleetStore, type FleetParts } from './fleet-start';
 
 export interface ControlStartOptions {
   /** The HSM that authenticates the control state (required with a `control` section). */
@@ -30,12 +31,18 @@ export interface ControlStartOptions {
   reload?: AdminServerDeps['reload'];
   now?: () => number;
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
+  /** Fleet mode: this member's last deep health status (GetHealthStatus's), for its member record. */
+  health?: () => string | undefined;
 }
 
 export interface RunningControl {
   gate: AccessGate;
   control: ControlPlane | undefined;
   adminPort: number | undefined;
+  /** Fleet mode: live members with a healthy deep check (GetHealthStatus's xksProxyFleetSize). */
+  fleetSize?: (() => number) | undefined;
+  /** Fleet mode: the membership (fleet status). */
+  fleet?: FleetParts | undefined;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -60,9 +67,14 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   const stateAuth = hsmStateAuthenticator(opts.stateHsm, c.stateAuth);
   // Refuse to start without the MAC key: a state that cannot be authenticated would fail closed.
   await checkStateKey(stateAuth, live.config.hsm.tokenLabel);
+  // Each worker process would join the fleet under the same node id, and a member's ack would not
+  // cover its workers: not supported yet (docs/fleet.md, "Not done yet").
+  if (c.store === 'etcd' && live.config.server.workers > 1) throw new Error('control.store: etcd does not support server.workers > 1 yet: run one proxy process per fleet member (docs/fleet.md)');
+  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now) : undefined;
   const control = await ControlPlane.open({
     stateAuth,
-    stateDir: c.stateDir,
+    ...(c.stateDir !== undefined ? { stateDir: c.stateDir } : {}),
+    ...(fleet ? { store: fleet.store, awaitFleet: (r: number) => fleet.fleet.awaitAcks(r) } : {}),
     keyStores: registry,
     defaultForKeyStoresWithoutPolicy: c.policies.defaultForKeyStoresWithoutPolicy,
     approvalsRequired: c.killSwitch.approvalsRequired,
@@ -75,12 +87,18 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     ...(opts.propagateChange ? { propagateChange: opts.propagateChange } : {}),
   });
   // Changes made by another process (the emergency CLI) reach the audit trail too.
-  control.on('external-change', (events: HistoryEvent[]) => {
-    for (const e of events) onAdminAction(historyToRecord(e));
+  // Fleet mode: every member audits the changes it applies, with the etcd revision, so that each
+  // node's chain shows when it started refusing.
+  control.on('external-change', (events: HistoryEvent[], revision?: number) => {
+    for (const e of events) {
+      const r = historyToRecord(e);
+      onAdminAction(revision === undefined ? r : { ...r, detail: [r.detail, `applied from etcd revision ${revision}`].filter(Boolean).join('; ') });
+    }
   });
   // A change on disk the proxy did not make (bad MAC, older generation, deleted): audited, the
   // control plane has logged it at error level.
   control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(t.reason, t.origin, opts.now)));
+  if (fleet) await fleet.attach(control, onAdminAction, opts.health);
   control.startWatching();
   live.onReload({
     controlState: () => {
@@ -100,9 +118,10 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}) });
     } catch (e) {
       control.close();
+      await fleet?.close();
       throw e;
     }
   }
@@ -110,9 +129,13 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
     gate: control,
     control,
     adminPort: admin?.port,
+    // At least 1: the member answering GetHealthStatus is one (its record may not be published yet).
+    fleetSize: fleet ? () => Math.max(1, fleet.fleet.healthyCount()) : undefined,
+    fleet,
     async close(graceMs = 1000) {
       control.close();
       await admin?.close(graceMs);
+      await fleet?.close();
     },
   };
 }

@@ -53,6 +53,8 @@ export interface StoredState {
   body: StateBody;
   /** Hex HMAC of the file (identifies the content: two states with one mac are the same). */
   mac: string;
+  /** The store's revision of this state (etcd's mod revision; absent for the file store). */
+  revision?: number | undefined;
 }
 
 export type ReadResult =

@@ -58,7 +58,18 @@ export interface MeterSources {
   controlTrust?: () => { trusted: boolean; tampered: boolean };
   /** Key versions of the keys served (key-version-metrics.ts). */
   keyVersions?: () => readonly KeyVersionStatus[];
+  /** Fleet mode (control.store: etcd): membership and the control store's freshness. */
+  fleet?: () => FleetMetrics;
   now?: () => number;
+}
+
+export interface FleetMetrics {
+  members: number;
+  healthyMembers: number;
+  appliedRevision: number;
+  /** The control state is confirmed within the staleness bound. */
+  storeUp: boolean;
+  stalenessSeconds: number;
 }
 
 export interface PromMeterOptions {
@@ -218,6 +229,19 @@ export class PromMeter implements Meter {
         if (s !== undefined) this.set(s);
       },
     });
+    const fleetGauge = (name: string, help: string, value: (f: FleetMetrics) => number) =>
+      new Gauge({
+        name, help, registers, aggregator: 'max',
+        collect() {
+          const f = self.sources.fleet?.();
+          if (f) this.set(value(f));
+        },
+      });
+    fleetGauge('xks_fleet_members', 'Fleet mode: live members of the fleet (unexpired membership leases).', (f) => f.members);
+    fleetGauge('xks_fleet_members_healthy', 'Fleet mode: live members whose deep health check passes (GetHealthStatus xksProxyFleetSize).', (f) => f.healthyMembers);
+    fleetGauge('xks_control_applied_revision', 'Fleet mode: the etcd revision of the control state this member has applied.', (f) => f.appliedRevision);
+    fleetGauge('xks_control_store_up', 'Fleet mode: 1 while this member confirms the control state within control.etcd.maxStalenessMs, 0 while it fails closed for want of it.', (f) => (f.storeUp ? 1 : 0));
+    fleetGauge('xks_control_staleness_seconds', 'Fleet mode: seconds since this member last confirmed the control state with an etcd quorum.', (f) => f.stalenessSeconds);
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }
 

@@ -34,13 +34,14 @@ export interface AdminResult {
   status: number;
   json: any;
   headers: http.IncomingHttpHeaders;
+  text: string;
 }
 
 export function adminRaw(port: number, method: string, urlPath: string, token: string | undefined, body?: unknown): Promise<AdminResult> {
   const text = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(text ? { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) } : {}) } }, (res) => {
-      collectResponse(res).then((r) => resolve({ status: r.status, json: r.json, headers: r.headers }), reject);
+      collectResponse(res).then((r) => resolve({ status: r.status, json: r.json, headers: r.headers, text: r.text }), reject);
     });
     req.on('error', reject);
     if (text) req.write(text);

@@ -1,0 +1,241 @@
+/**
+ * Fleet membership in etcd (docs/fleet.md): one lease per live proxy, holding
+ * `<prefix>members/<nodeId>` = { nodeId, version, address, startedAt, appliedRevision, health }.
+ * A member that stops refreshing its lease (crash, partition) leaves the fleet when the lease
+ * expires; the lease TTL is longer than the staleness bound, so a member cut off from etcd fails
+ * closed before an engage stops waiting for it.
+ *
+ * Acknowledgements: each member writes the control revision it has applied (and drained) into its
+ * record; an engage waits until every live member's record reaches the engage's revision, or
+ * until ackTimeoutMs, and names the members that did not acknowledge.
+ *
+ * The admin token replay set lives here too: `<prefix>jti/<sha256(kid, jti)>`, created in a
+ * transaction only if absent (one-time use fleet-wide), on a lease that expires with the token.
+ */
+import crypto from 'node:crypto';
+import type { Etcd3, Lease, Watcher } from 'etcd3';
+import type { AppLogger } from '../log/logger';
+import type { FleetAcks } from './control-plane';
+import { withDeadline } from './etcd-client';
+import type { EtcdControlStore } from './etcd-store';
+
+/** How long recording an admin token id may take before the token is refused (503). */
+const JTI_DEADLINE_MS = 5000;
+/** Pause between attempts (a failed member is skipped by the client on the next call). */
+const JTI_RETRY_MS = 200;
+
+export interface MemberRecord {
+  nodeId: string;
+  version: string;
+  address: string;
+  startedAt: string;
+  /** The newest control revision this member has applied. */
+  appliedRevision: number;
+  /** The member's last deep health check (GetHealthStatus's ACTIVE/DEGRADED/UNAVAILABLE). */
+  health: string;
+  /** The member could not confirm the control state (it refuses every call). */
+  stale: boolean;
+  updatedAt: string;
+}
+
+export interface FleetOptions {
+  prefix: string;
+  nodeId: string;
+  version: string;
+  address: string;
+  leaseTtlSeconds: number;
+  ackTimeoutMs: number;
+  log: AppLogger;
+  now?: () => number;
+}
+
+export class EtcdFleet {
+  private readonly membersPrefix: string;
+  private readonly jtiPrefix: string;
+  private readonly now: () => number;
+  private lease: Lease | undefined;
+  private watcher: Watcher | undefined;
+  private readonly members = new Map<string, MemberRecord>();
+  private readonly listeners = new Set<() => void>();
+  private self: MemberRecord;
+  private writing: Promise<void> = Promise.resolve();
+  private regrant: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly store: EtcdControlStore,
+    private readonly o: FleetOptions,
+  ) {
+    this.membersPrefix = `${o.prefix}members/`;
+    this.jtiPrefix = `${o.prefix}jti/`;
+    this.now = o.now ?? Date.now;
+    const at = new Date(this.now()).toISOString();
+    this.self = { nodeId: o.nodeId, version: o.version, address: o.address, startedAt: at, appliedRevision: 0, health: 'UNKNOWN', stale: false, updatedAt: at };
+  }
+
+  get nodeId(): string {
+    return this.o.nodeId;
+  }
+
+  /** Joins the fleet (lease + record) and follows the other members. */
+  async start(): Promise<void> {
+    // A retried start (etcd went away half-way) keeps the lease it already has.
+    if (!this.lease) await this.join();
+    await this.watcher?.cancel().catch(() => undefined);
+    this.watcher = undefined;
+    const base = await this.client.getAll().prefix(this.membersPrefix).exec();
+    for (const kv of base.kvs) this.apply(kv.key.toString(), kv.value.toString());
+    const w = await this.client.watch().prefix(this.membersPrefix).startRevision(String(Number(base.header.revision) + 1)).create();
+    this.watcher = w;
+    w.on('put', (kv) => this.apply(kv.key.toString(), kv.value.toString()));
+    w.on('delete', (kv) => {
+      this.members.delete(kv.key.toString().slice(this.membersPrefix.length));
+      this.notify();
+    });
+  }
+
+  private async join(): Promise<void> {
+    const lease = this.client.lease(this.o.leaseTtlSeconds, { autoKeepAlive: true });
+    lease.on('lost', (e) => this.onLeaseLost(e.message));
+    await withDeadline(lease.grant(), this.o.leaseTtlSeconds * 1000, 'grant the membership lease');
+    this.lease = lease;
+    await this.writeSelf();
+    this.store.setLeaseOk(true);
+  }
+
+  private onLeaseLost(why: string): void {
+    if (this.closed) return;
+    this.o.log.warn('fleet membership lease lost; this member is not confirmed until it rejoins', { nodeId: this.o.nodeId, reason: why });
+    this.store.setLeaseOk(false, why);
+    this.lease = undefined;
+    const retry = () => {
+      if (this.closed) return;
+      this.join().then(
+        () => this.o.log.info('fleet membership lease granted again', { nodeId: this.o.nodeId }),
+        () => {
+          this.regrant = setTimeout(retry, 500);
+          this.regrant.unref();
+        },
+      );
+    };
+    retry();
+  }
+
+  private apply(key: string, value: string): void {
+    try {
+      const m = JSON.parse(value) as MemberRecord;
+      if (typeof m.nodeId === 'string' && typeof m.appliedRevision === 'number') this.members.set(key.slice(this.membersPrefix.length), m);
+    } catch {
+      this.o.log.warn('ignoring an unreadable fleet member record', { key });
+    }
+    this.notify();
+  }
+
+  private notify(): void {
+    for (const l of [...this.listeners]) l();
+  }
+
+  /** Writes of this member's record go one after the other, each with the newest content. */
+  private writeSelf(): Promise<void> {
+    const run = this.writing.then(async () => {
+      const lease = this.lease;
+      if (!lease || this.closed) return;
+      this.self = { ...this.self, updatedAt: new Date(this.now()).toISOString() };
+      await withDeadline(lease.put(`${this.membersPrefix}${this.o.nodeId}`).value(JSON.stringify(this.self)).exec(), this.o.leaseTtlSeconds * 1000, 'write the member record');
+    });
+    this.writing = run.catch((e) => {
+      this.o.log.warn('cannot write this member record to etcd', { reason: (e as Error).message });
+    });
+    return run;
+  }
+
+  /** This member applied (and drained) `revision`. */
+  ack(revision: number | undefined): void {
+    if (revision === undefined || revision <= this.self.appliedRevision) return;
+    this.self = { ...this.self, appliedRevision: revision };
+    void this.writeSelf().catch(() => undefined);
+  }
+
+  setHealth(health: string, stale: boolean): void {
+    if (health === this.self.health && stale === this.self.stale) return;
+    this.self = { ...this.self, health, stale };
+    void this.writeSelf().catch(() => undefined);
+  }
+
+  /** The control revision this member has applied. */
+  appliedRevision(): number {
+    return this.self.appliedRevision;
+  }
+
+  /** Live members (records on unexpired leases). */
+  list(): MemberRecord[] {
+    return [...this.members.values()].sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+  }
+
+  /** Live members whose deep check is healthy and that serve (not failing closed). */
+  healthyCount(): number {
+    return this.list().filter((m) => (m.health === 'ACTIVE' || m.health === 'DEGRADED') && !m.stale).length;
+  }
+
+  /** Waits until every live member has applied `revision`, or ackTimeoutMs. */
+  awaitAcks(revision: number): Promise<FleetAcks> {
+    return new Promise((resolve) => {
+      const split = (): FleetAcks => {
+        const live = this.list();
+        return { acknowledged: live.filter((m) => m.appliedRevision >= revision).map((m) => m.nodeId), missing: live.filter((m) => m.appliedRevision < revision).map((m) => m.nodeId) };
+      };
+      const finish = () => {
+        this.listeners.delete(check);
+        clearTimeout(timer);
+        resolve(split());
+      };
+      const check = () => {
+        if (split().missing.length === 0) finish();
+      };
+      const timer = setTimeout(finish, this.o.ackTimeoutMs);
+      this.listeners.add(check);
+      check();
+    });
+  }
+
+  /**
+   * Uses a token id fleet-wide: true the first time, false for a replay. Throws when etcd cannot
+   * answer (the caller refuses the token: fail closed).
+   */
+  async claimJti(id: string, expMs: number): Promise<boolean> {
+    // An etcd member that just died can fail one attempt (the client moves to another member on
+    // the next call): try again within a bounded time before refusing the token.
+    const deadline = this.now() + JTI_DEADLINE_MS;
+    for (;;) {
+      try {
+        return await this.claimJtiOnce(id, expMs, Math.max(500, deadline - this.now()));
+      } catch (e) {
+        if (this.now() + JTI_RETRY_MS >= deadline) throw e;
+        this.o.log.debug('token id not recorded in etcd yet; trying another member', { reason: (e as Error).message });
+        await new Promise((r) => setTimeout(r, JTI_RETRY_MS));
+      }
+    }
+  }
+
+  private async claimJtiOnce(id: string, expMs: number, budgetMs: number): Promise<boolean> {
+    const key = `${this.jtiPrefix}${crypto.createHash('sha256').update(id).digest('hex')}`;
+    const ttl = Math.max(1, Math.ceil((expMs - this.now()) / 1000));
+    const lease = this.client.lease(ttl, { autoKeepAlive: false });
+    const leaseId = await withDeadline(lease.grant(), budgetMs, 'grant the token lease');
+    const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(String(expMs)).lease(leaseId)).commit(), budgetMs, 'record the token id');
+    if (!res.succeeded) await lease.revoke().catch(() => undefined);
+    else lease.release();
+    return res.succeeded;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.regrant) clearTimeout(this.regrant);
+    const w = this.watcher;
+    this.watcher = undefined;
+    await w?.cancel().catch(() => undefined);
+    // Leave at once (not after the TTL): a stopped member is not waited for.
+    await this.lease?.revoke().catch(() => undefined);
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * The etcd control store on its own, against a real three-member etcd cluster and the real HSM MAC
+ * key: concurrent writers never lose an update, and a state written by someone holding etcd
+ * credentials but not the HSM key (a forged value, an old value put back, a deleted key) is
+ * refused as tampering, while a missing cluster is a fault.
+ */
+import { expect } from 'chai';
+import crypto from 'node:crypto';
+import { Etcd3 } from 'etcd3';
+import { createSilentLogger } from '../../../src/log/logger';
+import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
+import type { HsmBackend } from '../../../src/hsm/backend';
+import { hsmStateAuthenticator } from '../../../src/control/state-auth';
+import { EtcdControlStore } from '../../../src/control/etcd-store';
+import { applyEngage, type StateBody } from '../../../src/control/state-model';
+import { createStateKey } from '../../helpers/state-hsm';
+import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
+import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { StateStore } from '../../../src/control/state-store';
+import { controlCommand, fleetCommand } from '../../../src/cli/fleet-commands';
+import { writeCredential } from '../../helpers/proxy-harness';
+
+function sink(): Writable & { text: string } {
+  const w = new Writable({
+    write(chunk, _enc, cb) {
+      w.text += chunk.toString();
+      cb();
+    },
+  }) as Writable & { text: string };
+  w.text = '';
+  return w;
+}
+
+const actor = { operator: 'alice', via: 'admin-api' as const };
+
+describe('etcd control store (real etcd, real HSM MAC)', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let token: TestToken;
+  let hsm: HsmBackend;
+  let client: Etcd3;
+  const stores: EtcdControlStore[] = [];
+
+  const newStore = (prefix: string) => {
+    const s = new EtcdControlStore(client, hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: 'unused-in-etcd-mode' }), { prefix, maxStalenessMs: 1500, keepLastKnownMs: 0, log: createSilentLogger() });
+    stores.push(s);
+    return s;
+  };
+  const fresh = () => `/xks-store-test/${crypto.randomBytes(4).toString('hex')}/`;
+  const engage = (scope: string) => (b: StateBody) => ({ body: applyEngage(b, scope, actor, 'test', Date.now()), result: undefined });
+
+  before(async () => {
+    etcd = await startEtcdCluster(3);
+    token = createTestToken();
+    await createStateKey(token);
+    hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
+    client = new Etcd3({ hosts: etcd.endpoints });
+  });
+  after(async () => {
+    for (const s of stores) await s.close();
+    client?.close();
+    await hsm?.close();
+    await etcd?.stop();
+    token?.cleanup();
+  });
+
+  it('initialises a fresh prefix once; a second member reads the same state', async () => {
+    const p = fresh();
+    const a = newStore(p);
+    const b = newStore(p);
+    await Promise.all([a.initIfFresh(Date.now()), b.initIfFresh(Date.now())]);
+    const ra = await a.read();
+    const rb = await b.read();
+    expect(ra.ok && rb.ok).to.equal(true);
+    if (!ra.ok || !rb.ok) return;
+    expect(ra.state.storeId).to.equal(rb.state.storeId);
+    expect(ra.state.generation).to.equal(1);
+  });
+
+  it('two members writing at once lose no update (transactions on the revision read, retried)', async () => {
+    const p = fresh();
+    const a = newStore(p);
+    const b = newStore(p);
+    await a.initIfFresh(Date.now());
+    const scopes = Array.from({ length: 12 }, (_, i) => `key:ks/k${i}`);
+    await Promise.all(scopes.map((sc, i) => (i % 2 ? a : b).mutate(engage(sc), Date.now)));
+    const r = await a.read();
+    expect(r.ok).to.equal(true);
+    if (!r.ok) return;
+    expect(r.state.body.blocks.map((x) => x.scope).sort()).to.deep.equal([...scopes].sort());
+    expect(r.state.generation).to.equal(1 + scopes.length);
+  });
+
+  it('a forged value (no HSM MAC) is tampering; so is an older value put back, and a deleted key', async () => {
+    const p = fresh();
+    const a = newStore(p);
+    await a.initIfFresh(Date.now());
+    await a.mutate(engage('proxy'), Date.now);
+    const key = `${p}control/state`;
+    const good = await client.get(key).string();
+    // An etcd credential holder lifts the block by hand: same envelope, blocks emptied, old MAC.
+    const forged = JSON.parse(good!);
+    forged.body.blocks = [];
+    await client.put(key).value(JSON.stringify(forged));
+    const r1 = await a.read();
+    expect(r1.ok).to.equal(false);
+    if (!r1.ok && !r1.fresh) expect(r1.tamper).to.equal(true);
+    // Rollback: an older state, with a valid MAC, put back after a newer one was seen.
+    await client.put(key).value(good!);
+    const before = good!;
+    await a.mutate(engage('keystore:x'), Date.now);
+    await client.put(key).value(before);
+    const r2 = await a.read();
+    expect(r2.ok).to.equal(false);
+    if (!r2.ok && !r2.fresh) {
+      expect(r2.tamper).to.equal(true);
+      expect(r2.reason).to.match(/older than generation/);
+    }
+    await client.delete().key(key);
+    const r3 = await a.read();
+    expect(r3.ok).to.equal(false);
+    if (!r3.ok && !r3.fresh) {
+      expect(r3.tamper).to.equal(true);
+      expect(r3.reason).to.match(/missing/);
+    }
+    // Changes are refused while the state is not trusted.
+    let refused: Error | undefined;
+    await a.mutate(engage('proxy'), Date.now).catch((e: Error) => (refused = e));
+    expect(refused?.message).to.match(/not trusted/);
+  });
+
+  it('control migrate --to etcd copies the file store with every block and policy, once; fleet status reads the fleet', async () => {
+    const stateDir = path.join(token.dir, 'migrate-state');
+    const auth = hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: 'migrate-anchor' });
+    const file = new StateStore(stateDir, auth);
+    file.ensureDir();
+    await file.mutate(engage('proxy'), Date.now);
+    await file.mutate(engage('keystore:a'), Date.now);
+    const p = fresh();
+    writeCredential(path.join(token.dir, 'migrate-creds'));
+    const configFile = path.join(token.dir, 'migrate.json');
+    fs.writeFileSync(configFile, JSON.stringify({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      server: { host: '127.0.0.1', port: 0, plainHttp: true },
+      log: { requestLogStdout: false },
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'migrate-creds'), keys: [{ externalKeyId: 'k1' }] }],
+      control: { store: 'file', stateDir, stateAuth: { anchorLabel: 'migrate-anchor' }, etcd: { endpoints: etcd.endpoints, prefix: p } },
+    }));
+    const out = sink();
+    const err = sink();
+    expect(await controlCommand(['migrate', '--to', 'etcd', '--confirm', '--config', configFile], out, err), err.text).to.equal(0);
+    const r = await newStore(p).read();
+    expect(r.ok).to.equal(true);
+    if (r.ok) expect(r.state.body.blocks.map((b) => b.scope).sort()).to.deep.equal(['keystore:a', 'proxy']);
+    // Never over a fleet that has a state.
+    const err2 = sink();
+    expect(await controlCommand(['migrate', '--to', 'etcd', '--confirm', '--config', configFile], sink(), err2)).to.equal(1);
+    expect(err2.text).to.match(/never overwritten/);
+    const st = sink();
+    expect(await fleetCommand(['status', '--json', '--config', configFile], st, sink())).to.equal(0);
+    const status = JSON.parse(st.text);
+    expect(status.controlRevision).to.be.greaterThan(0);
+    expect(status.members).to.deep.equal([]);
+  });
+});

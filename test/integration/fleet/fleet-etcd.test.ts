@@ -1,0 +1,278 @@
+/**
+ * Fleet mode against a real three-member etcd cluster (Debian's etcd-server on loopback ports) and
+ * real proxies in this process on one SoftHSM2 token (the demo's shared token): one kill switch,
+ * one quorum, one replay set, live membership, and failing closed without an etcd quorum.
+ */
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { promisify } from 'node:util';
+import { Etcd3 } from 'etcd3';
+import path from 'node:path';
+import { createKey } from '../../../src/hsm/key-admin';
+import type { ControlPlane } from '../../../src/control/control-plane';
+import { createStateKey } from '../../helpers/state-hsm';
+import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
+import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
+import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { AUDIENCE, adminClient, adminRaw, makeOperators, type Operators } from '../control/admin-helpers';
+
+const b64 = (b: Buffer) => b.toString('base64');
+const md = (op: string) => ({ awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/abc', kmsOperation: op, kmsRequestId: crypto.randomUUID() });
+/** The staleness bound the proxies run with here (the default is 3000 ms). */
+const MAX_STALENESS_MS = 1500;
+
+/** Resolves with the event's payload when `pred` holds for one, rejects after timeoutMs. */
+function waitEvent<T>(em: ControlPlane, ev: string, pred: (x: T) => boolean, timeoutMs: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      em.off(ev, on);
+      reject(new Error(`no '${ev}' event within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const on = (x: T) => {
+      if (!pred(x)) return;
+      clearTimeout(timer);
+      em.off(ev, on);
+      resolve(x);
+    };
+    em.on(ev, on);
+  });
+}
+
+/** Polls `f` until it returns true (bounded): for state that has no event of its own (HTTP answers). */
+async function until(f: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await f()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
+}
+
+describe('fleet mode on a real etcd cluster', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let token: TestToken;
+  let ops: Operators;
+  let cred: Credential;
+  let prefix: string;
+  const proxies: Record<string, Harness> = {};
+
+  const configFor = (nodeId: string, etcdExtra: Record<string, unknown> = {}) => ({
+    hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+    keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }, { externalKeyId: 'k2' }] }],
+    control: {
+      store: 'etcd',
+      etcd: { endpoints: etcd.endpoints, prefix, nodeId, maxStalenessMs: MAX_STALENESS_MS, leaseTtlSeconds: 4, ackTimeoutMs: 3000, ...etcdExtra },
+      killSwitch: { approvalsRequired: 2 },
+      admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile },
+    },
+    // The fleet metrics are read through the admin listener (off there by default).
+    metrics: { adminListener: 'authenticated' },
+  });
+  const start = async (nodeId: string, etcdExtra?: Record<string, unknown>) => (proxies[nodeId] = await startHarness(configFor(nodeId, etcdExtra)));
+  const P = (n: string) => proxies[n]!;
+  const cp = (n: string) => P(n).proxy.control!;
+  const admin = (n: string) => adminClient(() => P(n).proxy.adminPort!, ops);
+  const encrypt = (n: string, key = 'k1') => xksCall(P(n), `/a/kms/xks/v1/keys/${key}/encrypt`, { requestMetadata: md('Encrypt'), plaintext: b64(Buffer.from('hello')), encryptionAlgorithm: 'AES_GCM' }, { cred });
+  const health = (n: string) => xksCall(P(n), '/a/kms/xks/v1/health', { requestMetadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } }, { cred });
+  const refuses = async (n: string) => (await encrypt(n)).json?.errorName === 'InvalidStateException';
+  async function liftVia(scope: string, first: string, second: string): Promise<void> {
+    const r1 = await admin(first)('alice', 'POST', '/admin/v1/kill-switch/approve-lift', { scope, reason: 'resolved' });
+    expect(r1.status, JSON.stringify(r1.json)).to.equal(200);
+    expect(r1.json.lifted).to.equal(false);
+    const r2 = await admin(second)('bob', 'POST', '/admin/v1/kill-switch/approve-lift', { scope, reason: 'agreed' });
+    expect(r2.status, JSON.stringify(r2.json)).to.equal(200);
+    expect(r2.json.lifted, JSON.stringify(r2.json)).to.equal(true);
+  }
+
+  before(async function () {
+    etcd = await startEtcdCluster(3);
+    token = createTestToken();
+    for (const label of ['xks-health', 'k1', 'k2']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
+    cred = writeCredential(path.join(token.dir, 'creds'));
+    ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'] });
+    prefix = `/xks-test/${crypto.randomBytes(4).toString('hex')}/`;
+    await start('A');
+    await start('B');
+  });
+  after(async () => {
+    for (const h of Object.values(proxies)) await h.close();
+    await etcd?.stop();
+    token?.cleanup();
+  });
+
+  it('engage on A: returns once A and B acknowledged, and B refuses at once; approvals on A and B reach the quorum', async () => {
+    expect((await encrypt('B')).status).to.equal(200);
+    const t0 = process.hrtime.bigint();
+    const appliedOnB = waitEvent<{ own: boolean }>(cp('B'), 'applied', (a) => !a.own, 5000).then(() => process.hrtime.bigint());
+    const r = await admin('A')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'proxy', reason: 'fleet test' });
+    expect(r.status, JSON.stringify(r.json)).to.equal(200);
+    expect(r.json.fleet.acknowledged).to.have.members(['A', 'B']);
+    expect(r.json.fleet.missing).to.deep.equal([]);
+    // The guarantee: once the engage returned "all acknowledged", B starts no new operation.
+    const onB = await encrypt('B');
+    expect(onB.json.errorName, onB.text).to.equal('InvalidStateException');
+    console.log(`      engage on A -> applied on B: ${(Number((await appliedOnB) - t0) / 1e6).toFixed(1)} ms; engage call returned after ${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms`);
+    // Audit: A records the change with its etcd revision and who acknowledged; B the revision it applied.
+    await until(async () => P('A').appLog().includes(`etcd revision ${r.json.revision}, acknowledged by A, B`), 5000, 'A audited the engage with its revision');
+    await until(async () => P('B').appLog().includes(`applied from etcd revision ${r.json.revision}`), 5000, 'B audited the revision it applied');
+    await liftVia('proxy', 'A', 'B');
+    await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
+  });
+
+  it('refuses to start with server.workers > 1 (each worker would join under one node id)', async () => {
+    let err: Error | undefined;
+    await startHarness({ ...configFor('W'), server: { workers: 2 } }).then((h) => h.close(), (e: Error) => (err = e));
+    expect(err?.message).to.match(/control.store: etcd does not support server.workers > 1/);
+  });
+
+  it('a token used on A is refused as a replay on B', async () => {
+    const tok = await ops.token('alice');
+    expect((await adminRaw(P('A').proxy.adminPort!, 'GET', '/admin/v1/state', tok)).status).to.equal(200);
+    const again = await adminRaw(P('B').proxy.adminPort!, 'GET', '/admin/v1/state', tok);
+    expect(again.status).to.equal(401);
+    // The answer is generic; the log says why.
+    expect(P('B').appLog()).to.match(/jti already used \(replay, on this or another member of the fleet\)/);
+  });
+
+  it('concurrent engages on A and B lose no update; both members end with the same state', async () => {
+    const rs = await Promise.all([
+      admin('A')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'key:a/k1', reason: 'race 1' }),
+      admin('B')('bob', 'POST', '/admin/v1/kill-switch/engage', { scope: 'key:a/k2', reason: 'race 2' }),
+      admin('A')('bob', 'POST', '/admin/v1/kill-switch/engage', { scope: 'keystore:a', reason: 'race 3' }),
+    ]);
+    for (const r of rs) expect(r.status, JSON.stringify(r.json)).to.equal(200);
+    const scopes = (n: string) => cp(n).publicState().blocks.map((b) => b.scope).sort();
+    expect(scopes('A')).to.deep.equal(['key:a/k1', 'key:a/k2', 'keystore:a']);
+    await until(async () => cp('B').publicState().generation === cp('A').publicState().generation, 5000, 'B at A\'s generation');
+    expect(scopes('B')).to.deep.equal(scopes('A'));
+    // Concurrent lifts through both members: every approval counted, all three lifted.
+    await Promise.all([liftVia('key:a/k1', 'A', 'B'), liftVia('key:a/k2', 'B', 'A')]);
+    await liftVia('keystore:a', 'B', 'A');
+    await until(async () => cp('A').publicState().blocks.length === 0 && cp('B').publicState().blocks.length === 0, 5000, 'no blocks on A and B');
+  });
+
+  it('a proxy started during a block starts blocked; GetHealthStatus counts the live healthy members', async () => {
+    const r = await admin('B')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'keystore:a', reason: 'before C starts' });
+    expect(r.status).to.equal(200);
+    await start('C');
+    expect((await encrypt('C')).json.errorName).to.equal('InvalidStateException');
+    await liftVia('keystore:a', 'C', 'A');
+    await until(async () => (await encrypt('C')).status === 200, 5000, 'C serves after the lift');
+    await until(async () => (await health('A')).json?.xksProxyFleetSize === 3, 10_000, 'fleet size 3 on A');
+    const metrics = await adminRaw(P('A').proxy.adminPort!, 'GET', '/metrics', await ops.token('alice'));
+    expect(metrics.status).to.equal(200);
+    expect(metrics.text).to.match(/^xks_fleet_members 3$/m);
+    expect(metrics.text).to.match(/^xks_fleet_members_healthy 3$/m);
+    expect(metrics.text).to.match(/^xks_control_store_up 1$/m);
+    expect(metrics.text).to.match(/^xks_control_applied_revision [1-9]\d*$/m);
+    await P('C').close();
+    delete proxies.C;
+    await until(async () => (await health('A')).json?.xksProxyFleetSize === 2, 10_000, 'fleet size 2 on A once C left');
+  });
+
+  it('emergency engage from the CLI writes to etcd directly (no admin API): every member refuses; fleet status lists them', async () => {
+    const configFile = path.join(token.dir, 'fleet-cli.json');
+    fs.writeFileSync(configFile, JSON.stringify({ ...configFor('cli'), server: { host: '127.0.0.1', port: 0, plainHttp: true }, log: { requestLogStdout: false } }));
+    const cli = path.resolve(__dirname, '../../../src/cli/index.js');
+    const r = await promisify(execFile)(process.execPath, [cli, 'killswitch', 'emergency-engage', '--scope', 'proxy', '--reason', 'admin APIs unreachable', '--operator', 'carol', '--config', configFile]);
+    expect(JSON.parse(r.stdout).engaged).to.equal(true);
+    expect(r.stderr).to.match(/written to etcd/);
+    await until(async () => (await refuses('A')) && (await refuses('B')), 5000, 'A and B refuse after the emergency engage');
+    const st = await promisify(execFile)(process.execPath, [cli, 'fleet', 'status', '--json', '--config', configFile]);
+    expect(JSON.parse(st.stdout).members.map((m: { nodeId: string }) => m.nodeId)).to.deep.equal(['A', 'B']);
+    await liftVia('proxy', 'B', 'A');
+    await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
+  });
+
+  it('a member whose lease is lost (revoked in etcd) rejoins by itself, and engages wait for it again', async () => {
+    const c = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      const old = (await c.get(`${prefix}members/A`).exec()).kvs[0]!.lease;
+      await c.leaseClient.leaseRevoke({ ID: old });
+      await until(async () => {
+        const k = (await c.get(`${prefix}members/A`).exec()).kvs[0];
+        return k !== undefined && k.lease !== old;
+      }, 10_000, 'A back in the fleet on a new lease');
+      expect(P('A').appLog()).to.include('fleet membership lease lost');
+      const r = await admin('B')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'keystore:a', reason: 'after the rejoin' });
+      expect(r.json.fleet.acknowledged).to.have.members(['A', 'B']);
+      expect(await refuses('A')).to.equal(true);
+      await liftVia('keystore:a', 'A', 'B');
+      await until(async () => (await encrypt('A')).status === 200, 5000, 'A serves after the lift');
+    } finally {
+      c.close();
+    }
+  });
+
+  it('one etcd member killed: the fleet keeps working (engage on B, A refuses, lift)', async () => {
+    await etcd.kill(0);
+    const r = await admin('B')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'proxy', reason: 'one etcd member down' });
+    expect(r.status, JSON.stringify(r.json)).to.equal(200);
+    expect(r.json.fleet.missing).to.deep.equal([]);
+    expect(await refuses('A')).to.equal(true);
+    await liftVia('proxy', 'A', 'B');
+    await until(async () => (await encrypt('A')).status === 200, 5000, 'A serves');
+    expect(cp('A').isFailClosed()).to.equal(false);
+    etcd.restart(0);
+    await etcd.waitHealthy();
+  });
+
+  it('etcd quorum lost: every proxy fails closed within the staleness bound (not ready, audited) and recovers when it returns', async () => {
+    expect((await encrypt('A')).status).to.equal(200);
+    // K chose availability: it keeps the last known state for up to a minute past the bound.
+    await start('K', { keepLastKnownMs: 60_000, leaseTtlSeconds: 70 });
+    const t0 = Date.now();
+    const staleA = waitEvent(cp('A'), 'stale', () => true, 20_000);
+    const staleB = waitEvent(cp('B'), 'stale', () => true, 20_000);
+    await etcd.kill(1);
+    await etcd.kill(2);
+    await Promise.all([staleA, staleB]);
+    console.log(`      quorum lost -> both proxies fail closed after ${Date.now() - t0} ms (maxStalenessMs ${MAX_STALENESS_MS})`);
+    await until(async () => P('K').appLog().includes('serving with the last known state'), 10_000, 'K past maxStalenessMs, keeping the last known state');
+    expect((await encrypt('K')).status).to.equal(200);
+    expect(cp('K').isFailClosed()).to.equal(false);
+    for (const n of ['A', 'B']) {
+      const r = await encrypt(n);
+      expect(r.json.errorName, r.text).to.equal('InvalidStateException');
+      expect((await rawRequest(P(n), { method: 'GET', path: '/healthz/ready' })).status).to.equal(503);
+    }
+    const t1 = Date.now();
+    const back = Promise.all(['A', 'B'].map((n) => waitEvent(cp(n), 'reload', (x: { failClosed?: string }) => x.failClosed === undefined, 30_000)));
+    etcd.restart(1);
+    etcd.restart(2);
+    await back;
+    console.log(`      quorum back -> both proxies serve again after ${Date.now() - t1} ms`);
+    for (const n of ['A', 'B']) {
+      expect((await encrypt(n)).status).to.equal(200);
+      expect((await rawRequest(P(n), { method: 'GET', path: '/healthz/ready' })).status).to.equal(200);
+    }
+    expect(P('A').appLog()).to.include('failing closed');
+    await until(async () => P('A').appLog().includes('control-state.stale') && P('A').appLog().includes('control-state.recovered'), 5000, 'A audited the stale state and the recovery (admin actions go to the app log without an audit log)');
+  });
+
+  // Last: it leaves the fleet's state untrusted.
+  it('a state written into etcd without the HSM key (an etcd credential holder) is tampering: every member fails closed, not ready, audited', async () => {
+    const c = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      const key = `${prefix}control/state`;
+      const forged = JSON.parse((await c.get(key).string())!);
+      forged.body.policies = {};
+      forged.generation += 1;
+      const tampered = Promise.all(['A', 'B'].map((n) => waitEvent(cp(n), 'tamper', () => true, 10_000)));
+      await c.put(key).value(JSON.stringify(forged));
+      await tampered;
+      for (const n of ['A', 'B']) {
+        expect(await refuses(n)).to.equal(true);
+        expect((await rawRequest(P(n), { method: 'GET', path: '/healthz/ready' })).status).to.equal(503);
+        expect(P(n).appLog()).to.include('control state TAMPERING detected');
+      }
+      await until(async () => P('B').appLog().includes('control-state.tamper'), 5000, 'B audited the tampering');
+    } finally {
+      c.close();
+    }
+  });
+});
