@@ -36,6 +36,11 @@ export interface TargetOptions {
   nodeArgs?: string[];
   /** server.workers: worker processes of the proxy (node:cluster). */
   workers?: number;
+  /**
+   * The PKCS#11 module the proxy loads instead of SoftHSM2 itself (e.g. the emulated network HSM,
+   * latency-shim.ts), its extra environment, and extra lines of the hsm section (e.g. pool size).
+   */
+  hsm?: { module: (softhsm: string) => string; moduleEnv: (softhsm: string) => Record<string, string>; lines?: string[] };
 }
 
 export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget & { token: TestToken }> {
@@ -50,8 +55,9 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
     [
       `server: { host: 127.0.0.1, port: 0, workers: ${opts.workers ?? 1}, tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} } }`,
       'hsm:',
-      `  module: ${token.module}`,
-      `  moduleEnv: { SOFTHSM2_CONF: ${JSON.stringify(token.confPath)} }`,
+      `  module: ${JSON.stringify(opts.hsm?.module(token.module) ?? token.module)}`,
+      `  moduleEnv: ${JSON.stringify({ SOFTHSM2_CONF: token.confPath, ...(opts.hsm?.moduleEnv(token.module) ?? {}) })}`,
+      ...(opts.hsm?.lines ?? []).map((l) => `  ${l}`),
       `  tokenLabel: ${token.tokenLabel}`,
       `  pin: { file: ${JSON.stringify(token.pinFile)} }`,
       'keyStores:',

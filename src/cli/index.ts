@@ -5,6 +5,8 @@
  *   keys create|list              AES keys in the token
  *   credentials new|list          SigV4 credentials of a key store, and the KMS proxy configuration JSON
  */
+// First: sizes libuv's thread pool before anything can start it (see the module).
+import { threadPoolSizing } from '../runtime/thread-pool-size';
 import { parseArgs } from 'node:util';
 import { ConfigError, configPathFrom, loadConfig, type LoadedConfig } from '../config/load';
 import { readSecret } from '../config/secrets';
@@ -91,6 +93,7 @@ async function serve(argv: string[]): Promise<number> {
   if (flags.help) return help('serve');
   const loaded = load(flags);
   const log = createAppLogger(loaded.config.log.level);
+  if (threadPoolSizing.source === 'configuration' && cluster.isPrimary) log.info('libuv thread pool sized for the HSM calls (hsm.callMode async: hsm.pool.size + 4)', { UV_THREADPOOL_SIZE: threadPoolSizing.size });
   // server.workers > 1: this process is the cluster primary, or one of its workers (src/cluster/).
   const clustered = loaded.config.server.workers > 1;
   const running: { close(): Promise<void>; reload(): void } = !clustered
