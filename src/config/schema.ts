@@ -112,7 +112,7 @@ export const HsmConfig = z
      * 'sync' (default): on the event loop; fastest when a call takes microseconds (SoftHSM2);
      * 'async': on libuv's thread pool, so that calls on different sessions overlap and the proxy
      * keeps serving meanwhile: for network HSMs whose calls take milliseconds. Concurrency is
-     * bounded by hsm.pool.size and by UV_THREADPOOL_SIZE (environment, default 4).
+     * bounded by hsm.pool.size; `serve` sizes libuv's pool to match (src/runtime/thread-pool-size.ts).
      */
     callMode: z.enum(['sync', 'async']).default('sync'),
     /**

@@ -12,13 +12,16 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { expect } from 'chai';
 import { latencyShimEnv, latencyShimModule, readShimStats, type ShimOptions } from '../../../bench/lib/latency-shim';
+import { formatHsmMetrics, readHsmMetrics } from '../../../src/checker/hsm-metrics';
 import { createKey } from '../../../src/hsm/key-admin';
 import { makeTlsCert, writeCredential, type Credential } from '../../helpers/proxy-harness';
 import { signedHeaders } from '../../helpers/signer';
+import { sample } from '../../unit/metrics/exposition';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 
 const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
@@ -26,6 +29,7 @@ const KEY = 'net-key';
 
 interface Served {
   port: number;
+  metricsPort: number;
   child: ChildProcess;
   stderr: () => string;
 }
@@ -78,6 +82,7 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
         '    credentialsDir: ./creds',
         `    keys: [{ externalKeyId: ${KEY} }]`,
         'log: { level: info, requestLogStdout: false }',
+        'metrics: { port: 0 }',
       ].join('\n'),
     );
     const env = { ...process.env };
@@ -93,7 +98,8 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
       });
       child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
     });
-    return { port, child, stderr: () => stderr };
+    const metricsPort = Number(/"metricsPort":(\d+)/.exec(stderr)?.[1]);
+    return { port, metricsPort, child, stderr: () => stderr };
   }
 
   async function call(port: number, op: 'encrypt' | 'decrypt', body: Record<string, unknown>): Promise<{ status: number; json: Record<string, string> }> {
@@ -110,6 +116,27 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
       req.end(text);
     });
   }
+
+  it('reports the HSM call time it measured in /metrics: at least the emulated round trip, without the session wait', async () => {
+    const { port, metricsPort } = await serve('metrics', ['callMode: async', 'pool: { size: 2 }'], { holdMs: 40 });
+    const plaintext = Buffer.from('timed').toString('base64');
+    for (let i = 0; i < 3; i++) expect((await call(port, 'encrypt', { plaintext })).status).to.equal(200);
+    const text = await new Promise<string>((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port: metricsPort, path: '/metrics' }, (res) => {
+        let data = '';
+        res.on('data', (c: Buffer) => (data += c.toString()));
+        res.on('end', () => resolve(data));
+      }).on('error', reject);
+    });
+    // The emulation sleeps 40 ms in every call: the measured time cannot be less, whatever the machine.
+    expect(sample(text, 'xks_hsm_call_latency_seconds')).to.be.at.least(0.04);
+    // 2 concurrent calls of at least 40 ms: at most 50 per second.
+    expect(sample(text, 'xks_hsm_capacity_requests_per_second')).to.be.within(1, 50);
+    // `xks-proxy check --metrics URL` reads and judges the same.
+    const seen = await readHsmMetrics(`http://127.0.0.1:${metricsPort}/metrics`, { insecure: false });
+    expect(seen.callLatencyMs).to.be.at.least(40);
+    expect(formatHsmMetrics(seen)).to.match(/^HSM call time \(the proxy's own measure, .*\): [\d.]+ ms per C_Encrypt\/C_Decrypt; the HSM link carries about \d+ calls per second, UNDER KMS's 1800 per key store$/);
+  });
 
   it('forwards to SoftHSM2 (the round trip gives the plaintext back) and holds every C_Encrypt and C_Decrypt', async () => {
     const statsFile = path.join(token.dir, 'forward.stats');
