@@ -236,7 +236,7 @@ fi
 
 # --- 6. keys ----------------------------------------------------------------------------------
 
-existing_keys=$(xks keys list | cut -f1)
+existing_keys=$(xks keys list | awk '{ print $1 }') # aligned columns; the demo's labels have no spaces
 for spec in xks-health:encrypt-decrypt demo-key-1:encrypt-decrypt demo-encrypt-only:encrypt demo-decrypt-only:decrypt; do
   label=${spec%%:*}
   usage=${spec#*:}
@@ -307,7 +307,8 @@ kms_json_field() {
     process.stdout.write(String({ akid: c.AccessKeyId, secret: c.RawSecretAccessKey, path: j.XksProxyUriPath }[process.argv[2]] ?? ""));' "$KMS_JSON" "$1"
 }
 
-ids=$(xks credentials list | awk -F'\t' -v ks="$KEY_STORE" '$1 == ks { print $3 }')
+# `credentials list` prints aligned columns (spaces); ids are joined by commas, so whitespace splits fields.
+ids=$(xks credentials list | awk -v ks="$KEY_STORE" '$1 == ks { print $3 }')
 [ -n "$ids" ] || die "key store \"$KEY_STORE\" is not in $CONFIG"
 if [ "$ids" = "(none)" ]; then
   say "creating a SigV4 credential for key store \"$KEY_STORE\""
@@ -331,7 +332,7 @@ if [ -z "$SECRET" ]; then
   AKID=${newest%.secret}
   SECRET=$(<"$CRED_DIR/$newest")
   say "writing $KMS_JSON for credential $AKID"
-  XKS_PATH=$(xks credentials list | awk -F'\t' -v ks="$KEY_STORE" '$1 == ks { print $2 }') \
+  XKS_PATH=$(xks credentials list | awk -v ks="$KEY_STORE" '$1 == ks { print $2 }') \
     AKID="$AKID" SECRET="$SECRET" node -e 'process.stdout.write(JSON.stringify({
       XksProxyUriPath: process.env.XKS_PATH,
       XksProxyAuthenticationCredential: { AccessKeyId: process.env.AKID, RawSecretAccessKey: process.env.SECRET },
