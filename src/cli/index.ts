@@ -233,5 +233,8 @@ export async function main(argv: string[]): Promise<number> {
 if (require.main === module) {
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
+    // A cluster worker that failed to start is kept alive by its IPC channel: the primary would
+    // wait for it forever instead of reporting the failure and exiting. (stderr is synchronous.)
+    if (cluster.isWorker && code !== 0) process.exit(code);
   });
 }

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { AUDIT_DEFAULTS, AuditConfig } from '../audit/config';
 import { METRICS_DEFAULTS, MetricsConfig } from '../metrics/config';
 import { ControlConfig } from '../control/config';
+import { autoWorkers } from './cpu-count';
 
 /** A secret is read from an environment variable or a file, never written into the config. */
 export const SecretSource = z
@@ -194,9 +195,14 @@ export const ConfigSchema = z
         keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
         /**
          * Worker processes (node:cluster), each with its own HSM sessions; 1 = a single process.
-         * The primary runs the admin API and aggregates metrics; see src/cluster/.
+         * The primary runs the admin API and aggregates metrics; see src/cluster/. 'auto' (the
+         * default): one per core this process may use, container CPU quota included
+         * (src/config/cpu-count.ts); on one core, a single process. Resolved when the file is read.
          */
-        workers: z.number().int().min(1).max(64).default(1),
+        workers: z
+          .union([z.number().int().min(1).max(64), z.literal('auto')])
+          .default('auto')
+          .transform((w) => (w === 'auto' ? autoWorkers() : w)),
         /** Load shedding (429 ThrottlingException) before latency runs past KMS's 250 ms. */
         overload: z
           .object({

@@ -68,7 +68,7 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
     fs.writeFileSync(
       configFile,
       [
-        `server: { host: 127.0.0.1, port: 0, tls: { certFile: ${JSON.stringify(tls.certFile)}, keyFile: ${JSON.stringify(tls.keyFile)} } }`,
+        `server: { host: 127.0.0.1, port: 0, workers: 1, tls: { certFile: ${JSON.stringify(tls.certFile)}, keyFile: ${JSON.stringify(tls.keyFile)} } }`,
         'hsm:',
         `  module: ${JSON.stringify(latencyShimModule())}`,
         `  moduleEnv: ${JSON.stringify(moduleEnv)}`,
