@@ -4,7 +4,9 @@
  * one table (markdown, for docs/performance.md).
  *
  *   npm run build && node dist/bench/network-hsm.js [--latencies 0.5,2,5] [--modes sync,async]
- *        [--rate 1800] [--duration 10] [--connections 64] [--out FILE.json]
+ *        [--rate 1800] [--duration 10] [--connections 64] [--workers auto|1,2] [--out FILE.json]
+ *
+ * --workers: server.workers, one or several (a row each); 'auto' (default) is the product default.
  *
  * Needs a C compiler (cc) for the emulation module.
  */
@@ -21,15 +23,19 @@ async function main(): Promise<void> {
       rate: { type: 'string', default: '1800' },
       duration: { type: 'string', default: '10' },
       connections: { type: 'string', default: '64' },
+      workers: { type: 'string', default: 'auto' },
       out: { type: 'string' },
     },
   });
+  const workerCounts = values.workers!.split(',').map((w) => (w === 'auto' ? undefined : Number(w)));
   const rows: NetworkHsmRow[] = [];
   for (const holdMs of values.latencies!.split(',').map(Number)) {
     for (const callMode of values.modes!.split(',') as ('sync' | 'async')[]) {
-      const r = await networkHsmRun({ holdMs, callMode, rate: Number(values.rate), durationMs: Number(values.duration) * 1000, connections: Number(values.connections) });
-      rows.push(r);
-      process.stderr.write(`HSM ${holdMs} ms, ${callMode}: ${r.servedRps}/s served of ${r.offeredRps}, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, errors ${JSON.stringify(r.errors)}, load ${r.load1}\n`);
+      for (const workers of workerCounts) {
+        const r = await networkHsmRun({ holdMs, callMode, rate: Number(values.rate), durationMs: Number(values.duration) * 1000, connections: Number(values.connections), ...(workers ? { workers } : {}) });
+        rows.push(r);
+        process.stderr.write(`HSM ${holdMs} ms, ${callMode}, ${r.workers} worker(s): ${r.servedRps}/s served of ${r.offeredRps}, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, errors ${JSON.stringify(r.errors)}, load ${r.load1}\n`);
+      }
     }
   }
   console.log(`\nencrypt32 against an emulated network HSM, ${values.rate}/s offered, open loop, ${values.connections} connections, ${values.duration} s each; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);

@@ -168,11 +168,11 @@ async function main(): Promise<void> {
   console.log(`\nraw SoftHSM2 encrypt, one core in-process: ${raw?.opsPerSecond} ops/s; proxy/raw (encrypt32): ${report.proxyToRawRatio}`);
   console.log(`proxy RSS: ${report.rssMiB.idle} MiB idle, ${report.rssMiB.underLoad} MiB under load`);
   if (ceilingHsm) console.log(`ceiling (hsm layer: TLS + SigV4 + SoftHSM2 only, 1 process, same client): ${ceilingHsm.rps} req/s; proxy/ceiling ${report.proxyToCeilingRatio}`);
-  console.log(`encrypt32 at ${values.rate}/s against an emulated network HSM at 2 ms per call (async, example settings): ${network.servedRps}/s served, p50 ${network.p50Ms} ms, p99 ${network.p99Ms} ms`);
+  console.log(`encrypt32 at ${values.rate}/s against an emulated network HSM at 2 ms per call (async, example settings, ${network.workers} worker(s)): ${network.servedRps}/s served, p50 ${network.p50Ms} ms, p99 ${network.p99Ms} ms`);
   console.log(`results: ${out}`);
   const load = os.loadavg().map((l) => l.toFixed(1)).join(' ');
   console.log(
-    `\nSUMMARY encrypt32 ${enc?.result.rps ?? '-'} req/s | proxy/ceiling ${report.proxyToCeilingRatio ?? '- (no wrk)'} | p99 @${values.rate}/s ${rateResult?.latencyMs.p99 ?? '-'} ms | p99 @${values.rate}/s HSM 2 ms ${network.p99Ms} ms (${network.servedRps}/s served) | RSS ${report.rssMiB.idle}/${report.rssMiB.underLoad} MiB idle/load | workers ${values.workers} | load avg ${load}`,
+    `\nSUMMARY encrypt32 ${enc?.result.rps ?? '-'} req/s | proxy/ceiling ${report.proxyToCeilingRatio ?? '- (no wrk)'} | p99 @${values.rate}/s ${rateResult?.latencyMs.p99 ?? '-'} ms | p99 @${values.rate}/s HSM 2 ms ${network.p99Ms} ms (${network.servedRps}/s served, ${network.workers} worker${network.workers > 1 ? 's' : ''}) | RSS ${report.rssMiB.idle}/${report.rssMiB.underLoad} MiB idle/load | workers ${values.workers} | load avg ${load}`,
   );
 }
 

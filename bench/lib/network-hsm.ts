@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { autoWorkers } from '../../src/config/cpu-count';
 import { rawOpenLoop } from './load-raw';
 import { latencyShimEnv, latencyShimModule } from './latency-shim';
 import { BENCH_KEY, KEY_STORE_PREFIX, startTarget } from './setup';
@@ -19,6 +20,7 @@ export const EXAMPLE_CONFIG = path.resolve(__dirname, '../../../config/luna.exam
 export interface NetworkHsmRow {
   holdMs: number;
   callMode: 'sync' | 'async';
+  workers: number;
   offeredRps: number;
   servedRps: number;
   errors: Record<string, number>;
@@ -37,9 +39,15 @@ export function exampleHsmLines(callMode: 'sync' | 'async'): string[] {
   return lines;
 }
 
-export async function networkHsmRun(o: { holdMs: number; callMode: 'sync' | 'async'; rate: number; durationMs: number; connections: number }): Promise<NetworkHsmRow> {
+/**
+ * workers: server.workers of the proxy; default the product's default ('auto', as the example
+ * configurations leave it: one per core).
+ */
+export async function networkHsmRun(o: { holdMs: number; callMode: 'sync' | 'async'; rate: number; durationMs: number; connections: number; workers?: number }): Promise<NetworkHsmRow> {
   const shim = latencyShimModule();
+  const workers = o.workers ?? autoWorkers();
   const target = await startTarget({
+    workers,
     hsm: { module: () => shim, moduleEnv: (real) => latencyShimEnv({ realModule: real, holdMs: o.holdMs }), lines: exampleHsmLines(o.callMode) },
   });
   try {
@@ -49,6 +57,7 @@ export async function networkHsmRun(o: { holdMs: number; callMode: 'sync' | 'asy
     return {
       holdMs: o.holdMs,
       callMode: o.callMode,
+      workers,
       offeredRps: o.rate,
       servedRps: Math.round(r.ok / r.durationS),
       errors: r.errors,
@@ -73,13 +82,13 @@ export function meetsTarget(r: NetworkHsmRow): boolean | undefined {
 }
 
 export function formatNetworkHsmTable(rows: NetworkHsmRow[]): string {
-  const head = '| HSM call | call mode | offered/s | served/s | p50 ms | p99 ms | errors | target | load avg |';
-  const lines = [head, '|---|---|---|---|---|---|---|---|---|'];
+  const head = '| HSM call | call mode | workers | offered/s | served/s | p50 ms | p99 ms | errors | target | load avg |';
+  const lines = [head, '|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows) {
     const t = meetsTarget(r);
     const errors = Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ') || '0';
     const target = t === undefined ? '' : `${t ? 'met' : 'not met'} (p99 < ${NETWORK_HSM_P99_TARGET_MS[r.holdMs]} ms)`;
-    lines.push(`| ${r.holdMs} ms | ${r.callMode} | ${r.offeredRps} | ${r.servedRps} | ${r.p50Ms} | ${r.p99Ms} | ${errors} | ${target} | ${r.load1} |`);
+    lines.push(`| ${r.holdMs} ms | ${r.callMode} | ${r.workers} | ${r.offeredRps} | ${r.servedRps} | ${r.p50Ms} | ${r.p99Ms} | ${errors} | ${target} | ${r.load1} |`);
   }
   return lines.join('\n');
 }
