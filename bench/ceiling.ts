@@ -32,7 +32,7 @@ import { makeTlsCert, writeCredential, type Credential } from '../test/helpers/p
 import { createTestToken, type TestToken } from '../test/helpers/softhsm-token';
 import os from 'node:os';
 import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
-import { startTarget } from './lib/setup';
+import { processTreeCpuSeconds, startTarget } from './lib/setup';
 import { prepare } from './lib/workloads';
 
 type Layer = 'tls' | 'sigv4' | 'hsm';
@@ -86,6 +86,11 @@ export interface CeilingRow {
   rps: number;
   /** Answered 200 per second: the proxy sheds with 429 when the machine cannot keep up. */
   okRps: number;
+  /**
+   * CPU time of the server process(es) per answer, in microseconds: what each answer costs,
+   * much less sensitive than the rate to other jobs taking the cores (a shared machine).
+   */
+  cpuUsPerAnswer: number;
   p50: number;
   p99: number;
   errors: number;
@@ -114,12 +119,14 @@ export async function measureCeiling(o: { durationMs: number; connections: numbe
           w.once('message', () => resolve());
           w.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
         })));
+        const cpu0 = workers.reduce((a, w) => a + processTreeCpuSeconds(w.process.pid!), 0);
         const r = await wrkClosedLoop({ port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: o.durationMs });
+        const cpuUs = (workers.reduce((a, w) => a + processTreeCpuSeconds(w.process.pid!), 0) - cpu0) * 1e6;
         await Promise.all(workers.map((w) => new Promise<void>((resolve) => {
           w.once('exit', () => resolve());
           w.kill();
         })));
-        row({ layer, processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
+        row({ layer, processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), cpuUsPerAnswer: Math.round(cpuUs / Math.max(1, r.requests)), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
       }
     }
   } finally {
@@ -133,8 +140,10 @@ export async function measureCeiling(o: { durationMs: number; connections: numbe
         const t = { host: `localhost:${target.port}`, prefix: '/bench', keyId: KEY, cred: target.cred };
         const requests = await prepare(t, 'encrypt32', 4000, () => Promise.reject(new Error('not needed for encrypt32')));
         await wrkClosedLoop({ port: target.port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: 2000 }); // warm-up
+        const cpu0 = processTreeCpuSeconds(target.pid);
         const r = await wrkClosedLoop({ port: target.port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: o.durationMs });
-        row({ layer: 'proxy', processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
+        const cpuUs = (processTreeCpuSeconds(target.pid) - cpu0) * 1e6;
+        row({ layer: 'proxy', processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), cpuUsPerAnswer: Math.round(cpuUs / Math.max(1, r.requests)), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
       } finally {
         await target.stop();
       }
@@ -144,7 +153,17 @@ export async function measureCeiling(o: { durationMs: number; connections: numbe
 }
 
 function formatCeilingRow(r: CeilingRow): string {
-  return `${r.layer.padEnd(8)}${String(r.processes).padEnd(11)}${String(r.okRps).padEnd(9)}${String(r.p50).padEnd(9)}${String(r.p99).padEnd(9)}${r.errors}`;
+  return `${r.layer.padEnd(8)}${String(r.processes).padEnd(11)}${String(r.okRps).padEnd(9)}${String(r.cpuUsPerAnswer).padEnd(12)}${String(r.p50).padEnd(9)}${String(r.p99).padEnd(9)}${r.errors}`;
+}
+
+/**
+ * The `hsm` layer's CPU per answer over the real proxy's, same process count, same run: the rate
+ * ratio the proxy would reach with the cores to itself (each answer is CPU-bound on both sides).
+ */
+export function proxyToCeilingByCpu(rows: CeilingRow[], processes = 1): number | undefined {
+  const hsm = rows.find((r) => r.layer === 'hsm' && r.processes === processes);
+  const proxy = rows.find((r) => r.layer === 'proxy' && r.processes === processes);
+  return hsm && proxy && proxy.cpuUsPerAnswer > 0 ? Math.round((hsm.cpuUsPerAnswer / proxy.cpuUsPerAnswer) * 100) / 100 : undefined;
 }
 
 /** The real proxy's encrypt32 rate over the `hsm` layer's, same process count, same run. */
@@ -160,11 +179,11 @@ async function primary(): Promise<void> {
   const layers = values.layers ? (values.layers.split(',') as Layer[]) : undefined;
   const rows = await measureCeiling({ durationMs: Number(values.duration) * 1000, connections: Number(values.connections), processes, proxy: !values['no-proxy'], ...(layers ? { layers } : {}) });
   console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')})\n`);
-  console.log('layer   processes  ok/s     p50 ms   p99 ms   errors');
+  console.log('layer   processes  ok/s     CPU us/ans  p50 ms   p99 ms   errors');
   for (const r of rows) console.log(formatCeilingRow(r));
   for (const n of processes) {
     const ratio = proxyToCeiling(rows, n);
-    if (ratio !== undefined) console.log(`proxy / hsm layer, ${n} process${n > 1 ? 'es' : ''}: ${ratio}`);
+    if (ratio !== undefined) console.log(`proxy / hsm layer, ${n} process${n > 1 ? 'es' : ''}: ${ratio} by served rate, ${proxyToCeilingByCpu(rows, n)} by CPU per answer`);
   }
 }
 

@@ -126,6 +126,30 @@ export function processTreeRssMiB(pid: number): number {
   return Math.round(total * 10) / 10;
 }
 
+/** CPU time (user + system, seconds) used so far by a process and its direct children, from /proc. */
+export function processTreeCpuSeconds(pid: number): number {
+  const tick = 100; // USER_HZ: 100 on Linux
+  const cpu = (p: number): number => {
+    try {
+      // Fields after the ")" of the command name: utime and stime are the 12th and 13th.
+      const f = fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) / tick;
+    } catch {
+      return 0;
+    }
+  };
+  let total = cpu(pid);
+  try {
+    for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+      const children = fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim();
+      for (const c of children ? children.split(/\s+/) : []) total += cpu(Number(c));
+    }
+  } catch {
+    /* process gone */
+  }
+  return total;
+}
+
 /** Server-side latency percentiles of the request-log lines written after byte `from`. */
 export function serverLatency(requestLogFile: string, from: number): { requests: number; p50: number; p99: number; max: number } {
   const fd = fs.openSync(requestLogFile, 'r');
