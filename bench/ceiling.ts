@@ -8,9 +8,12 @@
  *   hsm        + the AES-GCM encrypt through our PKCS#11 backend on a SoftHSM2 token
  *
  * each in 1 and in N processes (node:cluster). No policy, kill switch, logs or metrics: these
- * are upper bounds for the real proxy on the same box, not a product configuration.
+ * are upper bounds for the real proxy on the same box, not a product configuration. Then, in the
+ * same run, the real proxy (`xks-proxy serve`, default settings, SoftHSM2) with the same client
+ * and requests, and its ratio to the `hsm` layer.
  *
  *   npm run build && node dist/bench/ceiling.js [--duration 6] [--connections 64] [--workers 2]
+ *        [--processes 1,2] [--layers tls,sigv4,hsm] [--no-proxy]
  *
  * wrk must be installed (Debian package `wrk`).
  */
@@ -27,7 +30,9 @@ import { createSilentLogger } from '../src/log/logger';
 import { buildGcmAad } from '../src/xks/aad';
 import { makeTlsCert, writeCredential, type Credential } from '../test/helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../test/helpers/softhsm-token';
+import os from 'node:os';
 import { wrkAvailable, wrkClosedLoop } from './lib/load-wrk';
+import { processTreeCpuSeconds, startTarget } from './lib/setup';
 import { prepare } from './lib/workloads';
 
 type Layer = 'tls' | 'sigv4' | 'hsm';
@@ -75,10 +80,30 @@ async function serve(s: WorkerSetup, port: number): Promise<https.Server> {
   return server;
 }
 
-async function primary(): Promise<void> {
-  const { values } = parseArgs({ options: { duration: { type: 'string', default: '6' }, connections: { type: 'string', default: '64' }, workers: { type: 'string', default: '2' } } });
+export interface CeilingRow {
+  layer: Layer | 'proxy';
+  processes: number;
+  rps: number;
+  /** Answered 200 per second: the proxy sheds with 429 when the machine cannot keep up. */
+  okRps: number;
+  /**
+   * CPU time of the server process(es) per answer, in microseconds: what each answer costs,
+   * much less sensitive than the rate to other jobs taking the cores (a shared machine).
+   */
+  cpuUsPerAnswer: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+
+export async function measureCeiling(o: { durationMs: number; connections: number; processes: number[]; proxy: boolean; layers?: Layer[] }): Promise<CeilingRow[]> {
   if (!wrkAvailable()) throw new Error('wrk is not installed (apt-get install wrk)');
   const token = createTestToken();
+  const rows: CeilingRow[] = [];
+  const row = (r: CeilingRow) => {
+    rows.push(r);
+    process.stderr.write(`${formatCeilingRow(r)}\n`);
+  };
   try {
     await createKey(token.hsmConfig, token.pin, { label: KEY, usage: 'encrypt-decrypt' });
     const { certFile, keyFile } = makeTlsCert(token.dir);
@@ -86,30 +111,79 @@ async function primary(): Promise<void> {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const t = { host: `localhost:${port}`, prefix: '/bench', keyId: KEY, cred };
     const requests = await prepare(t, 'encrypt32', 4000, () => Promise.reject(new Error('not needed for encrypt32')));
-    const rows: string[] = [];
-    for (const layer of LAYERS) {
-      for (const n of [1, Number(values.workers)]) {
+    for (const layer of o.layers ?? LAYERS) {
+      for (const n of o.processes) {
         const setup: WorkerSetup = { layer, certFile, keyFile, cred, token: { hsmConfig: token.hsmConfig, pin: token.pin } };
         const workers = Array.from({ length: n }, () => cluster.fork({ CEILING_SETUP: JSON.stringify({ ...setup, port }) }));
         await Promise.all(workers.map((w) => new Promise<void>((resolve, reject) => {
           w.once('message', () => resolve());
           w.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
         })));
-        const r = await wrkClosedLoop({ port, host: t.host, requests, connections: Number(values.connections), threads: 1, durationMs: Number(values.duration) * 1000 });
+        const cpu0 = workers.reduce((a, w) => a + processTreeCpuSeconds(w.process.pid!), 0);
+        const r = await wrkClosedLoop({ port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: o.durationMs });
+        const cpuUs = (workers.reduce((a, w) => a + processTreeCpuSeconds(w.process.pid!), 0) - cpu0) * 1e6;
         await Promise.all(workers.map((w) => new Promise<void>((resolve) => {
           w.once('exit', () => resolve());
           w.kill();
         })));
-        const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
-        rows.push(`${layer.padEnd(8)}${String(n).padEnd(11)}${String(r.rps).padEnd(9)}${String(r.latencyMs.p50).padEnd(9)}${String(r.latencyMs.p99).padEnd(9)}${errors}`);
-        process.stderr.write(`${rows[rows.length - 1]}\n`);
+        row({ layer, processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), cpuUsPerAnswer: Math.round(cpuUs / Math.max(1, r.requests)), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
       }
     }
-    console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each)\n`);
-    console.log('layer   processes  req/s    p50 ms   p99 ms   errors');
-    for (const r of rows) console.log(r);
   } finally {
     token.cleanup();
+  }
+  if (o.proxy) {
+    for (const n of o.processes) {
+      // The product with its default settings (request log and metrics on), the same client and workload.
+      const target = await startTarget({ workers: n });
+      try {
+        const t = { host: `localhost:${target.port}`, prefix: '/bench', keyId: KEY, cred: target.cred };
+        const requests = await prepare(t, 'encrypt32', 4000, () => Promise.reject(new Error('not needed for encrypt32')));
+        await wrkClosedLoop({ port: target.port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: 2000 }); // warm-up
+        const cpu0 = processTreeCpuSeconds(target.pid);
+        const r = await wrkClosedLoop({ port: target.port, host: t.host, requests, connections: o.connections, threads: 1, durationMs: o.durationMs });
+        const cpuUs = (processTreeCpuSeconds(target.pid) - cpu0) * 1e6;
+        row({ layer: 'proxy', processes: n, rps: r.rps, okRps: Math.round(r.ok / r.durationS), cpuUsPerAnswer: Math.round(cpuUs / Math.max(1, r.requests)), p50: r.latencyMs.p50, p99: r.latencyMs.p99, errors: Object.values(r.errors).reduce((a, b) => a + b, 0) });
+      } finally {
+        await target.stop();
+      }
+    }
+  }
+  return rows;
+}
+
+function formatCeilingRow(r: CeilingRow): string {
+  return `${r.layer.padEnd(8)}${String(r.processes).padEnd(11)}${String(r.okRps).padEnd(9)}${String(r.cpuUsPerAnswer).padEnd(12)}${String(r.p50).padEnd(9)}${String(r.p99).padEnd(9)}${r.errors}`;
+}
+
+/**
+ * The `hsm` layer's CPU per answer over the real proxy's, same process count, same run: the rate
+ * ratio the proxy would reach with the cores to itself (each answer is CPU-bound on both sides).
+ */
+export function proxyToCeilingByCpu(rows: CeilingRow[], processes = 1): number | undefined {
+  const hsm = rows.find((r) => r.layer === 'hsm' && r.processes === processes);
+  const proxy = rows.find((r) => r.layer === 'proxy' && r.processes === processes);
+  return hsm && proxy && proxy.cpuUsPerAnswer > 0 ? Math.round((hsm.cpuUsPerAnswer / proxy.cpuUsPerAnswer) * 100) / 100 : undefined;
+}
+
+/** The real proxy's encrypt32 rate over the `hsm` layer's, same process count, same run. */
+export function proxyToCeiling(rows: CeilingRow[], processes = 1): number | undefined {
+  const hsm = rows.find((r) => r.layer === 'hsm' && r.processes === processes);
+  const proxy = rows.find((r) => r.layer === 'proxy' && r.processes === processes);
+  return hsm && proxy ? Math.round((proxy.okRps / hsm.okRps) * 100) / 100 : undefined;
+}
+
+async function primary(): Promise<void> {
+  const { values } = parseArgs({ options: { duration: { type: 'string', default: '6' }, connections: { type: 'string', default: '64' }, workers: { type: 'string', default: '2' }, processes: { type: 'string' }, layers: { type: 'string' }, 'no-proxy': { type: 'boolean' } } });
+  const processes = (values.processes ?? `1,${values.workers}`).split(',').map(Number);
+  const layers = values.layers ? (values.layers.split(',') as Layer[]) : undefined;
+  const rows = await measureCeiling({ durationMs: Number(values.duration) * 1000, connections: Number(values.connections), processes, proxy: !values['no-proxy'], ...(layers ? { layers } : {}) });
+  console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')})\n`);
+  console.log('layer   processes  ok/s     CPU us/ans  p50 ms   p99 ms   errors');
+  for (const r of rows) console.log(formatCeilingRow(r));
+  for (const n of processes) {
+    const ratio = proxyToCeiling(rows, n);
+    if (ratio !== undefined) console.log(`proxy / hsm layer, ${n} process${n > 1 ? 'es' : ''}: ${ratio} by served rate, ${proxyToCeilingByCpu(rows, n)} by CPU per answer`);
   }
 }
 
@@ -119,7 +193,22 @@ async function worker(): Promise<void> {
   process.send!('listening');
 }
 
-(cluster.isPrimary ? primary() : worker()).catch((e: unknown) => {
-  console.error(e);
-  process.exit(1);
-});
+/**
+ * The layers' servers are forks of the script that runs (cluster): this file as a program, or
+ * the benchmark that imported measureCeiling (bench/run.ts), which hands them over here.
+ */
+export function ceilingWorkerMain(): boolean {
+  if (cluster.isPrimary || process.env.CEILING_SETUP === undefined) return false;
+  worker().catch((e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  });
+  return true;
+}
+
+if (require.main === module && !ceilingWorkerMain()) {
+  primary().catch((e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  });
+}

@@ -5,8 +5,14 @@
  *
  *   npm run bench -- [--workloads encrypt32,decrypt32,mixed,encrypt4300,metadata,encrypt32-cdiv]
  *                    [--duration 10] [--connections 32] [--rate 1800] [--generator auto|wrk|undici]
- *                    [--workers 1] [--hsm-call-mode sync|async]
+ *                    [--workers 1] [--hsm-call-mode sync|async] [--quick]
  *                    [--out bench/results/NAME.json]
+ *
+ * Also, in the same run: the `hsm` ceiling layer (bench/ceiling.ts: TLS + SigV4 + the SoftHSM2
+ * call and nothing else, same client and connections) for the proxy/ceiling ratio, and encrypt32
+ * at the fixed rate against an emulated network HSM at 2 ms per call (bench/lib/network-hsm.ts,
+ * the network-HSM example settings). Ends with one summary line of the figures that matter.
+ * --quick: encrypt32 only, 4 s per measurement, no overload run (about a minute).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,6 +25,8 @@ import { rawEncryptRate } from './lib/raw-hsm';
 import { BENCH_KEY, KEY_STORE_PREFIX, fileSize, serverLatency, startTarget } from './lib/setup';
 import { WORKLOADS, prepare, type PreparedRequest, type WorkloadName } from './lib/workloads';
 import { VERSION } from '../src/version';
+import { ceilingWorkerMain, measureCeiling, type CeilingRow } from './ceiling';
+import { networkHsmRun } from './lib/network-hsm';
 import os from 'node:os';
 
 async function main(): Promise<void> {
@@ -34,8 +42,15 @@ async function main(): Promise<void> {
       workers: { type: 'string', default: '1' },
       'hsm-call-mode': { type: 'string', default: 'sync' },
       out: { type: 'string' },
+      quick: { type: 'boolean' },
     },
   });
+  if (values.quick) {
+    values.workloads = 'encrypt32';
+    values.duration = '4';
+    values['raw-seconds'] = '1';
+    values['overload-factor'] = '0';
+  }
   const durationMs = Number(values.duration) * 1000;
   const connections = Number(values.connections);
   const workloads = values.workloads!.split(',') as WorkloadName[];
@@ -59,6 +74,7 @@ async function main(): Promise<void> {
   let overloadResult: LoadResult | undefined;
   let rateServerSide: ReturnType<typeof serverLatency> | undefined;
   let raw: { opsPerSecond: number; ops: number } | undefined;
+  let ceilingHsm: CeilingRow | undefined;
   const rssIdle = target.rssMiB();
   try {
     raw = await rawEncryptRate(target.hsmConfig, target.pin, BENCH_KEY, Number(values['raw-seconds']) * 1000);
@@ -76,6 +92,12 @@ async function main(): Promise<void> {
       clearTimeout(sampler);
       results.push({ workload: w, description: WORKLOADS[w], result, rssMiBUnderLoad: rss });
       process.stderr.write(`${w}: ${result.rps} req/s, p99 ${result.latencyMs.p99} ms, errors ${JSON.stringify(result.errors)}\n`);
+    }
+    if (useWrk) {
+      // Right after encrypt32 (the machine's load drifts), with the same client and connections;
+      // the proxy is idle meanwhile.
+      ceilingHsm = (await measureCeiling({ durationMs, connections, processes: [1], proxy: false, layers: ['hsm'] }))[0];
+      process.stderr.write(`ceiling, hsm layer: ${ceilingHsm?.okRps} req/s\n`);
     }
     const rateRequests = await prepare(t, 'encrypt32', 4000, encryptVia);
     const logFrom = fileSize(target.requestLogFile);
@@ -97,6 +119,8 @@ async function main(): Promise<void> {
     await setupPool.close();
     await target.stop();
   }
+  const network = await networkHsmRun({ holdMs: 2, callMode: 'async', rate: Number(values.rate), durationMs, connections: 64 });
+  process.stderr.write(`encrypt32 at ${values.rate}/s, network HSM 2 ms (async): ${network.servedRps}/s served, p99 ${network.p99Ms} ms\n`);
 
   const enc = results.find((r) => r.workload === 'encrypt32');
   const report = {
@@ -115,6 +139,11 @@ async function main(): Promise<void> {
     fixedRate: rateResult,
     fixedRateServerSideLatencyMs: rateServerSide,
     overload: overloadResult,
+    ceilingHsmLayer: ceilingHsm,
+    // Served (200) per second on both sides: under load the proxy sheds with 429.
+    proxyToCeilingRatio: enc && ceilingHsm ? Math.round((enc.result.ok / enc.result.durationS / ceilingHsm.okRps) * 100) / 100 : undefined,
+    networkHsm2ms: network,
+    loadavg: os.loadavg(),
   };
   const out = values.out ?? path.join('bench', 'results', `bench-${report.date.replace(/[:.]/g, '-')}.json`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
@@ -139,10 +168,18 @@ async function main(): Promise<void> {
   }
   console.log(`\nraw SoftHSM2 encrypt, one core in-process: ${raw?.opsPerSecond} ops/s; proxy/raw (encrypt32): ${report.proxyToRawRatio}`);
   console.log(`proxy RSS: ${report.rssMiB.idle} MiB idle, ${report.rssMiB.underLoad} MiB under load`);
+  if (ceilingHsm) console.log(`ceiling (hsm layer: TLS + SigV4 + SoftHSM2 only, 1 process, same client): ${ceilingHsm.okRps} req/s; proxy/ceiling ${report.proxyToCeilingRatio}`);
+  console.log(`encrypt32 at ${values.rate}/s against an emulated network HSM at 2 ms per call (async, example settings, ${network.workers} worker(s)): ${network.servedRps}/s served, p50 ${network.p50Ms} ms, p99 ${network.p99Ms} ms`);
   console.log(`results: ${out}`);
+  const load = os.loadavg().map((l) => l.toFixed(1)).join(' ');
+  console.log(
+    `\nSUMMARY encrypt32 ${enc ? Math.round(enc.result.ok / enc.result.durationS) : '-'} req/s served | proxy/ceiling ${report.proxyToCeilingRatio ?? '- (no wrk)'} | p99 @${values.rate}/s ${rateResult?.latencyMs.p99 ?? '-'} ms | p99 @${values.rate}/s HSM 2 ms ${network.p99Ms} ms (${network.servedRps}/s served, ${network.workers} worker${network.workers > 1 ? 's' : ''}) | RSS ${report.rssMiB.idle}/${report.rssMiB.underLoad} MiB idle/load | workers ${values.workers} | load avg ${load}`,
+  );
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exitCode = 1;
-});
+if (!ceilingWorkerMain()) {
+  main().catch((e) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}

@@ -38,6 +38,11 @@ export interface TargetOptions {
   workers?: number;
   /** Runs on the fresh token before the proxy starts (e.g. to create the control state's MAC key). */
   prepareToken?: (token: TestToken) => Promise<void>;
+  /**
+   * The PKCS#11 module the proxy loads instead of SoftHSM2 itself (e.g. the emulated network HSM,
+   * latency-shim.ts), its extra environment, and extra lines of the hsm section (e.g. pool size).
+   */
+  hsm?: { module: (softhsm: string) => string; moduleEnv: (softhsm: string) => Record<string, string>; lines?: string[] };
 }
 
 export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget & { token: TestToken }> {
@@ -53,8 +58,9 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
     [
       `server: { host: 127.0.0.1, port: 0, workers: ${opts.workers ?? 1}, tls: { certFile: ${JSON.stringify(certFile)}, keyFile: ${JSON.stringify(keyFile)} } }`,
       'hsm:',
-      `  module: ${token.module}`,
-      `  moduleEnv: { SOFTHSM2_CONF: ${JSON.stringify(token.confPath)} }`,
+      `  module: ${JSON.stringify(opts.hsm?.module(token.module) ?? token.module)}`,
+      `  moduleEnv: ${JSON.stringify({ SOFTHSM2_CONF: token.confPath, ...(opts.hsm?.moduleEnv(token.module) ?? {}) })}`,
+      ...(opts.hsm?.lines ?? []).map((l) => `  ${l}`),
       `  tokenLabel: ${token.tokenLabel}`,
       `  pin: { file: ${JSON.stringify(token.pinFile)} }`,
       'keyStores:',
@@ -101,26 +107,44 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
   };
 }
 
-/** RSS of a process and its direct children (cluster workers), from /proc. */
-export function processTreeRssMiB(pid: number): number {
-  const rss = (p: number): number => {
-    try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${p}/status`, 'utf8'));
-      return m ? Number(m[1]) / 1024 : 0;
-    } catch {
-      return 0;
-    }
-  };
-  let total = rss(pid);
+/** A process and its direct children (cluster workers), from /proc. */
+function processTree(pid: number): number[] {
+  const pids = [pid];
   try {
     for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
       const children = fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim();
-      for (const c of children ? children.split(/\s+/) : []) total += rss(Number(c));
+      for (const c of children ? children.split(/\s+/) : []) pids.push(Number(c));
     }
   } catch {
     /* process gone */
   }
+  return pids;
+}
+
+/** `read` of /proc/<pid>/<file>, 0 when the process is gone. */
+function fromProc(p: number, file: string, read: (text: string) => number): number {
+  try {
+    return read(fs.readFileSync(`/proc/${p}/${file}`, 'utf8'));
+  } catch {
+    return 0;
+  }
+}
+
+/** RSS of a process and its direct children (cluster workers), in MiB. */
+export function processTreeRssMiB(pid: number): number {
+  const total = processTree(pid).reduce((a, p) => a + fromProc(p, 'status', (t) => Number(/VmRSS:\s+(\d+) kB/.exec(t)?.[1] ?? 0) / 1024), 0);
   return Math.round(total * 10) / 10;
+}
+
+/** CPU time (user + system, seconds) used so far by a process and its direct children. */
+export function processTreeCpuSeconds(pid: number): number {
+  const tick = 100; // USER_HZ: 100 on Linux
+  // Fields after the ")" of the command name: utime and stime are the 12th and 13th.
+  const cpu = (t: string) => {
+    const f = t.split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / tick;
+  };
+  return processTree(pid).reduce((a, p) => a + fromProc(p, 'stat', cpu), 0);
 }
 
 /** Server-side latency percentiles of the request-log lines written after byte `from`. */

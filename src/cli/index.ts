@@ -5,6 +5,8 @@
  *   keys create|list|rotate|versions|retire   AES keys in the token and their versions
  *   credentials new|list          SigV4 credentials of a key store, and the KMS proxy configuration JSON
  */
+// First: sizes libuv's thread pool before anything can start it (see the module).
+import { threadPoolSizing } from '../runtime/thread-pool-size';
 import { parseArgs } from 'node:util';
 import { ConfigError, configPathFrom, loadConfig, type LoadedConfig } from '../config/load';
 import { readSecret } from '../config/secrets';
@@ -97,6 +99,7 @@ async function serve(argv: string[]): Promise<number> {
   if (flags.help) return help('serve');
   const loaded = load(flags);
   const log = createAppLogger(loaded.config.log.level);
+  if (threadPoolSizing.source === 'configuration' && cluster.isPrimary) log.info('libuv thread pool sized for the HSM calls (hsm.callMode async: hsm.pool.size + 4)', { UV_THREADPOOL_SIZE: threadPoolSizing.size });
   // server.workers > 1: this process is the cluster primary, or one of its workers (src/cluster/).
   const clustered = loaded.config.server.workers > 1;
   // Signal handlers first: a SIGTERM that lands while the proxy starts (it logs "listening" before
@@ -247,5 +250,8 @@ export async function main(argv: string[]): Promise<number> {
 if (require.main === module) {
   void main(process.argv.slice(2)).then((code) => {
     process.exitCode = code;
+    // A cluster worker that failed to start is kept alive by its IPC channel: the primary would
+    // wait for it forever instead of reporting the failure and exiting. (stderr is synchronous.)
+    if (cluster.isWorker && code !== 0) process.exit(code);
   });
 }

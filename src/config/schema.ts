@@ -8,6 +8,7 @@ import { AUDIT_DEFAULTS, AuditConfig } from '../audit/config';
 import { METRICS_DEFAULTS, MetricsConfig } from '../metrics/config';
 import { ControlConfig } from '../control/config';
 import { KEY_VERSIONS_DEFAULTS, KeyRotation, KeyVersionsConfig } from '../xks/key-versions-config';
+import { autoWorkers } from './cpu-count';
 
 /** A secret is read from an environment variable or a file, never written into the config. */
 export const SecretSource = z
@@ -115,7 +116,7 @@ export const HsmConfig = z
      * 'sync' (default): on the event loop; fastest when a call takes microseconds (SoftHSM2);
      * 'async': on libuv's thread pool, so that calls on different sessions overlap and the proxy
      * keeps serving meanwhile: for network HSMs whose calls take milliseconds. Concurrency is
-     * bounded by hsm.pool.size and by UV_THREADPOOL_SIZE (environment, default 4).
+     * bounded by hsm.pool.size; `serve` sizes libuv's pool to match (src/runtime/thread-pool-size.ts).
      */
     callMode: z.enum(['sync', 'async']).default('sync'),
     /**
@@ -197,9 +198,11 @@ export const ConfigSchema = z
         keepAliveTimeoutMs: z.number().int().min(100).max(600000).default(65000),
         /**
          * Worker processes (node:cluster), each with its own HSM sessions; 1 = a single process.
-         * The primary runs the admin API and aggregates metrics; see src/cluster/.
+         * The primary runs the admin API and aggregates metrics; see src/cluster/. 'auto' (the
+         * default): one per core this process may use, container CPU quota included
+         * (src/config/cpu-count.ts); on one core, a single process. Resolved when the file is read.
          */
-        workers: z.number().int().min(1).max(64).default(1),
+        workers: z.union([z.number().int().min(1).max(64), z.literal('auto')]).default('auto'),
         /** Load shedding (429 ThrottlingException) before latency runs past KMS's 250 ms. */
         overload: z
           .object({
@@ -314,6 +317,9 @@ export const ConfigSchema = z
         ids.add(k.externalKeyId);
       });
     });
-  });
+  })
+  // server.workers 'auto' is resolved here, where the whole file is known: one process per fleet
+  // member in fleet mode (control.store etcd runs no workers yet), else one worker per core.
+  .transform((c) => ({ ...c, server: { ...c.server, workers: c.server.workers === 'auto' ? (c.control?.store === 'etcd' ? 1 : autoWorkers()) : c.server.workers } }));
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -8,6 +8,7 @@
  */
 
 import type { KeyVersionObject } from './key-versions';
+import type { HsmCallStats } from './call-latency';
 
 /** Spec GetKeyMetadata keyUsage values a PKCS#11 key can have (at most ten). */
 export type KeyUsage = 'ENCRYPT' | 'DECRYPT' | 'WRAP' | 'UNWRAP' | 'SIGN' | 'VERIFY' | 'DERIVE';
@@ -56,6 +57,8 @@ export interface HsmBackend {
   decrypt(label: string, ciphertext: Buffer, iv: Buffer, tag: Buffer, aad: Buffer): Promise<Buffer>;
   tokenInfo(): TokenInfo;
   poolStats(): PoolStats;
+  /** The measured time of the HSM's own calls and the rate it allows (call-latency.ts); optional. */
+  callStats?(): HsmCallStats | undefined;
   /**
    * Called with false when the backend finds the HSM unusable (token or module gone) and with
    * true once its background recovery has it working again, so that the deep health check

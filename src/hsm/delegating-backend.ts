@@ -2,6 +2,7 @@
  * An HsmBackend that forwards every call to another one. Decorators (metering, and fault
  * injection or counting in tests) extend it and override only what they change.
  */
+import type { HsmCallStats } from './call-latency';
 import type { GcmEncryptResult, HsmBackend, KeyInfo, PoolStats, TokenInfo } from './backend';
 import type { KeyVersionObject } from './key-versions';
 
@@ -26,6 +27,10 @@ export class DelegatingBackend implements HsmBackend {
 
   poolStats(): PoolStats {
     return this.inner.poolStats();
+  }
+
+  callStats(): HsmCallStats | undefined {
+    return this.inner.callStats?.();
   }
 
   onAvailabilityChange(listener: (available: boolean) => void): void {

@@ -33,6 +33,7 @@ import { XksError } from '../errors/xks-error';
 import type { AppLogger } from '../log/logger';
 import type { GcmEncryptResult, HsmBackend, KeyInfo, PoolStats, TokenInfo } from './backend';
 import { ckrCode, classifyPkcs11Error, type CkrDecision, type Pkcs11Op } from './ckr-table';
+import { HsmCallLatency, type HsmCallStats } from './call-latency';
 import { isNetworkHsm, resolveHsmProfile, type HsmProfile } from './hsm-profile';
 import { SessionPool, type Lease } from './session-pool';
 import * as stateAuth from './state-auth-ops';
@@ -98,6 +99,8 @@ export class Pkcs11Backend implements HsmBackend {
   private readonly profile: HsmProfile;
   /** C_Encrypt/C_DecryptAsync calls on the thread pool now (hsm.callMode 'async'). */
   private readonly asyncCalls = new Set<Promise<unknown>>();
+  /** The time of each C_Encrypt/C_Decrypt (callStats(), the capacity warning). */
+  private readonly callLatency: HsmCallLatency;
   private closed = false;
   private info: TokenInfo;
   /** The PIN is kept for re-login after recovery; a #private field is invisible to inspect/JSON. */
@@ -113,6 +116,7 @@ export class Pkcs11Backend implements HsmBackend {
   ) {
     this.p = module.pkcs11;
     this.profile = resolveHsmProfile(cfg);
+    this.callLatency = new HsmCallLatency(cfg, log);
     this.info = toTokenInfo(tokenInfo);
     this.#pin = pin;
     this.pool = new SessionPool<PooledSession>({
@@ -194,8 +198,9 @@ export class Pkcs11Backend implements HsmBackend {
       this.p.C_EncryptInit(s.handle, gcmMechanism(plan.paramsIv, aad), key.handle);
       const out = Buffer.alloc(plan.outputBytes);
       // Fail closed (InternalException, nothing returned) if the output does not fit hsm.ivMode.
-      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_EncryptAsync(s.handle, plaintext, out)).then((o) => plan.finish(o));
-      return plan.finish(this.p.C_Encrypt(s.handle, plaintext, out));
+      const t0 = performance.now();
+      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_EncryptAsync(s.handle, plaintext, out)).then((o) => plan.finish(this.timed(t0, o)));
+      return plan.finish(this.timed(t0, this.p.C_Encrypt(s.handle, plaintext, out)));
     });
   }
 
@@ -222,8 +227,9 @@ export class Pkcs11Backend implements HsmBackend {
         }
         return Buffer.from(o);
       };
-      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_DecryptAsync(s.handle, input, out)).then(plaintextOf);
-      return plaintextOf(this.p.C_Decrypt(s.handle, input, out));
+      const t0 = performance.now();
+      if (this.cfg.callMode === 'async') return this.onThreadPool(this.p.C_DecryptAsync(s.handle, input, out)).then((o) => plaintextOf(this.timed(t0, o)));
+      return plaintextOf(this.timed(t0, this.p.C_Decrypt(s.handle, input, out)));
     });
   }
 
@@ -441,6 +447,16 @@ export class Pkcs11Backend implements HsmBackend {
   }
 
   /** Tracks a call running on the thread pool until it settles. */
+  /** Records the time of a C_Encrypt/C_Decrypt begun at t0 (performance.now()) that returned v. */
+  private timed<T>(t0: number, v: T): T {
+    this.callLatency.record(performance.now() - t0);
+    return v;
+  }
+
+  callStats(): HsmCallStats {
+    return this.callLatency.stats();
+  }
+
   private onThreadPool<T>(call: Promise<T>): Promise<T> {
     this.asyncCalls.add(call);
     const untrack = () => this.asyncCalls.delete(call);

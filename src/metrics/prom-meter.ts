@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RequestRecord } from '../log/request-log';
 import type { PoolStats } from '../hsm/backend';
+import type { HsmCallStats } from '../hsm/call-latency';
 import type { HealthResult } from '../xks/health-monitor';
 import { VERSION } from '../version';
 import type { KeyVersionStatus } from '../xks/key-versions';
@@ -43,6 +44,8 @@ export interface MeterSources {
   pool?: () => PoolStats;
   /** The configured pool size. */
   poolMax?: number;
+  /** The measured time of the HSM's own calls (src/hsm/call-latency.ts). */
+  hsmCalls?: () => HsmCallStats | undefined;
   /** The cached deep health result (undefined when none or too old: UNKNOWN). */
   health?: () => HealthResult | undefined;
   /** The certificate the HTTPS listener serves (read once: that is the one clients see). */
@@ -115,6 +118,20 @@ export class PromMeter implements Meter {
         this.set({ state: 'open' }, p.size);
         this.set({ state: 'in_use' }, p.inUse);
         this.set({ state: 'waiters' }, p.waiters);
+      },
+    });
+    new Gauge({
+      name: 'xks_hsm_call_latency_seconds', help: 'Median time of the last 256 C_Encrypt/C_Decrypt calls, without the session wait (the network round trip of a network HSM).', registers, aggregator: 'average',
+      collect() {
+        const ms = self.sources.hsmCalls?.()?.recentMs;
+        if (ms !== undefined) this.set(ms / 1000);
+      },
+    });
+    new Gauge({
+      name: 'xks_hsm_capacity_requests_per_second', help: 'HSM calls per second the link allows at that latency (concurrent calls x 1 / latency); under 1800, KMS\'s rate to a key store cannot be served.', registers, aggregator: 'sum',
+      collect() {
+        const c = self.sources.hsmCalls?.()?.capacityPerSecond;
+        if (c !== undefined && Number.isFinite(c)) this.set(Math.round(c));
       },
     });
     new Gauge({

@@ -36,7 +36,7 @@ export function credentialAges(keyStores: Config['keyStores'], registry: KeyStor
 export function proxySources(parts: {
   config: Readonly<Config>;
   registry: KeyStoreRegistry;
-  hsm: Pick<HsmBackend, 'poolStats'>;
+  hsm: Pick<HsmBackend, 'poolStats' | 'callStats'>;
   health: Pick<HealthMonitor, 'cached'>;
   /** The request log; its audit counters are read when it is the audit log. */
   requestLog?: unknown;
@@ -47,6 +47,7 @@ export function proxySources(parts: {
     keyStores: config.keyStores.map((k) => k.name),
     pool: () => hsm.poolStats(),
     poolMax: config.hsm.pool.size,
+    hsmCalls: () => hsm.callStats?.(),
     health: () => health.cached(),
     tlsCertFile: config.server.plainHttp ? undefined : config.server.tls?.certFile,
     credentials: () => credentialAges(config.keyStores, registry),

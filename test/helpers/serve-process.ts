@@ -41,7 +41,8 @@ export async function serveFixture(token: TestToken, dir: string, audit: Record<
   await generateSigningKeyPair(privateKey, publicKeyFile);
   const auditDir = path.join(dir, 'audit');
   const config = {
-    server: { host: '127.0.0.1', port: 0, tls: { certFile, keyFile } },
+    // One process: the crash tests read one audit chain (with workers, each writes under worker-N/).
+    server: { host: '127.0.0.1', port: 0, workers: 1, tls: { certFile, keyFile } },
     hsm: { module: token.module, moduleEnv: { SOFTHSM2_CONF: token.confPath }, tokenLabel: token.tokenLabel, pin: { file: token.pinFile } },
     keyStores: [{ name: 'demo', pathPrefix: '/demo', credentialsDir: path.join(dir, 'creds'), keys: [{ externalKeyId: 'k1' }] }],
     log: { level: 'info', requestLogStdout: false },

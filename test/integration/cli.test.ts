@@ -3,6 +3,7 @@
  * child process, one signed request, SIGTERM and a clean exit.
  */
 import { expect } from 'chai';
+import { autoWorkers } from '../../src/config/cpu-count';
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -113,7 +114,8 @@ describe('xks-proxy CLI', () => {
     const port = await new Promise<number>((resolve, reject) => {
       child.stderr.on('data', (c: Buffer) => {
         stderr += c.toString();
-        const m = /"message":"xks proxy listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy listening"/.exec(stderr);
+        // server.workers is 'auto' by default: on more than one core the primary reports once every worker is up.
+        const m = (autoWorkers() > 1 ? /"message":"xks proxy cluster listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy cluster listening"/ : /"message":"xks proxy listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy listening"/).exec(stderr);
         if (m) resolve(Number(m[1] ?? m[2]));
       });
       child.on('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));

@@ -56,7 +56,9 @@ describe('key versions: counts across processes (workers, SIGKILL)', function ()
     const port = await new Promise<number>((resolve, reject) => {
       child.stderr!.on('data', (c: Buffer) => {
         stderr += c.toString();
-        const line = stderr.split('\n').find((l) => /"message":"xks proxy (cluster )?listening"/.test(l));
+        // With workers, the primary's line: it comes once every worker listens.
+        const ready = extra.workers > 1 ? /"message":"xks proxy cluster listening"/ : /"message":"xks proxy listening"/;
+        const line = stderr.split('\n').find((l) => ready.test(l));
         if (line) resolve(JSON.parse(line).port);
       });
       child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));

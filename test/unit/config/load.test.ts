@@ -109,6 +109,15 @@ describe('configuration', () => {
     expect(config.hsm.pool.acquireTimeoutMs).to.equal(150);
   });
 
+  it("server.workers 'auto' (the default) is one per core, but one process in fleet mode (control.store etcd)", () => {
+    const plain = parseConfig(minimal(), '/etc/xks/config.yaml', {}).config;
+    expect(plain.server.workers).to.be.a('number').and.to.be.at.least(1);
+    const fleet = parseConfig({ ...minimal(), control: { stateDir: 'state', store: 'etcd', etcd: { endpoints: ['http://127.0.0.1:2379'], prefix: '/xks/test/' } } }, '/etc/xks/config.yaml', {}).config;
+    expect(fleet.server.workers).to.equal(1);
+    const explicit = parseConfig({ ...minimal(), server: { ...minimal().server, workers: 3 } }, '/etc/xks/config.yaml', {}).config;
+    expect(explicit.server.workers).to.equal(3);
+  });
+
   it('validates environment overrides like the file', () => {
     expect(problems(minimal(), { XKS__SERVER__PORT: '70000' }).join('\n')).to.match(/^server\.port: /m);
   });
