@@ -86,6 +86,11 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
     });
     child.once('exit', (code) => reject(new Error(`proxy exited with ${code}: ${stderr.slice(-2000)}`)));
     setTimeout(() => reject(new Error(`proxy did not report listening within 30 s: ${stderr.slice(-2000)}`)), 30_000).unref();
+  }).catch((e: unknown) => {
+    // A proxy left running would keep the benchmark alive (its stderr pipe) after the error.
+    child.kill('SIGKILL');
+    token.cleanup();
+    throw e;
   });
   const pid = child.pid!;
   return {
