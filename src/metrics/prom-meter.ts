@@ -107,7 +107,7 @@ export class PromMeter implements Meter {
     this.sampleAadDecrypts = new Counter({ name: 'xks_aws_sample_aad_decrypts_total', help: 'Decrypts that succeeded only with the AWS sample proxy\'s AAD layout (keyStores[].compatibility: aws-sample), by key store. Flat for long enough: the setting can be turned off.', labelNames: ['key_store'], registers });
     this.throttledRequests = new Counter({ name: 'xks_throttled_requests_total', help: 'Requests refused with ThrottlingException, by key store.', labelNames: ['key_store'], registers });
 
-    new Gauge({ name: 'xks_build_info', help: 'Version of the proxy (always 1).', labelNames: ['version'], registers }).set({ version: VERSION }, 1);
+    new Gauge({ name: 'xks_build_info', help: 'Version of the proxy (always 1).', labelNames: ['version'], registers, aggregator: 'max' }).set({ version: VERSION }, 1);
     const self = this;
     new Gauge({
       name: 'xks_hsm_session_pool', help: 'HSM session pool by state: max (configured size), open (sessions open now), in_use, and waiters (requests waiting for a session).', labelNames: ['state'], registers,

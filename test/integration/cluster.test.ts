@@ -92,6 +92,8 @@ describe('cluster: server.workers = 2', function () {
     const text = await metrics();
     const served = [...text.matchAll(/^xks_requests_total\{[^}]*api="Encrypt"[^}]*outcome="ok"[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
     expect(served).to.equal(20);
+    // ... but not over what is per process: one version, not two.
+    expect(text).to.match(/^xks_build_info\{version="[^"]+"\} 1$/m);
     expect(stderr.match(/"message":"xks proxy listening"/g)).to.have.length(2);
   });
 
