@@ -147,6 +147,10 @@ missing=()
 command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Not for the demo: `npm test` (the README's second command) starts a real three-member etcd
+# cluster on loopback ports for its fleet-mode tests. Without systemd (a container) Debian's
+# package starts no service; on a host it may enable one: `systemctl disable --now etcd` stops it.
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
 # means the dependencies are out of date.
 NEED_NPM_CI=0
