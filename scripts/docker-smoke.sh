@@ -93,10 +93,11 @@ vol_stat() { as_volume_owner stat -c "$1" "$VOL/$2"; }
 # Checksums of the volume's material (not the runtime state that grows by design: the audit chain
 # and the control state files).
 vol_sums() {
-  # The material a restart must keep: not the token, logs, the audit chains (one per worker with
-  # server.workers auto, under audit/worker-N/) or the control state, which a running proxy writes.
+  # The material a restart must keep (PINs, TLS pair, credentials, the audit signing keys): not the
+  # token, logs, the audit chains (one per worker with server.workers auto, under audit/worker-N/)
+  # or the control state, which a running proxy writes.
   # shellcheck disable=SC2016 # expanded by the inner sh
-  as_volume_owner sh -c 'cd "$1" && find . -type f ! -path "./tokens/*" ! -path "./logs/*" ! -path "./audit/*" ! -path "./control/*" -print0 | sort -z | xargs -0 sha256sum' sh "$VOL"
+  as_volume_owner sh -c 'cd "$1" && find . -type f ! -path "./tokens/*" ! -path "./logs/*" ! -path "./audit/audit.log*" ! -path "./audit/worker-*" ! -path "./control/*" -print0 | sort -z | xargs -0 sha256sum' sh "$VOL"
 }
 
 
