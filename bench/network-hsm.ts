@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { formatNetworkHsmTable, networkHsmRun, type NetworkHsmRow } from './lib/network-hsm';
+import { formatNetworkHsmTable, formatStallTable, networkHsmRun, type NetworkHsmRow } from './lib/network-hsm';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -40,6 +40,8 @@ async function main(): Promise<void> {
   }
   console.log(`\nencrypt32 against an emulated network HSM, ${values.rate}/s offered, open loop, ${values.connections} connections, ${values.duration} s each; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
   console.log(formatNetworkHsmTable(rows));
+  console.log('\nwhere the tail came from:\n');
+  console.log(formatStallTable(rows));
   if (values.out) fs.writeFileSync(values.out, JSON.stringify({ date: new Date().toISOString(), loadavg: os.loadavg(), rows }, null, 2) + '\n');
 }
 

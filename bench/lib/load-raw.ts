@@ -10,6 +10,7 @@
  * generator's queue, and that wait counts, as it would for a client with that many connections.
  * Connections are opened and warmed up first (not recorded).
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import tls from 'node:tls';
 import { Recorder, type LoadResult } from './load-undici';
 import type { PreparedRequest } from './workloads';
@@ -23,6 +24,19 @@ export interface RawOpenLoopOptions {
   durationMs: number;
   rate: number;
   warmupMs?: number;
+  /** Called between the warm-up and the measured run (e.g. to reset the proxy's lag gauges). */
+  beforeMeasure?: () => Promise<void>;
+}
+
+/**
+ * Where a run's slow requests came from: the generator's own event-loop delay (a stall of the
+ * generator makes every request due during it late, and open loop rightly counts that, but it is
+ * not the proxy's), and how the requests over a bound spread in time (one stall or many).
+ */
+export interface StallReport {
+  generatorLoopDelayMs: { p99: number; max: number };
+  /** Requests slower than `boundMs`, and the distinct 100 ms windows (by due time) they were due in. */
+  slow: { boundMs: number; requests: number; windows: number };
 }
 
 interface Pending {
@@ -33,7 +47,7 @@ interface Pending {
 class Connection {
   private buf: Buffer = Buffer.alloc(0);
   private current: Pending | undefined;
-  onDone: (c: Connection, ms: number, status: number, errorName?: string) => void = () => undefined;
+  onDone: (c: Connection, ms: number, status: number, errorName: string | undefined, due: number) => void = () => undefined;
 
   constructor(private readonly socket: tls.TLSSocket) {
     socket.setNoDelay(true);
@@ -58,7 +72,7 @@ class Connection {
   private fail(why: string): void {
     const p = this.current;
     this.current = undefined;
-    if (p) this.onDone(this, performance.now() - p.due, 0, why);
+    if (p) this.onDone(this, performance.now() - p.due, 0, why, p.due);
   }
 
   private onData(d: Buffer): void {
@@ -76,7 +90,7 @@ class Connection {
     if (status !== 200) errorName = /"errorName":"([A-Za-z]+)"/.exec(body.toString('utf8'))?.[1] ?? 'non-JSON';
     const p = this.current;
     this.current = undefined;
-    if (p) this.onDone(this, performance.now() - p.due, status, errorName);
+    if (p) this.onDone(this, performance.now() - p.due, status, errorName, p.due);
   }
 }
 
@@ -94,7 +108,7 @@ async function connect(o: RawOpenLoopOptions): Promise<Connection> {
   return new Connection(socket);
 }
 
-export async function rawOpenLoop(o: RawOpenLoopOptions): Promise<LoadResult> {
+export async function rawOpenLoop(o: RawOpenLoopOptions & { slowBoundMs?: number }): Promise<LoadResult & { stalls: StallReport }> {
   const raw = o.requests.map(serialise);
   // Open the connections a few at a time: a storm of handshakes is not what is being measured.
   const conns: Connection[] = [];
@@ -103,16 +117,29 @@ export async function rawOpenLoop(o: RawOpenLoopOptions): Promise<LoadResult> {
   }
   try {
     await run(o, conns, raw, o.warmupMs ?? 1000, new Recorder());
+    await o.beforeMeasure?.();
     const rec = new Recorder();
-    const durationS = await run(o, conns, raw, o.durationMs, rec);
-    return rec.result({ generator: 'raw TLS (open loop)', mode: 'open', connections: o.connections, offeredRps: o.rate, durationS });
+    const boundMs = o.slowBoundMs ?? 25;
+    const slowWindows = new Set<number>();
+    let slow = 0;
+    const delay = monitorEventLoopDelay({ resolution: 1 });
+    delay.enable();
+    const durationS = await run(o, conns, raw, o.durationMs, rec, (due, ms) => {
+      if (ms <= boundMs) return;
+      slow++;
+      slowWindows.add(Math.floor(due / 100));
+    });
+    delay.disable();
+    const ms = (ns: number) => Math.round(ns / 1e4) / 100;
+    const stalls: StallReport = { generatorLoopDelayMs: { p99: ms(delay.percentile(99)), max: ms(delay.max) }, slow: { boundMs, requests: slow, windows: slowWindows.size } };
+    return { ...rec.result({ generator: 'raw TLS (open loop)', mode: 'open', connections: o.connections, offeredRps: o.rate, durationS }), stalls };
   } finally {
     for (const c of conns) c.close();
   }
 }
 
 /** Offers o.rate requests per second for durationMs; resolves when all answers are in. */
-function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], durationMs: number, rec: Recorder): Promise<number> {
+function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], durationMs: number, rec: Recorder, onAnswer?: (due: number, ms: number) => void): Promise<number> {
   return new Promise((resolve) => {
     const idle: Connection[] = conns.filter((c) => !c.busy);
     const queue: number[] = []; // due times of requests waiting for a connection
@@ -138,8 +165,9 @@ function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], duration
       if (finishedSending && outstanding === 0) resolve((performance.now() - start) / 1000);
     };
     for (const c of conns) {
-      c.onDone = (conn, ms, status, errorName) => {
+      c.onDone = (conn, ms, status, errorName, due) => {
         rec.add(ms, status, errorName);
+        onAnswer?.(due, ms);
         outstanding--;
         if (status !== 0) idle.push(conn);
         else alive--;
