@@ -13,18 +13,19 @@
  * and requests, and its ratio to the `hsm` layer.
  *
  *   npm run build && node dist/bench/ceiling.js [--duration 6] [--connections 64] [--workers 2]
- *        [--processes 1,2] [--layers tls,sigv4,hsm] [--no-proxy]
+ *        [--processes 1,2] [--layers tls,sigv4,hsm] [--no-proxy] [--rounds N]
  *
  * wrk must be installed (Debian package `wrk`).
  */
 import cluster from 'node:cluster';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SigningKeyCache, verifySigV4 } from '../src/auth/sigv4';
 import { createKey } from '../src/hsm/key-admin';
+import { readRawBody } from '../src/http/body';
+import { tlsOptions } from '../src/http/server';
 import { openPkcs11Backend } from '../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../src/log/logger';
 import { buildGcmAad } from '../src/xks/aad';
@@ -52,16 +53,15 @@ async function serve(s: WorkerSetup, port: number): Promise<https.Server> {
   const keyCache = new SigningKeyCache();
   const lookup = { secretFor: (id: string) => (id === s.cred.accessKeyId ? s.cred.secret : undefined) };
   const fixed = JSON.stringify({ authenticationTag: 'A'.repeat(24), ciphertext: 'B'.repeat(44), initializationVector: 'C'.repeat(16) });
-  const server = https.createServer({ cert: fs.readFileSync(s.certFile), key: fs.readFileSync(s.keyFile) }, (req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const reply = (status: number, text: string) => {
-        res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-        res.end(text);
-      };
+  // The proxy's own ways of reading a body and writing an answer (src/http), so that a layer does
+  // the same I/O work as the proxy and differs from it only by the features it leaves out.
+  const server = https.createServer(tlsOptions({ certFile: s.certFile, keyFile: s.keyFile }), (req, res) => {
+    const reply = (status: number, text: string) => {
+      res.writeHead(status, ['Content-Type', 'application/json', 'Content-Length', String(Buffer.byteLength(text))]);
+      res.end(text);
+    };
+    readRawBody(req, 300 * 1024).then((body) => {
       if (s.layer === 'tls') return reply(200, fixed);
-      const body = Buffer.concat(chunks);
       try {
         verifySigV4({ method: req.method ?? 'POST', url: req.url ?? '/', rawHeaders: req.rawHeaders, body }, lookup, { clockSkewSeconds: 300, now: Date.now() }, keyCache);
         const j = JSON.parse(body.toString('utf8')) as { plaintext: string; additionalAuthenticatedData: string };
@@ -74,7 +74,7 @@ async function serve(s: WorkerSetup, port: number): Promise<https.Server> {
       } catch {
         reply(400, '{}');
       }
-    });
+    }, () => reply(400, '{}'));
   });
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return server;
@@ -174,16 +174,28 @@ export function proxyToCeiling(rows: CeilingRow[], processes = 1): number | unde
 }
 
 async function primary(): Promise<void> {
-  const { values } = parseArgs({ options: { duration: { type: 'string', default: '6' }, connections: { type: 'string', default: '64' }, workers: { type: 'string', default: '2' }, processes: { type: 'string' }, layers: { type: 'string' }, 'no-proxy': { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { duration: { type: 'string', default: '6' }, connections: { type: 'string', default: '64' }, workers: { type: 'string', default: '2' }, processes: { type: 'string' }, layers: { type: 'string' }, 'no-proxy': { type: 'boolean' }, rounds: { type: 'string', default: '1' } } });
   const processes = (values.processes ?? `1,${values.workers}`).split(',').map(Number);
   const layers = values.layers ? (values.layers.split(',') as Layer[]) : undefined;
-  const rows = await measureCeiling({ durationMs: Number(values.duration) * 1000, connections: Number(values.connections), processes, proxy: !values['no-proxy'], ...(layers ? { layers } : {}) });
-  console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')})\n`);
-  console.log('layer   processes  ok/s     CPU us/ans  p50 ms   p99 ms   errors');
-  for (const r of rows) console.log(formatCeilingRow(r));
+  const rounds = Number(values.rounds);
+  // Several rounds alternate the layers and the proxy, so that a change in the machine's load
+  // (a shared machine) hits both sides of a ratio alike; the medians are what to quote.
+  const perRound: CeilingRow[][] = [];
+  for (let i = 0; i < rounds; i++) {
+    perRound.push(await measureCeiling({ durationMs: Number(values.duration) * 1000, connections: Number(values.connections), processes, proxy: !values['no-proxy'], ...(layers ? { layers } : {}) }));
+  }
+  console.log(`\nceiling for encrypt32 on this machine (wrk, ${values.connections} connections, ${values.duration} s each, ${rounds} round${rounds > 1 ? 's' : ''}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')})\n`);
+  console.log(`${rounds > 1 ? 'round ' : ''}layer   processes  ok/s     CPU us/ans  p50 ms   p99 ms   errors`);
+  perRound.forEach((rows, i) => {
+    for (const r of rows) console.log(`${rounds > 1 ? String(i + 1).padEnd(6) : ''}${formatCeilingRow(r)}`);
+  });
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   for (const n of processes) {
-    const ratio = proxyToCeiling(rows, n);
-    if (ratio !== undefined) console.log(`proxy / hsm layer, ${n} process${n > 1 ? 'es' : ''}: ${ratio} by served rate, ${proxyToCeilingByCpu(rows, n)} by CPU per answer`);
+    const byRate = perRound.map((rows) => proxyToCeiling(rows, n)).filter((x): x is number => x !== undefined);
+    const byCpu = perRound.map((rows) => proxyToCeilingByCpu(rows, n)).filter((x): x is number => x !== undefined);
+    if (byRate.length === 0) continue;
+    const each = rounds > 1 ? ` (rounds: ${byRate.join(', ')} by rate; ${byCpu.join(', ')} by CPU)` : '';
+    console.log(`proxy / hsm layer, ${n} process${n > 1 ? 'es' : ''}: ${median(byRate)} by served rate, ${median(byCpu)} by CPU per answer${rounds > 1 ? ', medians' : ''}${each}`);
   }
 }
 
