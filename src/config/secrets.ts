@@ -99,6 +99,14 @@ export function secretFileProblems(c: Readonly<Config>): string[] {
     }
   });
   if (c.audit.signingKeyFile !== undefined) out.push(privateFileProblem(c.audit.signingKeyFile, 'the audit signing key (audit.signingKeyFile)'));
+  // A TLS private key readable by another local account lets it impersonate this proxy to KMS (or
+  // an admin listener, or this proxy to etcd) for as long as the certificate lives.
+  if (c.server.tls !== undefined && !c.server.plainHttp) out.push(privateFileProblem(c.server.tls.keyFile, 'the TLS private key (server.tls.keyFile)'));
+  const admin = c.control?.admin;
+  if (admin?.enabled && admin.tls !== undefined) out.push(privateFileProblem(admin.tls.keyFile, 'the admin listener TLS private key (control.admin.tls.keyFile)'));
+  const etcd = c.control?.store === 'etcd' ? c.control.etcd : undefined;
+  if (etcd?.tls?.keyFile !== undefined) out.push(privateFileProblem(etcd.tls.keyFile, 'the etcd client key (control.etcd.tls.keyFile)'));
+  if (etcd?.auth !== undefined) out.push(privateFileProblem(etcd.auth.passwordFile, 'the etcd password file (control.etcd.auth.passwordFile)'));
   const jwks = c.control?.admin?.jwksFile;
   if (jwks !== undefined) out.push(integrityFileProblem(jwks, 'the operator JWKS (control.admin.jwksFile)'));
   return out.filter((p): p is string => p !== undefined);

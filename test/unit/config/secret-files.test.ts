@@ -22,6 +22,8 @@ describe('secret files must be private', () => {
   let secretFile: string;
   let auditKey: string;
   let jwks: string;
+  let tlsKey: string;
+  let adminTlsKey: string;
 
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-secrets-'));
@@ -35,15 +37,20 @@ describe('secret files must be private', () => {
     await generateSigningKeyPair(auditKey, path.join(dir, 'keys', 'audit.pub.jwk'));
     jwks = path.join(dir, 'operators.jwks.json');
     fs.writeFileSync(jwks, '{"keys":[]}', { mode: 0o644 });
+    // Not parsed at config load: only the modes matter here.
+    tlsKey = path.join(dir, 'tls-key.pem');
+    fs.writeFileSync(tlsKey, 'not a key', { mode: 0o600 });
+    adminTlsKey = path.join(dir, 'admin-key.pem');
+    fs.writeFileSync(adminTlsKey, 'not a key', { mode: 0o600 });
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   const raw = () => ({
-    server: { plainHttp: true },
+    server: { tls: { certFile: path.join(dir, 'cert.pem'), keyFile: tlsKey } },
     hsm: { module: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 't', pin: { file: pinFile } },
     keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: credDir, credentials: [{ accessKeyId: 'BBBBBBBBBBBBBBBBBBBB2345', secret: { file: secretFile } }], keys: [{ externalKeyId: 'k1' }] }],
     audit: { file: path.join(dir, 'audit', 'audit.log'), signingKeyFile: auditKey },
-    control: { stateDir: path.join(dir, 'state'), admin: { audience: 'x', jwksFile: jwks } },
+    control: { stateDir: path.join(dir, 'state'), admin: { audience: 'x', jwksFile: jwks, tls: { certFile: path.join(dir, 'admin-cert.pem'), keyFile: adminTlsKey } } },
   });
   function problems(): string[] {
     try {
@@ -63,6 +70,8 @@ describe('secret files must be private', () => {
     ['the HSM PIN file', () => pinFile, /the HSM PIN file \(hsm\.pin\.file\)/],
     ['an inline SigV4 secret file', () => secretFile, /keyStores\.0\.credentials\.0\.secret\.file/],
     ['the audit signing key', () => auditKey, /the audit signing key \(audit\.signingKeyFile\)/],
+    ['the TLS private key', () => tlsKey, /the TLS private key \(server\.tls\.keyFile\)/],
+    ['the admin listener TLS private key', () => adminTlsKey, /control\.admin\.tls\.keyFile/],
   ];
   for (const [name, file, setting] of cases) {
     for (const mode of [0o640, 0o604, 0o644, 0o660]) {
@@ -74,6 +83,25 @@ describe('secret files must be private', () => {
       });
     }
   }
+
+  it('refuses an etcd client key and an etcd password file that others may read (fleet mode)', () => {
+    const etcdKey = path.join(dir, 'etcd-client-key.pem');
+    const etcdPassword = path.join(dir, 'etcd-password');
+    fs.writeFileSync(etcdKey, 'not a key', { mode: 0o640 });
+    fs.writeFileSync(etcdPassword, 'pw', { mode: 0o604 });
+    const fleet = { ...raw(), control: { ...raw().control, store: 'etcd', etcd: { endpoints: ['https://127.0.0.1:2379'], tls: { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'etcd-client.pem'), keyFile: etcdKey }, auth: { username: 'xks', passwordFile: etcdPassword } } } };
+    let p: string[] = [];
+    try {
+      parseConfig(fleet, path.join(dir, 'config.yaml'), {});
+    } catch (e) {
+      p = (e as ConfigError).problems;
+    }
+    expect(p.join('\n')).to.include(`the etcd client key (control.etcd.tls.keyFile) ${etcdKey} is accessible to group or others (mode 0640); run: chmod 600 ${etcdKey}`);
+    expect(p.join('\n')).to.include(`the etcd password file (control.etcd.auth.passwordFile) ${etcdPassword} is accessible to group or others (mode 0604)`);
+    fs.chmodSync(etcdKey, 0o600);
+    fs.chmodSync(etcdPassword, 0o600);
+    expect(() => parseConfig(fleet, path.join(dir, 'config.yaml'), {})).not.to.throw();
+  });
 
   it('refuses a *.secret file in a credentials folder that others may read', () => {
     const other = path.join(credDir, 'CCCCCCCCCCCCCCCCCCCC2345.secret');
