@@ -3,12 +3,12 @@
  * SigV4 credential and a config file in a temp folder, and the real proxy started as a child
  * process (`xks-proxy serve`), as it runs in production.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createKey } from '../../src/hsm/key-admin';
 import type { HsmConfig } from '../../src/config/schema';
 import { makeTlsCert, writeCredential, type Credential } from '../../test/helpers/proxy-harness';
+import { spawnServe } from '../../test/helpers/serve-process';
 import { createTestToken, type TestToken } from '../../test/helpers/softhsm-token';
 
 export const BENCH_KEY = 'bench-key';
@@ -72,23 +72,8 @@ export async function startTarget(opts: TargetOptions = {}): Promise<BenchTarget
       ...(opts.extraConfig ?? []),
     ].join('\n'),
   );
-  const cli = path.resolve(__dirname, '../../src/cli/index.js');
-  const child: ChildProcess = spawn(process.execPath, [...(opts.nodeArgs ?? []), cli, 'serve', '--config', configFile], { env: { ...process.env, ...(opts.env ?? {}) }, stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stderr!.on('data', (c: Buffer) => {
-      stderr += c.toString();
-      // A single process says "xks proxy listening"; a cluster's primary says "xks proxy cluster listening" once all workers are up.
-      const m = (opts.workers ?? 1) > 1
-        ? /"port":(\d+)[^\n]*xks proxy cluster listening|xks proxy cluster listening[^\n]*"port":(\d+)/.exec(stderr)
-        : /"port":(\d+)[^\n]*xks proxy listening|xks proxy listening[^\n]*"port":(\d+)/.exec(stderr);
-      if (m) resolve(Number(m[1] ?? m[2]));
-    });
-    child.once('exit', (code) => reject(new Error(`proxy exited with ${code}: ${stderr.slice(-2000)}`)));
-    setTimeout(() => reject(new Error(`proxy did not report listening within 30 s: ${stderr.slice(-2000)}`)), 30_000).unref();
-  }).catch((e: unknown) => {
-    // A proxy left running would keep the benchmark alive (its stderr pipe) after the error.
-    child.kill('SIGKILL');
+  const spawned = spawnServe(configFile, { cluster: (opts.workers ?? 1) > 1, env: { ...process.env, ...(opts.env ?? {}) }, ...(opts.nodeArgs ? { nodeArgs: opts.nodeArgs } : {}), timeoutMs: 30_000 });
+  const { child, port } = await spawned.catch((e: unknown) => {
     token.cleanup();
     throw e;
   });

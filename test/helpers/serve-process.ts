@@ -53,25 +53,71 @@ export async function serveFixture(token: TestToken, dir: string, audit: Record<
   return { dir, configFile, auditDir, publicKeyFile, cred, ca: fs.readFileSync(certFile), env: { ...process.env } };
 }
 
+export interface SpawnedServe {
+  child: ChildProcess;
+  port: number;
+  /** The fields of the listening line (port, adminPort, metricsPort, ...). */
+  listening: Record<string, unknown>;
+  /** Everything the process wrote to stderr so far (its JSON log). */
+  stderr(): string;
+  exited: Promise<void>;
+}
+
+export interface SpawnOptions {
+  /** server.workers > 1: wait for the primary's line, which comes once every worker listens. */
+  cluster?: boolean;
+  env?: NodeJS.ProcessEnv;
+  /** Another build's CLI (bench/audit-kill9.ts measures before/after). */
+  cli?: string;
+  nodeArgs?: string[];
+  /** Give up (and kill it) when it has not listened by then (benchmarks; tests have mocha's timeout). */
+  timeoutMs?: number;
+}
+
+/**
+ * `xks-proxy serve --config FILE` as a child process, as in production; resolves once it listens
+ * (a single process's "xks proxy listening", a cluster primary's "xks proxy cluster listening"),
+ * rejects with its log if it exits first.
+ */
+export function spawnServe(configFile: string, o: SpawnOptions = {}): Promise<SpawnedServe> {
+  const child = spawn(process.execPath, [...(o.nodeArgs ?? []), o.cli ?? DEFAULT_CLI, 'serve', '--config', configFile], { env: o.env ?? process.env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const ready = o.cluster ? '"message":"xks proxy cluster listening"' : '"message":"xks proxy listening"';
+  let stderr = '';
+  let listened = false;
+  return new Promise((resolve, reject) => {
+    child.stderr!.on('data', (c: Buffer) => {
+      stderr += c.toString();
+      if (listened) return;
+      // A complete line only: the chunk may end inside one.
+      const line = stderr.split('\n').find((l) => l.includes(ready) && l.endsWith('}'));
+      if (!line) return;
+      listened = true;
+      const listening = JSON.parse(line) as Record<string, unknown>;
+      resolve({ child, port: Number(listening.port), listening, stderr: () => stderr, exited });
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+    if (o.timeoutMs !== undefined) {
+      setTimeout(() => {
+        if (listened) return;
+        // A proxy left running would keep the caller alive (its stderr pipe) after the error.
+        child.kill('SIGKILL');
+        reject(new Error(`serve did not report listening within ${o.timeoutMs} ms: ${stderr.slice(-2000)}`));
+      }, o.timeoutMs).unref();
+    }
+  });
+}
+
 export interface ServeProcess {
   child: ChildProcess;
   port: number;
   exited: Promise<void>;
 }
 
-/** `serve` as a child process; resolves once it logs that it listens. */
-export function startServe(fx: ServeFixture, cli = DEFAULT_CLI): Promise<ServeProcess> {
-  const child = spawn(process.execPath, [cli, 'serve', '--config', fx.configFile], { env: fx.env, stdio: ['ignore', 'ignore', 'pipe'] });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  let stderr = '';
-  return new Promise((resolve, reject) => {
-    child.stderr!.on('data', (c: Buffer) => {
-      stderr += c.toString();
-      const m = /"message":"xks proxy listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy listening"/.exec(stderr);
-      if (m) resolve({ child, port: Number(m[1] ?? m[2]), exited });
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-  });
+/** `serve` of a fixture as a child process; resolves once it logs that it listens. */
+export async function startServe(fx: ServeFixture, cli = DEFAULT_CLI): Promise<ServeProcess> {
+  const p = await spawnServe(fx.configFile, { env: fx.env, cli });
+  return { child: p.child, port: p.port, exited: p.exited };
 }
 
 export interface StormResult {

@@ -4,12 +4,13 @@
  */
 import { expect } from 'chai';
 import { autoWorkers } from '../../src/config/cpu-count';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { makeTlsCert } from '../helpers/proxy-harness';
+import { spawnServe } from '../helpers/serve-process';
 import { signedHeaders } from '../helpers/signer';
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
 
@@ -109,17 +110,8 @@ describe('xks-proxy CLI', () => {
     expect(stdout).to.include(kms.XksProxyAuthenticationCredential.AccessKeyId);
     expect(stdout).not.to.include(kms.XksProxyAuthenticationCredential.RawSecretAccessKey);
 
-    const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    const port = await new Promise<number>((resolve, reject) => {
-      child.stderr.on('data', (c: Buffer) => {
-        stderr += c.toString();
-        // server.workers is 'auto' by default: on more than one core the primary reports once every worker is up.
-        const m = (autoWorkers() > 1 ? /"message":"xks proxy cluster listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy cluster listening"/ : /"message":"xks proxy listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy listening"/).exec(stderr);
-        if (m) resolve(Number(m[1] ?? m[2]));
-      });
-      child.on('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
+    // server.workers is 'auto' by default: on more than one core the primary reports once every worker is up.
+    const { child, port, stderr } = await spawnServe(configFile, { env: env(), cluster: autoWorkers() > 1 });
     const body = JSON.stringify({ requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: 'Encrypt', kmsRequestId: 'cli' }, plaintext: 'SGVsbG8gV29ybGQh', encryptionAlgorithm: 'AES_GCM' });
     const headers = await signedHeaders({ host: `localhost:${port}`, path: '/demo/kms/xks/v1/keys/cli-key/encrypt', body, accessKeyId: kms.XksProxyAuthenticationCredential.AccessKeyId, secret: kms.XksProxyAuthenticationCredential.RawSecretAccessKey });
     const ca = fs.readFileSync(path.join(token.dir, 'cert.pem'));
@@ -135,9 +127,9 @@ describe('xks-proxy CLI', () => {
     const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     child.kill('SIGTERM');
     expect(await exit).to.equal(0);
-    expect(stderr).not.to.include(token.pin);
+    expect(stderr()).not.to.include(token.pin);
     // Every line the process wrote is a JSON log line, the shutdown one included.
-    const lines = stderr.split('\n').filter((l) => l.trim().length > 0).map((l) => JSON.parse(l) as { message: string; level: string; signal?: string });
+    const lines = stderr().split('\n').filter((l) => l.trim().length > 0).map((l) => JSON.parse(l) as { message: string; level: string; signal?: string });
     expect(lines.find((l) => l.message === 'shutting down')).to.include({ level: 'info', signal: 'SIGTERM' });
   });
 });

@@ -5,7 +5,7 @@
  * SIGTERM stops everything cleanly.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -13,17 +13,17 @@ import { createKey } from '../../src/hsm/key-admin';
 import { createStateKey } from '../helpers/state-hsm';
 import { collectResponse } from '../../src/util/http-response';
 import { makeTlsCert, writeCredential, type Credential } from '../helpers/proxy-harness';
+import { spawnServe } from '../helpers/serve-process';
 import { signedHeaders } from '../helpers/signer';
 import { createTestToken, type TestToken } from '../helpers/softhsm-token';
 import { AUDIENCE, adminRaw, makeOperators, type Operators } from './control/admin-helpers';
 
-const CLI = path.resolve(__dirname, '../../src/cli/index.js');
 
 describe('cluster: server.workers = 2', function () {
   this.timeout(60_000);
   let token: TestToken;
   let child: ChildProcess;
-  let stderr = '';
+  let stderr: () => string = () => '';
   let ports: { port: number; adminPort: number; metricsPort: number };
   let cred: Credential;
   let ops: Operators;
@@ -51,15 +51,10 @@ describe('cluster: server.workers = 2', function () {
     credC = writeCredential(path.join(token.dir, 'creds-c'));
     configFile = path.join(token.dir, 'cluster.json');
     fs.writeFileSync(configFile, JSON.stringify(config));
-    child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
-    ports = await new Promise((resolve, reject) => {
-      child.stderr!.on('data', (c: Buffer) => {
-        stderr += c.toString();
-        const line = stderr.split('\n').find((l) => l.includes('xks proxy cluster listening'));
-        if (line) resolve(JSON.parse(line));
-      });
-      child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
+    const spawned = await spawnServe(configFile, { cluster: true });
+    child = spawned.child;
+    stderr = spawned.stderr;
+    ports = spawned.listening as typeof ports;
   });
 
   after(() => {
@@ -94,7 +89,7 @@ describe('cluster: server.workers = 2', function () {
     expect(served).to.equal(20);
     // ... but not over what is per process: one version, not two.
     expect(text).to.match(/^xks_build_info\{version="[^"]+"\} 1$/m);
-    expect(stderr.match(/"message":"xks proxy listening"/g)).to.have.length(2);
+    expect(stderr().match(/"message":"xks proxy listening"/g)).to.have.length(2);
   });
 
   it('once an engage returns, no worker serves the scope; two approvals lift it for all', async () => {

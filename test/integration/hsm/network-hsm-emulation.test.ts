@@ -10,7 +10,7 @@
  *   threads, so without the sizing at most 4 are). The module holds each call until 6 are held
  *   at once (or 10 s), so the figure does not depend on the machine's speed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -20,11 +20,11 @@ import { latencyShimEnv, latencyShimModule, readShimStats, type ShimOptions } fr
 import { formatHsmMetrics, readHsmMetrics } from '../../../src/checker/hsm-metrics';
 import { createKey } from '../../../src/hsm/key-admin';
 import { makeTlsCert, writeCredential, type Credential } from '../../helpers/proxy-harness';
+import { spawnServe } from '../../helpers/serve-process';
 import { signedHeaders } from '../../helpers/signer';
 import { sample } from '../../unit/metrics/exposition';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 
-const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
 const KEY = 'net-key';
 
 interface Served {
@@ -87,19 +87,10 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
     );
     const env = { ...process.env };
     delete env.UV_THREADPOOL_SIZE; // what serve does on its own is under test
-    const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const { child, port, listening, stderr } = await spawnServe(configFile, { env });
     children.push(child);
-    let stderr = '';
-    const port = await new Promise<number>((resolve, reject) => {
-      child.stderr!.on('data', (c: Buffer) => {
-        stderr += c.toString();
-        const m = /"message":"xks proxy listening"[^\n]*"port":(\d+)|"port":(\d+)[^\n]*"message":"xks proxy listening"/.exec(stderr);
-        if (m) resolve(Number(m[1] ?? m[2]));
-      });
-      child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
-    const metricsPort = Number(/"metricsPort":(\d+)/.exec(stderr)?.[1]);
-    return { port, metricsPort, child, stderr: () => stderr };
+    const metricsPort = Number(listening.metricsPort);
+    return { port, metricsPort, child, stderr };
   }
 
   async function call(port: number, op: 'encrypt' | 'decrypt', body: Record<string, unknown>): Promise<{ status: number; json: Record<string, string> }> {

@@ -5,7 +5,7 @@
  * block above.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
@@ -13,10 +13,10 @@ import { createKey } from '../../../src/hsm/key-admin';
 import { collectResponse } from '../../../src/util/http-response';
 import { ledgerFile, UsageLedger } from '../../../src/xks/usage-ledger';
 import { makeTlsCert, writeCredential, type Credential } from '../../helpers/proxy-harness';
+import { spawnServe } from '../../helpers/serve-process';
 import { signedHeaders } from '../../helpers/signer';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 
-const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
 
 describe('key versions: counts across processes (workers, SIGKILL)', function () {
   this.timeout(60_000);
@@ -50,19 +50,9 @@ describe('key versions: counts across processes (workers, SIGKILL)', function ()
     };
     const file = path.join(token.dir, `${name}.json`);
     fs.writeFileSync(file, JSON.stringify(config));
-    const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // With workers, the primary's line: it comes once every worker listens.
+    const { child, port } = await spawnServe(file, { cluster: extra.workers > 1 });
     children.push(child);
-    let stderr = '';
-    const port = await new Promise<number>((resolve, reject) => {
-      child.stderr!.on('data', (c: Buffer) => {
-        stderr += c.toString();
-        // With workers, the primary's line: it comes once every worker listens.
-        const ready = extra.workers > 1 ? /"message":"xks proxy cluster listening"/ : /"message":"xks proxy listening"/;
-        const line = stderr.split('\n').find((l) => ready.test(l));
-        if (line) resolve(JSON.parse(line).port);
-      });
-      child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
     return { child, port };
   }
 
