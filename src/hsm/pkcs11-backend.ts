@@ -45,7 +45,7 @@ const TAG_BITS = GCM_TAG_BYTES * 8;
 
 
 import { acquireModule, initializeModule, type ModuleRef } from './pkcs11-module';
-import { findSecretKeys, findToken, loginFailureMessage, noTokenMessage, openUserSession, readKeyInfo, toTokenInfo } from './pkcs11-token';
+import { findSecretKeys, findToken, findTokenRescanning, loginFailureMessage, noTokenMessage, openUserSession, readKeyInfo, toTokenInfo } from './pkcs11-token';
 
 /* ------------------------------------------------------------------------------------------------
  * The backend.
@@ -132,9 +132,8 @@ export class Pkcs11Backend implements HsmBackend {
 
   /** See openPkcs11Backend. */
   static async open(cfg: HsmConfig, pin: string, log: AppLogger, opts: Pkcs11OpenOptions = {}): Promise<Pkcs11Backend> {
-    const mod = opts.module ? opts.module(cfg) : acquireModule(cfg);
+    const { mod, token } = await findTokenRescanning(() => (opts.module ? opts.module(cfg) : acquireModule(cfg)), cfg.tokenLabel);
     try {
-      const token = findToken(mod.pkcs11, cfg.tokenLabel);
       if (token.slot === undefined || token.info === undefined || token.matches !== 1) {
         throw new Error(noTokenMessage(cfg, token));
       }

@@ -8,7 +8,7 @@ import type { HsmConfig } from '../config/schema';
 import { XksError } from '../errors/xks-error';
 import type { KeyInfo, KeyUsage, TokenInfo } from './backend';
 import { ckrCode, ckrName } from './ckr-table';
-import { acquireModule, describeEnv } from './pkcs11-module';
+import { acquireModule, describeEnv, type ModuleRef } from './pkcs11-module';
 
 // CK_STATE values (PKCS#11 2.40 section 5.7); pkcs11js does not export them.
 const CKS_RO_USER_FUNCTIONS = 1;
@@ -47,6 +47,38 @@ export function findToken(p: pkcs11js.PKCS11, label: string): FoundToken {
     }
   }
   return found;
+}
+
+/** Waits before each fresh scan for a token not found (about 1.5 s in all). */
+export const TOKEN_RESCAN_DELAYS_MS: readonly number[] = [50, 100, 200, 400, 800];
+
+/**
+ * Finds the token, and when it is missing looks again with a fresh scan (release the module, so
+ * that the last user's C_Finalize runs, then C_Initialize again) a few times before giving up.
+ *
+ * Why: SoftHSM2 rewrites a token's file at every login, and a process whose C_Initialize scans the
+ * token folder meanwhile does not see that token (measured on this project's machine: missed in
+ * 103-169 of 300 scans while another process logged in and out). Another worker of the same proxy
+ * starting at that moment, or an operator's CLI command, does exactly that: with server.workers 2,
+ * 1 start in 25 failed with "No token labelled ...". A token that is really absent is reported
+ * after the last scan, as before. A fresh scan needs the module to ourselves: when another user in
+ * this process holds it, no C_Initialize would run, so the first answer stands.
+ */
+export async function findTokenRescanning(acquire: () => ModuleRef, label: string, delaysMs: readonly number[] = TOKEN_RESCAN_DELAYS_MS): Promise<{ mod: ModuleRef; token: FoundToken }> {
+  let mod = acquire();
+  for (let i = 0; ; i++) {
+    let token: FoundToken;
+    try {
+      token = findToken(mod.pkcs11, label);
+    } catch (e) {
+      mod.release();
+      throw e;
+    }
+    if (token.matches > 0 || i >= delaysMs.length || !mod.soleUser()) return { mod, token };
+    mod.release();
+    await new Promise((resolve) => setTimeout(resolve, delaysMs[i]));
+    mod = acquire();
+  }
 }
 
 export function noTokenMessage(cfg: Pick<HsmConfig, 'module' | 'moduleEnv' | 'tokenLabel'>, t: FoundToken): string {
@@ -223,10 +255,9 @@ export async function withTokenSession<R>(
   pin: string,
   fn: (p: pkcs11js.PKCS11, session: pkcs11js.Handle) => R,
 ): Promise<R> {
-  const mod = acquireModule(cfg);
+  const { mod, token } = await findTokenRescanning(() => acquireModule(cfg), cfg.tokenLabel);
   try {
     const p = mod.pkcs11;
-    const token = findToken(p, cfg.tokenLabel);
     if (token.slot === undefined || token.matches !== 1) throw new Error(noTokenMessage(cfg, token));
     let session: pkcs11js.Handle;
     try {
