@@ -31,6 +31,7 @@ import { proxySources } from './metrics/sources';
 import { controlStateFromScopes } from './metrics/meter';
 import { closeServer, createMainServer, createPlainServer, listen, reloadTls } from './http/server';
 import { LiveConfiguration, type ReloadResult } from './reload';
+import { PreAuthLimiter } from './http/pre-auth';
 import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
@@ -164,8 +165,10 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   const overload = new OverloadGuard(config.server.overload);
   meter.bind({ overload: () => overload.state() });
+  const preAuth = new PreAuthLimiter(config.server.preAuth);
+  meter.bind({ preAuth: () => preAuth.state() });
   const controlFault = () => plane?.readinessFault();
-  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, controlFault, overload, ...(opts.now ? { now: opts.now } : {}) });
+  const app = buildApp({ config, registry, service, health, requestLog, log, meter, gate: control.gate, controlFault, overload, preAuth, ...(opts.now ? { now: opts.now } : {}) });
 
   const servers: http.Server[] = [];
   let port: number;

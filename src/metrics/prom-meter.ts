@@ -57,6 +57,8 @@ export interface MeterSources {
   audit?: () => { records: number; writeErrors: number; lastCheckpointMs: number | undefined; lastCheckpointSeq?: number | undefined };
   /** Load shedding state (src/http/overload.ts). */
   overload?: () => { shedShare: number; inFlight: number };
+  /** Requests not yet authenticated (src/http/pre-auth.ts). */
+  preAuth?: () => { pending: number; peers: number };
   /** Whether the control state is trusted now (not failing closed) and whether tampering was found. */
   controlTrust?: () => { trusted: boolean; tampered: boolean };
   /** Key versions of the keys served (key-version-metrics.ts). */
@@ -209,6 +211,22 @@ export class PromMeter implements Meter {
       collect() {
         const o = self.sources.overload?.();
         if (o) this.set(o.inFlight);
+      },
+    });
+    // Slow uploads without credentials fill this bound, not the authenticated capacity
+    // (src/http/pre-auth.ts): near server.preAuth.maxPending, someone is holding connections open.
+    new Gauge({
+      name: 'xks_preauth_pending', help: 'XKS requests whose body has not fully arrived or whose signature is not checked yet (bounded by server.preAuth.maxPending).', registers,
+      collect() {
+        const p = self.sources.preAuth?.();
+        if (p) this.set(p.pending);
+      },
+    });
+    new Gauge({
+      name: 'xks_preauth_peers', help: 'Peer addresses with requests awaiting their body or authentication.', registers,
+      collect() {
+        const p = self.sources.preAuth?.();
+        if (p) this.set(p.peers);
       },
     });
     // Counters kept by the audit log itself, copied at scrape time.

@@ -133,6 +133,10 @@ describe('slow uploads without credentials cannot lock out signed requests', fun
     const second = await Promise.all(Array.from({ length: TOTAL - PER_PEER }, () => attacker.upload(OTHER_ATTACKER)));
     await Promise.all([...first, ...second].map(Attacker.holding));
     expect(h.proxy.overload.state().inFlight).to.equal(0);
+    // What an operator sees: the pre-auth bound full, from two addresses.
+    const metrics = await h.proxy.meter.registry.metrics();
+    expect(metrics).to.match(new RegExp(`^xks_preauth_pending ${TOTAL}$`, 'm'));
+    expect(metrics).to.match(/^xks_preauth_peers 2$/m);
 
     // KMS's body arrives with its headers (one write here): it does not need a slot.
     const r = await xksCall(h, ENCRYPT, encryptBody(), { cred });
