@@ -15,7 +15,11 @@ import { promisify } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { generateAccessKeyId } from '../../../src/auth/credentials';
 import { ConfigError, parseConfig } from '../../../src/config/load';
+import { KeyStoreRegistry } from '../../../src/auth/key-stores';
+import { FleetCredentials } from '../../../src/control/fleet-credentials';
 import { createKey } from '../../../src/hsm/key-admin';
+import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
+import { createSilentLogger } from '../../../src/log/logger';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { startHarness, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
@@ -186,6 +190,85 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     // No wait: loaded before the proxy listens.
     expect(await works('C', c)).to.equal(true);
     expect(P('C').appLog()).to.include('fleet credential REFUSED');
+  });
+
+  it('two members removing the key store\'s last two credentials at once: exactly one removal goes through, one credential stays', async () => {
+    // Key store b holds one credential (left by the CLI test); one more makes two.
+    const extra = await addVia('A', 'b');
+    const before = P('A').proxy.registry.byName('b')!.accessKeyIds();
+    expect(before).to.have.length(2);
+    await until(async () => P('B').proxy.registry.byName('b')!.accessKeyIds().length === 2, 5000, 'B has both');
+    const [x, y] = before as [string, string];
+    const rs = await Promise.all([admin('A')('alice', 'DELETE', `/admin/v1/key-stores/b/credentials/${x}`, { reason: 'race 1' }), admin('B')('alice', 'DELETE', `/admin/v1/key-stores/b/credentials/${y}`, { reason: 'race 2' })]);
+    expect(rs.map((r) => r.status).sort(), rs.map((r) => r.text).join(' | ')).to.deep.equal([200, 409]);
+    // (The refused copy from an earlier test is also under credentials/b/: only the two count.)
+    const left = Object.keys(await etcdClient.getAll().prefix(`${prefix}credentials/b/`).strings()).map((k) => k.split('/').pop()!).filter((a) => before.includes(a));
+    expect(left).to.have.length(1);
+    const survivor = left[0]!;
+    for (const n of ['A', 'B']) await until(async () => JSON.stringify(P(n).proxy.registry.byName('b')!.accessKeyIds()) === JSON.stringify([survivor]), 5000, `${n} keeps exactly the survivor`);
+    if (survivor === extra.accessKeyId) expect(await works('B', extra, 'b')).to.equal(true);
+  });
+
+  it('the survivors are part of the removal\'s transaction: two removers that both read before either wrote cannot remove both', async () => {
+    // Fault injection: once armed, each remover's first read of the key store's credentials waits
+    // until both have read (a barrier around the real client), so both decide on the same view.
+    let armed = false;
+    let arrived = 0;
+    let release!: () => void;
+    const bothRead = new Promise<void>((r) => (release = r));
+    const withBarrier = (c: Etcd3): Etcd3 => {
+      let waited = false;
+      const exec = (b: ReturnType<Etcd3['getAll']>) => async () => {
+        const res = await b.exec();
+        if (armed && !waited) {
+          waited = true;
+          if (++arrived === 2) release();
+          await bothRead;
+        }
+        return res;
+      };
+      const getAll = () => {
+        const b = c.getAll();
+        return new Proxy(b, { get: (t, p, r) => (p === 'exec' ? exec(t) : Reflect.get(t, p, r)) });
+      };
+      return new Proxy(c, { get: (t, p, r) => (p === 'getAll' ? getAll : Reflect.get(t, p, r)) });
+    };
+    const hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
+    const clients = [new Etcd3({ hosts: etcd.endpoints }), new Etcd3({ hosts: etcd.endpoints })];
+    const racePrefix = `${prefix}race/`;
+    const keyStores = [{ name: 'r', pathPrefix: '/r', fleetCredentials: true, credentials: [], keys: [], compatibility: 'spec' as const }];
+    const members = clients.map((c, i) => new FleetCredentials(withBarrier(c), hsm, { prefix: racePrefix, wrapKeyLabel: WRAP_KEY, nodeId: `m${i}`, log: createSilentLogger(), callMs: 5000 }));
+    try {
+      const x = (await members[0]!.create('r')).accessKeyId;
+      const y = (await members[0]!.create('r')).accessKeyId;
+      for (const m of members) await m.load(new KeyStoreRegistry({ keyStores }, createSilentLogger()));
+      armed = true;
+      const out = await Promise.allSettled([members[0]!.remove('r', x, []), members[1]!.remove('r', y, [])]);
+      expect(arrived).to.equal(2);
+      expect(out.map((o) => o.status).sort()).to.deep.equal(['fulfilled', 'rejected']);
+      const why = out.find((o): o is PromiseRejectedResult => o.status === 'rejected')!.reason as Error;
+      expect(why.message).to.match(/refusing to remove the last credential of key store r/);
+      expect(Object.keys(await etcdClient.getAll().prefix(`${racePrefix}credentials/r/`).strings())).to.have.length(1);
+    } finally {
+      for (const m of members) await m.close();
+      for (const c of clients) c.close();
+      await hsm.close();
+    }
+  });
+
+  it('fleet credentials survive a configuration reload, and keep arriving while one etcd member is down', async () => {
+    const c = await addVia('A');
+    await until(() => works('B', c), 5000, 'B accepts it');
+    await P('B').proxy.reload();
+    expect(await works('B', c)).to.equal(true);
+    await etcd.kill(0);
+    try {
+      const during = await addVia('A');
+      await until(() => works('B', during), 10_000, 'B accepts a credential made while an etcd member is down');
+    } finally {
+      etcd.restart(0);
+      await etcd.waitHealthy();
+    }
   });
 
   // Last: reads everything the others wrote.
