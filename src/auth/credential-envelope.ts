@@ -46,8 +46,18 @@ export interface SealedCredential extends CredentialMeta {
   tag: string;
 }
 
-/** A value that is not accepted; the message never contains the secret. */
-export class CredentialRefused extends Error {}
+/**
+ * A value that is not accepted; the message never contains the secret. `retryable`: the HSM did not
+ * give an answer about the value (busy, timed out, failing), so the same value may open later.
+ */
+export class CredentialRefused extends Error {
+  constructor(
+    message: string,
+    readonly retryable = false,
+  ) {
+    super(message);
+  }
+}
 
 function aadOf(name: CredentialName, version: number, meta: CredentialMeta): Buffer {
   // A JSON array of strings: unambiguous field boundaries (no "a/b" + "c" = "a" + "b/c").
@@ -62,7 +72,7 @@ export async function sealCredential(cipher: CredentialCipher, name: CredentialN
     const sealed: SealedCredential = { format: CREDENTIAL_FORMAT, version: CREDENTIAL_FORMAT_VERSION, ...meta, iv: r.iv.toString('base64'), ciphertext: r.ciphertext.toString('base64'), tag: r.tag.toString('base64') };
     return JSON.stringify(sealed);
   } catch (e) {
-    throw new Error(`cannot encrypt the secret in the HSM with key "${meta.wrapKeyLabel}": ${hsmReason(e, meta.wrapKeyLabel)}`);
+    throw new Error(`cannot encrypt the secret in the HSM with key "${meta.wrapKeyLabel}": ${hsmReason(e, meta.wrapKeyLabel).reason}`);
   } finally {
     plaintext.fill(0);
   }
@@ -89,7 +99,8 @@ export async function openCredential(cipher: CredentialCipher, name: CredentialN
   try {
     plaintext = await cipher.decrypt(meta.wrapKeyLabel, ciphertext!, iv!, tag!, aadOf(name, v.version, meta));
   } catch (e) {
-    throw new CredentialRefused(hsmReason(e, meta.wrapKeyLabel));
+    const r = hsmReason(e, meta.wrapKeyLabel);
+    throw new CredentialRefused(r.reason, r.retryable);
   }
   const secret = plaintext.toString('utf8');
   plaintext.fill(0);
@@ -97,13 +108,14 @@ export async function openCredential(cipher: CredentialCipher, name: CredentialN
   return { secret, meta };
 }
 
-/** An operator's reason for an HSM refusal: names the key, never the data. */
-function hsmReason(e: unknown, label: string): string {
+/** An operator's reason for an HSM refusal (names the key, never the data), and whether it may pass. */
+function hsmReason(e: unknown, label: string): { reason: string; retryable: boolean } {
   if (e instanceof XksError) {
-    if (e.errorName === 'InvalidCiphertextException') return `does not authenticate under the wrap key "${label}" (tampered, copied under another name, or sealed with another key)`;
-    if (e.errorName === 'KeyNotFoundException') return `the wrap key "${label}" is not in the token (create it: xks-proxy keys create --label ${label})`;
-    if (e.errorName === 'InvalidKeyUsageException') return `the wrap key "${label}" may not encrypt and decrypt`;
-    return `${e.errorName} from the HSM`;
+    if (e.errorName === 'InvalidCiphertextException') return { reason: `does not authenticate under the wrap key "${label}" (tampered, copied under another name, or sealed with another key)`, retryable: false };
+    if (e.errorName === 'KeyNotFoundException') return { reason: `the wrap key "${label}" is not in the token (create it: xks-proxy keys create --label ${label})`, retryable: false };
+    if (e.errorName === 'InvalidKeyUsageException') return { reason: `the wrap key "${label}" may not encrypt and decrypt`, retryable: false };
+    // Busy pool, deadline, a failing or recovering HSM: no verdict on the value.
+    return { reason: `${e.errorName} from the HSM`, retryable: true };
   }
-  return 'the HSM call failed';
+  return { reason: 'the HSM call failed', retryable: true };
 }

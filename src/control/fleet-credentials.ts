@@ -9,7 +9,10 @@
  * Fail closed: a value that does not decrypt and authenticate (tampered, copied under another
  * name, sealed with another key, wrap key missing) is not accepted, and replaces nothing: the
  * credential it stands for is dropped on this member. It is logged and audited (without the
- * secret, which this member never saw), and every other credential keeps working.
+ * secret, which this member never saw), and every other credential keeps working. When the HSM
+ * gave no verdict (pool busy, deadline, token failing), the value is not accepted either, but read
+ * again later (backing off up to a minute), so that a passing HSM fault does not drop a credential
+ * for good.
  *
  * Writes are transactions: a new credential only if its key does not exist yet; a removal only if
  * the credential, and (when it would be the last one) the other credentials of the key store
@@ -49,6 +52,8 @@ const KEY_STORE_NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_TXN_ATTEMPTS = 16;
 /** Re-reading after a failed load or a broken watch (etcd unreachable): not test synchronisation. */
 const RETRY_MS = 1000;
+/** The longest wait before a value the HSM gave no verdict on is tried again. */
+const MAX_HSM_RETRY_MS = 60_000;
 
 export class FleetCredentials {
   readonly keyPrefix: string;
@@ -63,6 +68,9 @@ export class FleetCredentials {
   private queue: Promise<void> = Promise.resolve();
   private watcher: Watcher | undefined;
   private retry: NodeJS.Timeout | undefined;
+  /** Values the HSM gave no verdict on: attempts so far per etcd key, and the timer of the next read. */
+  private readonly hsmRetries = new Map<string, number>();
+  private hsmRetry: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(
@@ -235,6 +243,7 @@ export class FleetCredentials {
       await this.applyPut(kv.key.toString(), kv.value, Number(kv.mod_revision), origin);
     }
     for (const key of [...this.accepted.keys()]) if (!present.has(key)) await this.applyDelete(key, revision, origin);
+    for (const key of [...this.hsmRetries.keys()]) if (!present.has(key)) this.hsmRetries.delete(key);
     return revision;
   }
 
@@ -255,8 +264,11 @@ export class FleetCredentials {
     try {
       opened = await openCredential(this.cipher, { prefix: this.o.prefix, ...name }, value.toString('utf8'));
     } catch (e) {
-      return this.refused(key, name, revision, origin, e instanceof CredentialRefused ? e.message : 'the value could not be checked', had !== undefined);
+      if (!(e instanceof CredentialRefused) || e.retryable) return this.notYet(key, name, revision, origin, e instanceof CredentialRefused ? e.message : 'the value could not be checked', had !== undefined);
+      this.hsmRetries.delete(key);
+      return this.refused(key, name, revision, origin, e.message, had !== undefined);
     }
+    this.hsmRetries.delete(key);
     this.accepted.set(key, { ...name, secret: opened.secret });
     if (had?.secret === opened.secret) return;
     this.o.log.info('fleet credential accepted', { keyStore: name.keyStore, accessKeyId: name.accessKeyId, revision, createdBy: opened.meta.createdBy, createdAt: opened.meta.createdAt, origin });
@@ -265,11 +277,27 @@ export class FleetCredentials {
 
   private async applyDelete(key: string, revision: number, origin: string): Promise<void> {
     if (!this.fresh(key, revision)) return;
+    this.hsmRetries.delete(key);
     const had = this.accepted.get(key);
     if (!had) return;
     this.accepted.delete(key);
     this.o.log.info('fleet credential removed', { keyStore: had.keyStore, accessKeyId: had.accessKeyId, revision, origin });
     this.record({ operator: this.o.nodeId, action: 'credentials.fleet-remove', keyStore: had.keyStore, accessKeyId: had.accessKeyId, outcome: 'ok', detail: `applied from etcd revision ${revision}` });
+  }
+
+  /** No verdict from the HSM: not accepted now (fail closed), read again later. Reported once per value. */
+  private notYet(key: string, name: { keyStore: string; accessKeyId: string }, revision: number, origin: string, reason: string, dropped: boolean): void {
+    const attempts = (this.hsmRetries.get(key) ?? 0) + 1;
+    this.hsmRetries.set(key, attempts);
+    // Forget the revision, so that the next full read handles this value again.
+    this.handled.delete(key);
+    if (attempts === 1) this.refused(key, name, revision, origin, `${reason}; not accepted until the HSM answers (tried again, backing off)`, dropped);
+    if (this.hsmRetry || this.closed) return;
+    const delay = Math.min(MAX_HSM_RETRY_MS, RETRY_MS * 2 ** Math.min(16, Math.max(...this.hsmRetries.values()) - 1));
+    this.hsmRetry = setTimeout(() => {
+      this.hsmRetry = undefined;
+      void this.enqueue(async () => void (await this.resync('hsm-retry')));
+    }, delay).unref();
   }
 
   private refused(key: string, name: { keyStore: string; accessKeyId: string } | undefined, revision: number, origin: string, reason: string, dropped: boolean): void {
@@ -284,6 +312,7 @@ export class FleetCredentials {
   async close(): Promise<void> {
     this.closed = true;
     if (this.retry) clearTimeout(this.retry);
+    if (this.hsmRetry) clearTimeout(this.hsmRetry);
     const w = this.watcher;
     this.watcher = undefined;
     if (w) await w.cancel().catch(() => undefined);

@@ -15,7 +15,9 @@ import { promisify } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { generateAccessKeyId } from '../../../src/auth/credentials';
 import { ConfigError, parseConfig } from '../../../src/config/load';
+import type { AdminActionRecord } from '../../../src/admin/actions';
 import { KeyStoreRegistry } from '../../../src/auth/key-stores';
+import { XksError } from '../../../src/errors/xks-error';
 import { FleetCredentials } from '../../../src/control/fleet-credentials';
 import { createKey } from '../../../src/hsm/key-admin';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
@@ -252,6 +254,37 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     } finally {
       for (const m of members) await m.close();
       for (const c of clients) c.close();
+      await hsm.close();
+    }
+  });
+
+  it('a value the HSM gave no verdict on (a busy pool) is not accepted at first, then read again and accepted', async () => {
+    const hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
+    const client = new Etcd3({ hosts: etcd.endpoints });
+    // Fault injection: the first decrypt answers as a busy session pool does.
+    let failures = 1;
+    const flaky = {
+      encrypt: hsm.encrypt.bind(hsm),
+      decrypt: (...a: Parameters<typeof hsm.decrypt>) => (failures-- > 0 ? Promise.reject(new XksError('ThrottlingException', undefined, 'session pool busy')) : hsm.decrypt(...a)),
+    };
+    const o = { prefix: `${prefix}flaky/`, wrapKeyLabel: WRAP_KEY, log: createSilentLogger(), callMs: 5000 };
+    const maker = new FleetCredentials(client, hsm, { ...o, nodeId: 'maker' });
+    const member = new FleetCredentials(client, flaky, { ...o, nodeId: 'member' });
+    const audited: AdminActionRecord[] = [];
+    try {
+      const made = await maker.create('r');
+      const registry = new KeyStoreRegistry({ keyStores: [{ name: 'r', pathPrefix: '/r', fleetCredentials: true, credentials: [], keys: [], compatibility: 'spec' }] }, createSilentLogger());
+      await member.load(registry, (r) => audited.push(r));
+      expect(registry.byName('r')!.accessKeyIds()).to.deep.equal([]);
+      expect(audited.map((r) => r.action)).to.deep.equal(['credentials.fleet-refused']);
+      expect(audited[0]!.detail).to.match(/ThrottlingException from the HSM; not accepted until the HSM answers/);
+      await until(async () => registry.byName('r')!.accessKeyIds().includes(made.accessKeyId), 10_000, 'accepted once the HSM answers');
+      expect(registry.byName('r')!.secretFor(made.accessKeyId)).to.equal(made.secret);
+      expect(audited.map((r) => r.action)).to.deep.equal(['credentials.fleet-refused', 'credentials.fleet-add']);
+    } finally {
+      await member.close();
+      await maker.close();
+      client.close();
       await hsm.close();
     }
   });
