@@ -32,6 +32,12 @@ export interface ExternalKeyEntry {
   rotation?: KeyRotation | undefined;
 }
 
+/** A credential the fleet distributes (src/control/fleet-credentials.ts), as decrypted. */
+export interface FleetSecret {
+  secret: string;
+  createdAtMs: number | undefined;
+}
+
 export class KeyStore implements SecretLookup {
   readonly name: string;
   readonly pathPrefix: string;
@@ -96,7 +102,7 @@ export class KeyStoreRegistry {
   private configs: KeyStoreConfig[];
   private timer: NodeJS.Timeout | undefined;
   /** Fleet credentials per key store name, as decrypted; kept across reloads (etcd is their source). */
-  private fleet = new Map<string, Map<string, string>>();
+  private fleet = new Map<string, Map<string, FleetSecret>>();
 
   constructor(
     config: Pick<Config, 'keyStores'>,
@@ -176,9 +182,14 @@ export class KeyStoreRegistry {
    * The fleet's credentials (key store -> access key id -> secret), replacing the previous set;
    * used only by key stores with fleetCredentials.
    */
-  setFleetCredentials(byKeyStore: ReadonlyMap<string, ReadonlyMap<string, string>>): void {
+  setFleetCredentials(byKeyStore: ReadonlyMap<string, ReadonlyMap<string, FleetSecret>>): void {
     this.fleet = new Map([...byKeyStore].map(([k, v]) => [k, new Map(v)]));
     this.reload();
+  }
+
+  /** When a fleet credential was sealed (its authenticated createdAt): the credential age metric. */
+  fleetCreatedAtMs(keyStore: string, accessKeyId: string): number | undefined {
+    return this.fleet.get(keyStore)?.get(accessKeyId)?.createdAtMs;
   }
 
   /** Re-read every credential source. Duplicated access key ids across key stores are refused. */
@@ -187,7 +198,7 @@ export class KeyStoreRegistry {
       cfg,
       staticCreds: this.readStatic(cfg),
       dirCreds: cfg.credentialsDir ? this.readCredentialsDir(cfg.name, cfg.credentialsDir) : new Map<string, string>(),
-      fleetCreds: new Map(cfg.fleetCredentials ? this.fleet.get(cfg.name) : undefined),
+      fleetCreds: new Map(cfg.fleetCredentials ? [...(this.fleet.get(cfg.name) ?? [])].map(([akid, f]) => [akid, f.secret]) : []),
     }));
     const owners = new Map<string, Set<string>>();
     for (const { cfg, staticCreds, dirCreds, fleetCreds } of loaded) {

@@ -23,7 +23,7 @@ import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import type { AdminActionRecord, AdminActionSink } from '../admin/actions';
 import { CredentialRefused, openCredential, sealCredential, type CredentialCipher } from '../auth/credential-envelope';
 import { generateAccessKeyId, generateSecret } from '../auth/credentials';
-import type { KeyStoreRegistry } from '../auth/key-stores';
+import type { FleetSecret, KeyStoreRegistry } from '../auth/key-stores';
 import { ACCESS_KEY_ID_RE } from '../config/schema';
 import type { AppLogger } from '../log/logger';
 import { withDeadline } from './etcd-client';
@@ -41,10 +41,9 @@ export interface FleetCredentialOptions {
   now?: () => number;
 }
 
-interface Accepted {
+interface Accepted extends FleetSecret {
   keyStore: string;
   accessKeyId: string;
-  secret: string;
 }
 
 const KEY_STORE_NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -71,6 +70,8 @@ export class FleetCredentials {
   /** Values the HSM gave no verdict on: attempts so far per etcd key, and the timer of the next read. */
   private readonly hsmRetries = new Map<string, number>();
   private hsmRetry: NodeJS.Timeout | undefined;
+  /** Etcd keys whose current value this member refuses (metrics). */
+  private readonly refusedKeys = new Set<string>();
   private closed = false;
 
   constructor(
@@ -224,10 +225,10 @@ export class FleetCredentials {
 
   private publish(): void {
     if (!this.registry) return;
-    const byKeyStore = new Map<string, Map<string, string>>();
+    const byKeyStore = new Map<string, Map<string, FleetSecret>>();
     for (const a of this.accepted.values()) {
-      const m = byKeyStore.get(a.keyStore) ?? new Map<string, string>();
-      m.set(a.accessKeyId, a.secret);
+      const m = byKeyStore.get(a.keyStore) ?? new Map<string, FleetSecret>();
+      m.set(a.accessKeyId, { secret: a.secret, createdAtMs: a.createdAtMs });
       byKeyStore.set(a.keyStore, m);
     }
     this.registry.setFleetCredentials(byKeyStore);
@@ -244,6 +245,7 @@ export class FleetCredentials {
     }
     for (const key of [...this.accepted.keys()]) if (!present.has(key)) await this.applyDelete(key, revision, origin);
     for (const key of [...this.hsmRetries.keys()]) if (!present.has(key)) this.hsmRetries.delete(key);
+    for (const key of [...this.refusedKeys]) if (!present.has(key)) this.refusedKeys.delete(key);
     return revision;
   }
 
@@ -269,7 +271,9 @@ export class FleetCredentials {
       return this.refused(key, name, revision, origin, e.message, had !== undefined);
     }
     this.hsmRetries.delete(key);
-    this.accepted.set(key, { ...name, secret: opened.secret });
+    this.refusedKeys.delete(key);
+    const createdAtMs = Date.parse(opened.meta.createdAt);
+    this.accepted.set(key, { ...name, secret: opened.secret, createdAtMs: Number.isFinite(createdAtMs) ? createdAtMs : undefined });
     if (had?.secret === opened.secret) return;
     this.o.log.info('fleet credential accepted', { keyStore: name.keyStore, accessKeyId: name.accessKeyId, revision, createdBy: opened.meta.createdBy, createdAt: opened.meta.createdAt, origin });
     this.record({ operator: opened.meta.createdBy, action: 'credentials.fleet-add', keyStore: name.keyStore, accessKeyId: name.accessKeyId, outcome: 'ok', detail: `applied from etcd revision ${revision}; sealed by ${opened.meta.createdBy} at ${opened.meta.createdAt} with HSM key ${opened.meta.wrapKeyLabel}` });
@@ -278,6 +282,7 @@ export class FleetCredentials {
   private async applyDelete(key: string, revision: number, origin: string): Promise<void> {
     if (!this.fresh(key, revision)) return;
     this.hsmRetries.delete(key);
+    this.refusedKeys.delete(key);
     const had = this.accepted.get(key);
     if (!had) return;
     this.accepted.delete(key);
@@ -301,12 +306,18 @@ export class FleetCredentials {
   }
 
   private refused(key: string, name: { keyStore: string; accessKeyId: string } | undefined, revision: number, origin: string, reason: string, dropped: boolean): void {
+    this.refusedKeys.add(key);
     this.o.log.error('fleet credential REFUSED: not accepted on this member (fail closed); the other credentials keep working', { key, revision, reason, origin, ...(dropped ? { dropped: 'the credential previously accepted under this key is no longer accepted' } : {}) });
     this.record({ operator: this.o.nodeId, action: 'credentials.fleet-refused', keyStore: name?.keyStore, accessKeyId: name?.accessKeyId, outcome: 'error', errorName: 'CredentialRefused', detail: `${key} at etcd revision ${revision}: ${reason}` });
   }
 
   private record(r: Omit<AdminActionRecord, 'time' | 'via'>): void {
     this.audit?.({ time: new Date(this.now()).toISOString(), via: 'etcd', ...r });
+  }
+
+  /** What this member holds from the fleet now: accepted credentials, and values it refuses (xks_fleet_credentials_*). */
+  counts(): { accepted: number; refused: number } {
+    return { accepted: this.accepted.size, refused: this.refusedKeys.size };
   }
 
   async close(): Promise<void> {

@@ -95,6 +95,7 @@ export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config:
         appliedRevision: fleet.appliedRevision(),
         storeUp: !store.isStale(),
         stalenessSeconds: stalenessMs / 1000,
+        credentials: credentials?.counts(),
       };
     },
     async close() {

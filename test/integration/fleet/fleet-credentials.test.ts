@@ -164,6 +164,12 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
       expect(P(n).appLog()).to.include('does not authenticate under the wrap key');
     }
     await until(async () => P('A').appLog().includes('credentials.fleet-refused'), 5000, 'A audited the refusal');
+    // What the alert XksFleetCredentialRefused watches, and the credential age from the sealed creation time.
+    const metrics = await P('B').proxy.meter.registry.metrics();
+    expect(metrics).to.match(/^xks_fleet_credentials_refused [1-9]\d*$/m);
+    expect(metrics).to.match(/^xks_fleet_credentials_accepted [1-9]\d*$/m);
+    expect(metrics).to.match(new RegExp(`^xks_sigv4_credential_age_days\\{key_store="a",access_key_id="${good.accessKeyId}"\\} [0-9.e-]+$`, 'm'));
+    expect(metrics).to.not.include(`access_key_id="${victim.accessKeyId}"`);
   });
 
   it('a value copied under another access key id or key store, or naming a wrap key the token lacks, is refused', async () => {
