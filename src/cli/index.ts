@@ -57,6 +57,8 @@ create: generates an AES key inside the token (non-extractable, sensitive) with 
         allowed usage (default encrypt-decrypt, 256 bits). Refuses a label that already exists.
         --type hmac: the control state's MAC key (256-bit generic secret, sign/verify only, never
         leaves the HSM); its label is control.stateAuth.hsmKeyLabel (default xks-control-state).
+        Fleet credentials (keyStores[].fleetCredentials) need an AES key too, used for nothing
+        else: keys create --label xks-credential-wrap (control.etcd.credentialWrapKeyLabel).
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
         the key stores and externalKeyIds that use it.
 
