@@ -23,7 +23,7 @@ import { createKey } from '../../../src/hsm/key-admin';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { createSilentLogger } from '../../../src/log/logger';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
-import { startHarness, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
+import { startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { createStateKey } from '../../helpers/state-hsm';
 import { until } from '../../helpers/until';
@@ -41,6 +41,7 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
   let ops: Operators;
   let prefix: string;
   let cliConfig: string;
+  let fileCred: Credential;
   const proxies: Record<string, Harness> = {};
   /** Every secret a test made: none may show in etcd or in a log. */
   const secrets: string[] = [];
@@ -50,6 +51,8 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     keyStores: [
       { name: 'a', pathPrefix: '/a', fleetCredentials: true, keys: [{ externalKeyId: 'k1' }] },
       { name: 'b', pathPrefix: '/b', fleetCredentials: true, keys: [{ externalKeyId: 'k1' }] },
+      // Files and the fleet together (one folder shared by the members here, as on one host).
+      { name: 'c', pathPrefix: '/c', fleetCredentials: true, credentialsDir: path.join(token.dir, 'creds-c'), keys: [{ externalKeyId: 'k1' }] },
     ],
     control: {
       store: 'etcd',
@@ -82,6 +85,8 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     for (const label of ['xks-health', 'k1', WRAP_KEY]) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
     await createStateKey(token);
     ops = await makeOperators(token.dir, { alice: ['operator'] });
+    fileCred = writeCredential(path.join(token.dir, 'creds-c'));
+    secrets.push(fileCred.secret);
     prefix = `/xks-test/${crypto.randomBytes(4).toString('hex')}/`;
     cliConfig = path.join(token.dir, 'fleet-cli.json');
     fs.writeFileSync(cliConfig, JSON.stringify({ ...configFor('cli'), server: { host: '127.0.0.1', port: 0, plainHttp: true }, log: { requestLogStdout: false } }));
@@ -302,6 +307,23 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
       client.close();
       await hsm.close();
     }
+  });
+
+  it('files keep working next to the fleet: a key store with both takes its new credentials from the fleet, and a file credential counts as the one that remains', async () => {
+    expect(await works('A', fileCred, 'c')).to.equal(true);
+    expect(await works('B', fileCred, 'c')).to.equal(true);
+    const c = await addVia('A', 'c');
+    expect(await etcdClient.get(credKey('c', c.accessKeyId)).string()).to.be.a('string');
+    await until(() => works('B', c, 'c'), 5000, 'B accepts the fleet credential of c');
+    // The file credential remains: the fleet one may go.
+    const del = await admin('B')('alice', 'DELETE', `/admin/v1/key-stores/c/credentials/${c.accessKeyId}`, { reason: 'rotated' });
+    expect(del.status, del.text).to.equal(200);
+    expect(del.json.remaining).to.deep.equal([fileCred.accessKeyId]);
+    await until(() => refused('A', c, 'c'), 5000, 'A refuses the removed fleet credential');
+    // Now the file credential is the last one.
+    const last = await admin('A')('alice', 'DELETE', `/admin/v1/key-stores/c/credentials/${fileCred.accessKeyId}`, { reason: 'oops' });
+    expect(last.status).to.equal(409);
+    expect(await works('A', fileCred, 'c')).to.equal(true);
   });
 
   it('fleet credentials survive a configuration reload, and keep arriving while one etcd member is down', async () => {
