@@ -213,7 +213,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
   }
 
   app.get('/admin/v1/key-stores', ...anyone, (_req, res) =>
-    send(res, 200, { keyStores: registry.all().map((ks) => ({ name: ks.name, uriPath: ks.uriPath, keys: ks.keyList().map((k) => k.externalKeyId), accessKeyIds: ks.accessKeyIds() })) }),
+    send(res, 200, { keyStores: registry.all().map((ks) => ({ name: ks.name, uriPath: ks.uriPath, keys: ks.keyList().map((k) => k.externalKeyId), accessKeyIds: ks.accessKeyIds(), fleetAccessKeyIds: ks.fleetAccessKeyIds() })) }),
   );
 
   app.post(

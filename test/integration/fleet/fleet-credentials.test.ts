@@ -114,6 +114,8 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     // Active on A when the call returns.
     expect(await works('A', c)).to.equal(true);
     expect(await works('B', c)).to.equal(true);
+    const listed = await admin('B')('alice', 'GET', '/admin/v1/key-stores');
+    expect(listed.json.keyStores.find((k: { name: string }) => k.name === 'a').fleetAccessKeyIds).to.deep.equal([c.accessKeyId]);
     const raw = (await etcdClient.get(credKey('a', c.accessKeyId)).string())!;
     const sealed = JSON.parse(raw);
     expect(sealed).to.include({ format: 'xks-proxy/fleet-credential', version: 1, wrapKeyLabel: WRAP_KEY, createdBy: 'A' });
