@@ -5,7 +5,9 @@
 #
 #   scripts/fleet-demo.sh           bring it up, print how to use it, stay until Ctrl-C
 #   scripts/fleet-demo.sh --smoke   bring it up, engage on proxy A, show that B applied it, lift
-#                                   with two operators on A and B, then stop (exit 0 on success)
+#                                   with two operators on A and B, check that the SigV4 credential
+#                                   made once (in etcd, sealed in the HSM) works on A and B, then
+#                                   stop (exit 0 on success)
 #
 # Needs: a build (npm run build), softhsm2, openssl, curl and Debian's etcd-server (/usr/bin/etcd).
 # Ports: etcd clients 23791-23793, peers 23801-23803; proxies 18443/18444 (HTTPS),
@@ -69,7 +71,8 @@ hsm:
   tokenLabel: xks-fleet
   pin: { file: $DIR/secrets/hsm-pin }
 keyStores:
-  - { name: demo, pathPrefix: /demo, credentialsDir: $DIR/credentials, keys: [{ externalKeyId: demo-key-1 }] }
+  # Credentials from the fleet: made once, in etcd, encrypted in the HSM; no file to copy.
+  - { name: demo, pathPrefix: /demo, fleetCredentials: true, keys: [{ externalKeyId: demo-key-1 }] }
 log: { level: warn, requestLogStdout: false, requestLogFile: $DIR/$1-requests.log }
 control:
   store: etcd
@@ -84,12 +87,11 @@ config a 18443 19444
 config b 18444 19445
 xks() { node "$CLI" "$@"; }
 
-say "keys in the token: health check, demo key, control state MAC key"
+say "keys in the token: health check, demo key, control state MAC key, credential wrap key"
 xks keys create --label xks-health --config "$DIR/a.yaml" >/dev/null
 xks keys create --label demo-key-1 --config "$DIR/a.yaml" >/dev/null
 xks keys create --type hmac --label xks-control-state --config "$DIR/a.yaml" >/dev/null
-mkdir -p "$DIR/credentials" && chmod 700 "$DIR/credentials"
-xks credentials new --key-store demo --out "$DIR/kms-proxy-config.json" --config "$DIR/a.yaml" >/dev/null 2>&1
+xks keys create --label xks-credential-wrap --config "$DIR/a.yaml" >/dev/null
 for op in alice bob; do xks operator keygen --name "$op" --out-dir "$DIR/ops" --jwks "$DIR/ops/operators.jwks.json" 2>/dev/null; done
 
 say "starting proxies a (:18443, admin :19444) and b (:18444, admin :19445)"
@@ -105,6 +107,8 @@ for port in 18443 18444; do
   curl -ksf "https://127.0.0.1:$port/healthz/ready" >/dev/null || { echo "fleet-demo: proxy on :$port not ready; its log:" >&2; cat "$DIR"/*.log >&2; exit 1; }
 done
 xks fleet status --config "$DIR/a.yaml"
+say "a SigV4 credential for key store demo, made once with proxy a's config, for every member"
+xks credentials new --key-store demo --out "$DIR/kms-proxy-config.json" --config "$DIR/a.yaml"
 
 if [ "$SMOKE" -eq 1 ]; then
   say "engage the kill switch through proxy a"
@@ -115,6 +119,9 @@ if [ "$SMOKE" -eq 1 ]; then
   xks killswitch approve-lift --scope proxy --reason "demo over" --key "$DIR/ops/alice.private.jwk.json" --config "$DIR/a.yaml" >/dev/null
   xks killswitch approve-lift --scope proxy --reason "demo over" --key "$DIR/ops/bob.private.jwk.json" --config "$DIR/b.yaml" | grep -q '"lifted": true' && echo "lifted on every member"
   xks fleet status --config "$DIR/b.yaml"
+  say "the credential works on b (no file copied): b decrypts what a encrypts, signed with it"
+  xks check https://localhost:18444/demo/kms/xks/v1 --key-id demo-key-1 --kms-config "$DIR/kms-proxy-config.json" --ca "$DIR/cert.pem" --ciphertexts-from https://localhost:18443/demo/kms/xks/v1 >"$DIR/check.out" || { cat "$DIR/check.out" >&2; exit 1; }
+  echo "every check case passed on b"
   say "smoke test passed"
   exit 0
 fi

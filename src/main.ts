@@ -149,7 +149,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
+    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status, credentialCipher: hsm });
     fleetSize = control.fleetSize;
     const fleetParts = control.fleet;
     if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });

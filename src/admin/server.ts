@@ -34,6 +34,7 @@ import { closeServer, listen, tlsOptions } from '../http/server';
 import type { AppLogger } from '../log/logger';
 import type { AdminActionRecord, AdminActionSink } from './actions';
 import { addCredential, removeCredential } from './credentials-admin';
+import type { FleetCredentials } from '../control/fleet-credentials';
 import { AuthError, OperatorAuth, type OperatorAuthOptions, type OperatorIdentity } from './jwt';
 import type { Role } from './tokens';
 
@@ -52,7 +53,12 @@ export interface AdminServerDeps {
   extraRoutes?: (app: express.Express, guard: AdminGuards) => void;
   /** Fleet mode: the token id replay set shared by every member (OperatorAuthOptions.claimJti). */
   claimJti?: OperatorAuthOptions['claimJti'];
+  /** Fleet mode: credentials of keyStores[].fleetCredentials live in etcd (src/control/fleet-credentials.ts). */
+  fleetCredentials?: FleetCredentials;
 }
+
+/** Fleet credentials: the change's etcd revision, for the audit record. */
+const atRevision = (revision: number | undefined): string => (revision === undefined ? '' : ` (etcd revision ${revision})`);
 
 /** The admin API's own checks, for routes other modules mount. */
 export interface AdminGuards {
@@ -207,7 +213,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
   }
 
   app.get('/admin/v1/key-stores', ...anyone, (_req, res) =>
-    send(res, 200, { keyStores: registry.all().map((ks) => ({ name: ks.name, uriPath: ks.uriPath, keys: ks.keyList().map((k) => k.externalKeyId), accessKeyIds: ks.accessKeyIds() })) }),
+    send(res, 200, { keyStores: registry.all().map((ks) => ({ name: ks.name, uriPath: ks.uriPath, keys: ks.keyList().map((k) => k.externalKeyId), accessKeyIds: ks.accessKeyIds(), fleetAccessKeyIds: ks.fleetAccessKeyIds() })) }),
   );
 
   app.post(
@@ -215,9 +221,9 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('credentials.add', (r) => ({ keyStore: String(r.params.name) }), async (r) => {
       requireReason(r);
-      const out = addCredential(deps.config(), registry, String(r.params.name));
+      const out = await addCredential(deps.config(), registry, String(r.params.name), deps.fleetCredentials);
       // The response carries the new secret (for KMS's UpdateCustomKeyStore); the record never does.
-      return { status: 201, body: out, detail: `added ${out.accessKeyId}` };
+      return { status: 201, body: out, detail: `added ${out.accessKeyId}${atRevision(out.revision)}` };
     }),
   );
 
@@ -226,8 +232,8 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('credentials.remove', (r) => ({ keyStore: String(r.params.name), accessKeyId: String(r.params.akid) }), async (r) => {
       requireReason(r);
-      const out = removeCredential(deps.config(), registry, String(r.params.name), String(r.params.akid));
-      return { body: { removed: String(r.params.akid), ...out } };
+      const out = await removeCredential(deps.config(), registry, String(r.params.name), String(r.params.akid), deps.fleetCredentials);
+      return { body: { removed: String(r.params.akid), ...out }, detail: `removed ${String(r.params.akid)}${atRevision(out.revision)}` };
     }),
   );
 

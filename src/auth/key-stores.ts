@@ -7,6 +7,10 @@
  * be added, KMS switched over with UpdateCustomKeyStore, and the old one removed, all without a
  * restart (spec "SigV4 credentials rotation"). A file that cannot be read or does not hold a
  * spec-conformant secret is left out (fail closed) and reported in the log.
+ *
+ * Fleet mode adds a third source: credentials distributed through etcd, encrypted in the HSM, that
+ * src/control/fleet-credentials.ts decrypts and hands over (setFleetCredentials) for the key stores
+ * with keyStores[].fleetCredentials.
  */
 import type { KeyRotation } from '../xks/key-versions-config';
 import fs from 'node:fs';
@@ -28,6 +32,12 @@ export interface ExternalKeyEntry {
   rotation?: KeyRotation | undefined;
 }
 
+/** A credential the fleet distributes (src/control/fleet-credentials.ts), as decrypted. */
+export interface FleetSecret {
+  secret: string;
+  createdAtMs: number | undefined;
+}
+
 export class KeyStore implements SecretLookup {
   readonly name: string;
   readonly pathPrefix: string;
@@ -40,6 +50,7 @@ export class KeyStore implements SecretLookup {
   readonly compatibility: KeyStoreConfig['compatibility'];
   private staticCredentials = new Map<string, string>();
   private dirCredentials = new Map<string, string>();
+  private fleetCredentials = new Map<string, string>();
 
   constructor(
     cfg: KeyStoreConfig,
@@ -62,7 +73,7 @@ export class KeyStore implements SecretLookup {
   }
 
   secretFor(accessKeyId: string): string | undefined {
-    return this.staticCredentials.get(accessKeyId) ?? this.dirCredentials.get(accessKeyId);
+    return this.staticCredentials.get(accessKeyId) ?? this.dirCredentials.get(accessKeyId) ?? this.fleetCredentials.get(accessKeyId);
   }
 
   ownerOf(accessKeyId: string): string | undefined {
@@ -70,13 +81,19 @@ export class KeyStore implements SecretLookup {
   }
 
   accessKeyIds(): string[] {
-    return [...new Set([...this.staticCredentials.keys(), ...this.dirCredentials.keys()])];
+    return [...new Set([...this.staticCredentials.keys(), ...this.dirCredentials.keys(), ...this.fleetCredentials.keys()])];
+  }
+
+  /** The access key ids of this key store that came from the fleet (etcd). */
+  fleetAccessKeyIds(): string[] {
+    return [...this.fleetCredentials.keys()];
   }
 
   /** @internal used by the registry */
-  setCredentials(staticCreds: Map<string, string>, dirCreds: Map<string, string>): void {
+  setCredentials(staticCreds: Map<string, string>, dirCreds: Map<string, string>, fleetCreds: Map<string, string>): void {
     this.staticCredentials = staticCreds;
     this.dirCredentials = dirCreds;
+    this.fleetCredentials = fleetCreds;
   }
 }
 
@@ -84,6 +101,8 @@ export class KeyStoreRegistry {
   private byPrefix = new Map<string, KeyStore>();
   private configs: KeyStoreConfig[];
   private timer: NodeJS.Timeout | undefined;
+  /** Fleet credentials per key store name, as decrypted; kept across reloads (etcd is their source). */
+  private fleet = new Map<string, Map<string, FleetSecret>>();
 
   constructor(
     config: Pick<Config, 'keyStores'>,
@@ -159,26 +178,46 @@ export class KeyStoreRegistry {
     return this.all().find((ks) => ks.secretFor(accessKeyId) !== undefined)?.name;
   }
 
+  /**
+   * The fleet's credentials (key store -> access key id -> secret), replacing the previous set;
+   * used only by key stores with fleetCredentials.
+   */
+  setFleetCredentials(byKeyStore: ReadonlyMap<string, ReadonlyMap<string, FleetSecret>>): void {
+    this.fleet = new Map([...byKeyStore].map(([k, v]) => [k, new Map(v)]));
+    this.reload();
+  }
+
+  /** When a fleet credential was sealed (its authenticated createdAt): the credential age metric. */
+  fleetCreatedAtMs(keyStore: string, accessKeyId: string): number | undefined {
+    return this.fleet.get(keyStore)?.get(accessKeyId)?.createdAtMs;
+  }
+
   /** Re-read every credential source. Duplicated access key ids across key stores are refused. */
   reload(): void {
-    const loaded = this.configs.map((cfg) => ({ cfg, staticCreds: this.readStatic(cfg), dirCreds: cfg.credentialsDir ? this.readCredentialsDir(cfg.name, cfg.credentialsDir) : new Map<string, string>() }));
+    const loaded = this.configs.map((cfg) => ({
+      cfg,
+      staticCreds: this.readStatic(cfg),
+      dirCreds: cfg.credentialsDir ? this.readCredentialsDir(cfg.name, cfg.credentialsDir) : new Map<string, string>(),
+      fleetCreds: new Map(cfg.fleetCredentials ? [...(this.fleet.get(cfg.name) ?? [])].map(([akid, f]) => [akid, f.secret]) : []),
+    }));
     const owners = new Map<string, Set<string>>();
-    for (const { cfg, staticCreds, dirCreds } of loaded) {
-      for (const akid of [...staticCreds.keys(), ...dirCreds.keys()]) {
+    for (const { cfg, staticCreds, dirCreds, fleetCreds } of loaded) {
+      for (const akid of [...staticCreds.keys(), ...dirCreds.keys(), ...fleetCreds.keys()]) {
         const set = owners.get(akid) ?? new Set<string>();
         set.add(cfg.name);
         owners.set(akid, set);
       }
     }
-    for (const { cfg, staticCreds, dirCreds } of loaded) {
+    for (const { cfg, staticCreds, dirCreds, fleetCreds } of loaded) {
       for (const [akid, set] of owners) {
         if (set.size < 2 || !set.has(cfg.name)) continue;
         // An access key id must name exactly one secret: refuse it everywhere rather than guess.
         this.log.error('access key id configured in several key stores; refused in all', { accessKeyId: akid, keyStores: [...set] });
         staticCreds.delete(akid);
         dirCreds.delete(akid);
+        fleetCreds.delete(akid);
       }
-      this.byPrefix.get(cfg.pathPrefix)!.setCredentials(staticCreds, dirCreds);
+      this.byPrefix.get(cfg.pathPrefix)!.setCredentials(staticCreds, dirCreds, fleetCreds);
     }
   }
 

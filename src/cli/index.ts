@@ -3,7 +3,7 @@
  * xks-proxy: the operator CLI.
  *   serve                         run the proxy
  *   keys create|list|rotate|versions|retire   AES keys in the token and their versions
- *   credentials new|list          SigV4 credentials of a key store, and the KMS proxy configuration JSON
+ *   credentials new|remove|list   SigV4 credentials of a key store (files or the fleet), and the KMS proxy configuration JSON
  */
 // First: sizes libuv's thread pool before anything can start it (see the module).
 import { threadPoolSizing } from '../runtime/thread-pool-size';
@@ -17,7 +17,7 @@ import { startWorker } from '../cluster/worker';
 import { createAppLogger, type AppLogger } from '../log/logger';
 import { StartupError, startProxy, type RunningProxy } from '../main';
 import { VERSION } from '../version';
-import { listCredentials, newCredential } from '../auth/credentials';
+import { CREDENTIALS_USAGE, credentialsCommand } from './credential-commands';
 import { CHECK_USAGE, checkCommand } from './check';
 import { AUDIT_USAGE, auditCommand } from './audit-commands';
 import { IMPORT_USAGE, importConfigCommand } from './import-config';
@@ -33,7 +33,7 @@ Usage: xks-proxy <command> [options]
 Commands:
   serve          run the proxy
   keys           create, list and rotate keys in the HSM token
-  credentials    create and list SigV4 credentials of a key store
+  credentials    create, remove and list SigV4 credentials of a key store (files or the fleet)
   audit          audit signing key, verification of the audit log, reconciliation with CloudTrail
   operator       operator key pairs and admin API tokens
   killswitch     show, engage and lift the kill switch (and the emergency local engage, repair)
@@ -57,6 +57,8 @@ create: generates an AES key inside the token (non-extractable, sensitive) with 
         allowed usage (default encrypt-decrypt, 256 bits). Refuses a label that already exists.
         --type hmac: the control state's MAC key (256-bit generic secret, sign/verify only, never
         leaves the HSM); its label is control.stateAuth.hsmKeyLabel (default xks-control-state).
+        Fleet credentials (keyStores[].fleetCredentials) need an AES key too, used for nothing
+        else: keys create --label xks-credential-wrap (control.etcd.credentialWrapKeyLabel).
 list:   every secret key in the token with the metadata the proxy reports (keySpec, keyUsage), and
         the key stores and externalKeyIds that use it.
 
@@ -64,14 +66,7 @@ ${KEY_VERSION_USAGE}`,
   audit: AUDIT_USAGE,
   'import-config': IMPORT_USAGE,
   check: CHECK_USAGE,
-  credentials: `Usage:
-  xks-proxy credentials new --key-store NAME [--out FILE] [--config FILE]
-  xks-proxy credentials list [--json] [--config FILE]
-
-new:  makes a spec-conformant access key id and secret for the key store, stores the secret in the
-      key store's credentialsDir (mode 0600; the running proxy picks it up without a restart) and
-      prints the KMS console proxy configuration JSON (or writes it to --out, mode 0600).
-list: the access key ids of every key store (never the secrets); --json for scripts.`,
+  credentials: CREDENTIALS_USAGE,
 };
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -183,26 +178,10 @@ async function keys(argv: string[]): Promise<number> {
 }
 
 async function credentials(argv: string[]): Promise<number> {
-  const { flags, positionals } = parse(argv, { 'key-store': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } });
+  const { flags, positionals } = parse(argv, { 'key-store': { type: 'string' }, 'access-key-id': { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } });
   const sub = positionals[0];
   if (flags.help || !sub) return help('credentials', !flags.help);
-  const loaded = load(flags);
-  if (sub === 'new') {
-    const name = flags['key-store'] as string | undefined;
-    if (!name) return usageError('credentials', '--key-store is required');
-    const out = newCredential(loaded.config, name, flags.out as string | undefined);
-    process.stderr.write(`new credential ${out.accessKeyId} for key store "${name}" stored in ${out.secretFile}\n`);
-    if (!flags.out) process.stdout.write(out.kmsConfigJson + '\n');
-    else process.stderr.write(`KMS proxy configuration written to ${flags.out}\n`);
-    return 0;
-  }
-  if (sub === 'list') {
-    const rows = listCredentials(loaded.config);
-    if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
-    else process.stdout.write(formatTable([['KEY STORE', 'URI PATH', 'ACCESS KEY IDS'], ...rows.map((row) => [row.keyStore, row.uriPath, row.accessKeyIds.join(',') || '(none)'])]));
-    return 0;
-  }
-  return usageError('credentials', `unknown subcommand ${sub}`);
+  return credentialsCommand(sub, load(flags), flags, formatTable);
 }
 
 /** Rows as columns padded to their widest cell, the first row a header (the last column unpadded). */

@@ -66,6 +66,13 @@ const KeyStore = z
      * that credentials can be added and removed without a restart (spec "SigV4 credentials rotation").
      */
     credentialsDir: z.string().min(1).optional(),
+    /**
+     * Fleet mode (control.store: etcd) only: this key store also takes the credentials the fleet
+     * distributes through etcd, each secret encrypted inside the HSM under
+     * control.etcd.credentialWrapKeyLabel (docs/fleet.md "Credentials across the fleet"). `xks-proxy
+     * credentials new` and the admin API then create them there, for every member at once.
+     */
+    fleetCredentials: z.boolean().optional(),
     keys: z.array(ExternalKey).default([]),
     /**
      * 'aws-sample': Decrypt also accepts ciphertexts made by the AWS sample XKS proxy, whose GCM AAD
@@ -301,9 +308,17 @@ export const ConfigSchema = z
         ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'pathPrefix'], message: `same prefix as keyStores.${prev}` });
       }
       prefixes.set(ks.pathPrefix, i);
-      if (ks.credentials.length === 0 && ks.credentialsDir === undefined) {
-        ctx.addIssue({ code: 'custom', path: ['keyStores', i], message: 'needs "credentials" or "credentialsDir"' });
+      if (ks.credentials.length === 0 && ks.credentialsDir === undefined && !ks.fleetCredentials) {
+        ctx.addIssue({ code: 'custom', path: ['keyStores', i], message: 'needs "credentials", "credentialsDir" or "fleetCredentials"' });
       }
+      if (ks.fleetCredentials && c.control?.store !== 'etcd') {
+        ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'fleetCredentials'], message: 'needs control.store: etcd (the fleet distributes credentials through etcd)' });
+      }
+      // The wrap key must serve nothing else: as an XKS key, a caller choosing the AAD could ask it to decrypt a credential.
+      const wrap = c.control?.etcd?.credentialWrapKeyLabel;
+      ks.keys.forEach((k, j) => {
+        if (wrap !== undefined && (k.label ?? k.externalKeyId) === wrap) ctx.addIssue({ code: 'custom', path: ['keyStores', i, 'keys', j], message: `uses the HSM key "${wrap}", which is control.etcd.credentialWrapKeyLabel: the credential wrap key serves no other purpose` });
+      });
       ks.credentials.forEach((cr, j) => {
         const other = akids.get(cr.accessKeyId);
         if (other !== undefined) {
@@ -317,6 +332,9 @@ export const ConfigSchema = z
         ids.add(k.externalKeyId);
       });
     });
+    if (c.control?.etcd && c.hsm.healthKeyLabel === c.control.etcd.credentialWrapKeyLabel) {
+      ctx.addIssue({ code: 'custom', path: ['hsm', 'healthKeyLabel'], message: 'must not be control.etcd.credentialWrapKeyLabel: the credential wrap key serves no other purpose' });
+    }
   })
   // server.workers 'auto' is resolved here, where the whole file is known: one process per fleet
   // member in fleet mode (control.store etcd runs no workers yet), else one worker per core.

@@ -73,6 +73,12 @@ export const EtcdConfig = z
     leaseTtlSeconds: z.number().int().min(2).max(600).default(10),
     /** How long an engage waits for every live member to acknowledge before it names the missing. */
     ackTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+    /**
+     * The AES-256 key in the token that encrypts the SigV4 secrets of keyStores[].fleetCredentials
+     * (AES-GCM inside the HSM; never used for anything else). Create it once on the shared token:
+     * xks-proxy keys create --label xks-credential-wrap
+     */
+    credentialWrapKeyLabel: z.string().min(1).max(256).default('xks-credential-wrap'),
   })
   .strict()
   .superRefine((e, ctx) => {

@@ -15,12 +15,16 @@ import type { ControlPlane } from './control-plane';
 import { connectEtcd, normalisePrefix } from './etcd-client';
 import { EtcdControlStore } from './etcd-store';
 import { EtcdFleet } from './fleet';
+import { FleetCredentials } from './fleet-credentials';
+import type { CredentialCipher } from '../auth/credential-envelope';
 import type { StateAuthenticator } from './state-auth';
 
 export interface FleetParts {
   client: Etcd3;
   store: EtcdControlStore;
   fleet: EtcdFleet;
+  /** SigV4 credentials sealed in the HSM and shared through etcd (absent without an HSM cipher). */
+  credentials: FleetCredentials | undefined;
   /** Follow the control plane: acks, staleness audit, health; joins the fleet (retrying until etcd answers). */
   attach(control: ControlPlane, audit: AdminActionSink, health: (() => string | undefined) | undefined): Promise<void>;
   /** Scrape-time figures for the metrics (prom-meter.ts FleetMetrics). */
@@ -36,12 +40,13 @@ export function defaultNodeId(config: Readonly<Config>): string {
   return config.server.port === 0 ? `${os.hostname()}-${process.pid}` : `${os.hostname()}:${config.server.port}`;
 }
 
-export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config: Readonly<Config>, log: AppLogger, now?: () => number): FleetParts {
+export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config: Readonly<Config>, log: AppLogger, now?: () => number, cipher?: CredentialCipher): FleetParts {
   const prefix = normalisePrefix(e.prefix);
   const client = connectEtcd(e);
   const store = new EtcdControlStore(client, auth, { prefix, maxStalenessMs: e.maxStalenessMs, keepLastKnownMs: e.keepLastKnownMs, log, ...(now ? { now } : {}) });
   const nodeId = e.nodeId ?? defaultNodeId(config);
   const fleet = new EtcdFleet(client, store, { prefix, nodeId, version: VERSION, address: e.advertiseAddress ?? `${config.server.host}:${config.server.port}`, leaseTtlSeconds: e.leaseTtlSeconds, ackTimeoutMs: e.ackTimeoutMs, log, ...(now ? { now } : {}) });
+  const credentials = cipher && new FleetCredentials(client, cipher, { prefix, wrapKeyLabel: e.credentialWrapKeyLabel, nodeId, log, callMs: Math.max(500, Math.floor(e.maxStalenessMs / 2)), ...(now ? { now } : {}) });
   const timers: NodeJS.Timeout[] = [];
   let closed = false;
   const stamp = () => new Date((now ?? Date.now)()).toISOString();
@@ -49,6 +54,7 @@ export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config:
     client,
     store,
     fleet,
+    credentials,
     async attach(control, audit, health) {
       control.on('applied', (a: { revision?: number }) => fleet.ack(a.revision));
       control.on('stale', (s: { reason: string }) => {
@@ -89,11 +95,13 @@ export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config:
         appliedRevision: fleet.appliedRevision(),
         storeUp: !store.isStale(),
         stalenessSeconds: stalenessMs / 1000,
+        credentials: credentials?.counts(),
       };
     },
     async close() {
       closed = true;
       for (const t of timers) clearTimeout(t);
+      await credentials?.close();
       await store.close();
       await fleet.close();
       client.close();

@@ -18,6 +18,7 @@ import { ControlPlane, type ControlPlaneOptions } from './control-plane';
 import type { HistoryEvent } from './state-model';
 import { checkStateKey, hsmStateAuthenticator, type StateHsm } from './state-auth';
 import { startFleetStore, type FleetParts } from './fleet-start';
+import type { CredentialCipher } from '../auth/credential-envelope';
 
 export interface ControlStartOptions {
   /** The HSM that authenticates the control state (required with a `control` section). */
@@ -33,6 +34,8 @@ export interface ControlStartOptions {
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
   /** Fleet mode: this member's last deep health status (GetHealthStatus's), for its member record. */
   health?: () => string | undefined;
+  /** Fleet mode: the HSM's AES-GCM, which seals and opens the fleet's SigV4 credentials. */
+  credentialCipher?: CredentialCipher;
 }
 
 export interface RunningControl {
@@ -70,7 +73,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   // Each worker process would join the fleet under the same node id, and a member's ack would not
   // cover its workers: not supported yet (docs/fleet.md, "Not done yet").
   if (c.store === 'etcd' && live.config.server.workers > 1) throw new Error('control.store: etcd does not support server.workers > 1 yet: run one proxy process per fleet member (docs/fleet.md)');
-  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now) : undefined;
+  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now, opts.credentialCipher) : undefined;
   const control = await ControlPlane.open({
     stateAuth,
     ...(c.stateDir !== undefined ? { stateDir: c.stateDir } : {}),
@@ -99,6 +102,8 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   // control plane has logged it at error level.
   control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(t.reason, t.origin, opts.now)));
   if (fleet) await fleet.attach(control, onAdminAction, opts.health);
+  // Loaded before the proxy serves (a KMS request signed with a fleet credential must verify at once).
+  await fleet?.credentials?.follow(registry, onAdminAction);
   control.startWatching();
   live.onReload({
     controlState: () => {
@@ -118,7 +123,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}), ...(fleet?.credentials ? { fleetCredentials: fleet.credentials } : {}) });
     } catch (e) {
       control.close();
       await fleet?.close();

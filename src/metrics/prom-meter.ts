@@ -75,6 +75,8 @@ export interface FleetMetrics {
   /** The control state is confirmed within the staleness bound. */
   storeUp: boolean;
   stalenessSeconds: number;
+  /** Fleet credentials (control/fleet-credentials.ts): accepted, and values in etcd this member refuses. */
+  credentials?: { accepted: number; refused: number } | undefined;
 }
 
 export interface PromMeterOptions {
@@ -177,7 +179,7 @@ export class PromMeter implements Meter {
       },
     });
     new Gauge({
-      name: 'xks_sigv4_credential_age_days', help: 'Age in days of each active SigV4 credential (from its secret file). Inline env-var credentials are not listed.', labelNames: ['key_store', 'access_key_id'], registers,
+      name: 'xks_sigv4_credential_age_days', help: 'Age in days of each active SigV4 credential (from its secret file, or a fleet credential\'s sealed creation time). Inline env-var credentials are not listed.', labelNames: ['key_store', 'access_key_id'], registers,
       collect() {
         this.reset();
         for (const c of self.sources.credentials?.() ?? []) this.set({ key_store: c.keyStore, access_key_id: c.accessKeyId }, (self.now() - c.createdAtMs) / DAY_MS);
@@ -276,6 +278,8 @@ export class PromMeter implements Meter {
     fleetGauge('xks_fleet_members_healthy', 'Fleet mode: live members whose deep health check passes (GetHealthStatus xksProxyFleetSize).', (f) => f.healthyMembers);
     fleetGauge('xks_control_applied_revision', 'Fleet mode: the etcd revision of the control state this member has applied.', (f) => f.appliedRevision);
     fleetGauge('xks_control_store_up', 'Fleet mode: 1 while this member confirms the control state within control.etcd.maxStalenessMs, 0 while it fails closed for want of it.', (f) => (f.storeUp ? 1 : 0));
+    fleetGauge('xks_fleet_credentials_accepted', 'Fleet mode: SigV4 credentials from etcd this member accepted (decrypted in the HSM).', (f) => f.credentials?.accepted ?? 0);
+    fleetGauge('xks_fleet_credentials_refused', 'Fleet mode: credential values in etcd this member refuses (do not authenticate in the HSM, or no HSM verdict yet).', (f) => f.credentials?.refused ?? 0);
     fleetGauge('xks_control_staleness_seconds', 'Fleet mode: seconds since this member last confirmed the control state with an etcd quorum.', (f) => f.stalenessSeconds);
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }

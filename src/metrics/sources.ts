@@ -1,8 +1,9 @@
 /**
  * Scrape-time sources that need the configuration: SigV4 credential ages. Operators alarm on old
  * credentials as KMS does on its side; the age is the mtime of the credential's secret file
- * (written once by `credentials new`). Credentials whose secret comes from an env var have no
- * known age and are left out. Only credentials the registry actually loaded are listed.
+ * (written once by `credentials new`), or for a fleet credential the creation time sealed with it
+ * (authenticated by its AAD). Credentials whose secret comes from an env var have no known age and
+ * are left out. Only credentials the registry actually loaded are listed.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -27,6 +28,10 @@ export function credentialAges(keyStores: Config['keyStores'], registry: KeyStor
       } catch {
         // Gone since the last reload: the next reload drops it from the registry too.
       }
+    }
+    for (const akid of registry.byName(cfg.name)?.fleetAccessKeyIds() ?? []) {
+      const createdAtMs = registry.fleetCreatedAtMs(cfg.name, akid);
+      if (createdAtMs !== undefined && !files.has(akid)) out.push({ keyStore: cfg.name, accessKeyId: akid, createdAtMs });
     }
   }
   return out;

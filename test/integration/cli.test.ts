@@ -132,4 +132,20 @@ describe('xks-proxy CLI', () => {
     const lines = stderr().split('\n').filter((l) => l.trim().length > 0).map((l) => JSON.parse(l) as { message: string; level: string; signal?: string });
     expect(lines.find((l) => l.message === 'shutting down')).to.include({ level: 'info', signal: 'SIGTERM' });
   });
+
+  it('credentials remove: deletes a folder credential, never the key store\'s last one', async () => {
+    const ids = () => fs.readdirSync(path.join(token.dir, 'creds')).filter((f) => f.endsWith('.secret')).map((f) => f.slice(0, -'.secret'.length));
+    await cli('credentials', 'new', '--key-store', 'demo', '--out', path.join(token.dir, 'kms2.json'));
+    const before = ids();
+    expect(before.length).to.be.greaterThan(1);
+    for (const akid of before.slice(1)) {
+      const r = await cli('credentials', 'remove', '--key-store', 'demo', '--access-key-id', akid);
+      expect(r.stderr).to.include(`removed credential ${akid} of key store "demo"`);
+    }
+    expect(ids()).to.deep.equal([before[0]]);
+    const last = await cli('credentials', 'remove', '--key-store', 'demo', '--access-key-id', before[0]!).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(last?.code).to.equal(1);
+    expect(last?.stderr).to.match(/refusing to remove the last credential of key store demo/);
+    expect(ids()).to.deep.equal([before[0]]);
+  });
 });

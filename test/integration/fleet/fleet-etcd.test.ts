@@ -14,6 +14,7 @@ import { createKey } from '../../../src/hsm/key-admin';
 import type { ControlPlane } from '../../../src/control/control-plane';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
+import { until } from '../../helpers/until';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { AUDIENCE, adminClient, adminRaw, makeOperators, type Operators } from '../control/admin-helpers';
@@ -40,15 +41,6 @@ function waitEvent<T>(em: ControlPlane, ev: string, pred: (x: T) => boolean, tim
   });
 }
 
-/** Polls `f` until it returns true (bounded): for state that has no event of its own (HTTP answers). */
-async function until(f: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await f()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
-}
 
 describe('fleet mode on a real etcd cluster', function () {
   this.timeout(60_000);

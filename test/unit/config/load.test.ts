@@ -61,7 +61,7 @@ describe('configuration', () => {
     expect(joined).to.include('keyStores.1.name: duplicate key store name');
     expect(joined).to.include('keyStores.1.pathPrefix: same prefix as keyStores.0');
     expect(joined).to.include('keyStores.1.credentials.0.accessKeyId: already used by key store "a"');
-    expect(joined).to.include('keyStores.2: needs "credentials" or "credentialsDir"');
+    expect(joined).to.include('keyStores.2: needs "credentials", "credentialsDir" or "fleetCredentials"');
   });
 
   it('enforces the spec formats: prefix characters and length, access key id alphabet', () => {

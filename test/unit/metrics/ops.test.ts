@@ -40,7 +40,7 @@ describe('ops: dashboard and alert rules', () => {
     for (const m of usedMetrics(rules.map((r) => r.expr))) expect(known.has(m), m).to.equal(true);
     const all = rules.map((r) => r.expr).join('\n');
     // Issue 4: error rate, p99 near the 250 ms budget, health not ACTIVE, kill switch, certificate, credential age, throttling.
-    for (const needle of ['outcome!="ok"', 'xks_request_duration_seconds_bucket', 'status="ACTIVE"', 'xks_kill_switch_engaged', 'xks_tls_certificate_expiry_days', 'xks_sigv4_credential_age_days', 'xks_throttled_requests_total', 'xks_key_encryption_limit', 'xks_key_rotation_threshold_encryptions', 'xks_control_store_up', 'xks_fleet_members', 'xks_control_applied_revision']) {
+    for (const needle of ['outcome!="ok"', 'xks_request_duration_seconds_bucket', 'status="ACTIVE"', 'xks_kill_switch_engaged', 'xks_tls_certificate_expiry_days', 'xks_sigv4_credential_age_days', 'xks_throttled_requests_total', 'xks_key_encryption_limit', 'xks_key_rotation_threshold_encryptions', 'xks_control_store_up', 'xks_fleet_members', 'xks_control_applied_revision', 'xks_fleet_credentials_refused']) {
       expect(all).to.include(needle);
     }
   });
