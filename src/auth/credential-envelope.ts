@@ -79,7 +79,13 @@ export async function sealCredential(cipher: CredentialCipher, name: CredentialN
 }
 
 /** The secret of a sealed value, or CredentialRefused saying why (never with the secret). */
-export async function openCredential(cipher: CredentialCipher, name: CredentialName, text: string): Promise<{ secret: string; meta: CredentialMeta }> {
+/**
+ * `wrapKeyLabel`: the one key this fleet seals credentials with (control.etcd.credentialWrapKeyLabel).
+ * A value naming another key is refused before any HSM call: the label is part of the value, and
+ * whoever can write etcd and also get a tag made under another key of the token (an XKS key
+ * encrypts a caller's plaintext under a caller's AAD) would otherwise choose the key that opens it.
+ */
+export async function openCredential(cipher: CredentialCipher, name: CredentialName, text: string, wrapKeyLabel: string): Promise<{ secret: string; meta: CredentialMeta }> {
   let v: Partial<SealedCredential>;
   try {
     v = JSON.parse(text) as Partial<SealedCredential>;
@@ -94,6 +100,7 @@ export async function openCredential(cipher: CredentialCipher, name: CredentialN
     return x;
   };
   const meta: CredentialMeta = { wrapKeyLabel: str('wrapKeyLabel'), createdAt: str('createdAt'), createdBy: str('createdBy') };
+  if (meta.wrapKeyLabel !== wrapKeyLabel) throw new CredentialRefused(`the value names the HSM key "${meta.wrapKeyLabel}", not this fleet's wrap key "${wrapKeyLabel}" (control.etcd.credentialWrapKeyLabel)`);
   const [iv, ciphertext, tag] = [str('iv'), str('ciphertext'), str('tag')].map((b) => Buffer.from(b, 'base64'));
   let plaintext: Buffer;
   try {

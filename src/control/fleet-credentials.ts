@@ -104,7 +104,7 @@ export class FleetCredentials {
     const name = { prefix: this.o.prefix, keyStore, accessKeyId };
     const text = await sealCredential(this.cipher, name, secret, meta);
     // Read back in the HSM before anything is written: etcd never holds a value the token cannot open.
-    await openCredential(this.cipher, name, text).catch((e: Error) => {
+    await openCredential(this.cipher, name, text, this.o.wrapKeyLabel).catch((e: Error) => {
       throw new Error(`the sealed credential does not open again: ${e.message}`);
     });
     const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(text)).commit(), this.o.callMs, 'write the credential');
@@ -264,7 +264,7 @@ export class FleetCredentials {
     if (!name) return this.refused(key, undefined, revision, origin, 'the key is not credentials/<keyStore>/<accessKeyId> with a valid key store name and access key id', had !== undefined);
     let opened: Awaited<ReturnType<typeof openCredential>>;
     try {
-      opened = await openCredential(this.cipher, { prefix: this.o.prefix, ...name }, value.toString('utf8'));
+      opened = await openCredential(this.cipher, { prefix: this.o.prefix, ...name }, value.toString('utf8'), this.o.wrapKeyLabel);
     } catch (e) {
       if (!(e instanceof CredentialRefused) || e.retryable) return this.notYet(key, name, revision, origin, e instanceof CredentialRefused ? e.message : 'the value could not be checked', had !== undefined);
       this.hsmRetries.delete(key);

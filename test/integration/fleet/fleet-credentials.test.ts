@@ -188,7 +188,7 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     expect(metrics).to.not.include(`access_key_id="${victim.accessKeyId}"`);
   });
 
-  it('a value copied under another access key id or key store, or naming a wrap key the token lacks, is refused', async () => {
+  it('a value copied under another access key id or key store, or naming another wrap key than the fleet\'s, is refused', async () => {
     const c = await addVia('A');
     await until(() => works('B', c), 5000, 'B accepts it');
     const value = (await etcdClient.get(credKey('a', c.accessKeyId)).string())!;
@@ -203,7 +203,7 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
       expect(await refused(n, { accessKeyId: noKeyId, secret: c.secret })).to.equal(true);
       expect(await refused(n, c, 'b')).to.equal(true);
       expect(await works(n, c)).to.equal(true);
-      expect(P(n).appLog()).to.include('the wrap key \\"no-such-wrap-key\\" is not in the token');
+      expect(P(n).appLog()).to.include('the value names the HSM key \\"no-such-wrap-key\\", not this fleet\'s wrap key');
     }
   });
 

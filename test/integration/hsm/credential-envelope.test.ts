@@ -24,6 +24,7 @@ describe('fleet credential envelope (real SoftHSM2 token)', () => {
     token = createTestToken();
     await createKey(token.hsmConfig, token.pin, { label: WRAP, usage: 'encrypt-decrypt' });
     await createKey(token.hsmConfig, token.pin, { label: 'encrypt-only', usage: 'encrypt' });
+    await createKey(token.hsmConfig, token.pin, { label: 'xks-data-key', usage: 'encrypt-decrypt' });
     hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
   });
   after(async () => {
@@ -32,9 +33,9 @@ describe('fleet credential envelope (real SoftHSM2 token)', () => {
   });
 
   /** The reason a value is refused (and that the secret is not in it). */
-  async function refusal(n: CredentialName, text: string): Promise<string> {
+  async function refusal(n: CredentialName, text: string, wrapKeyLabel = WRAP): Promise<string> {
     try {
-      await openCredential(hsm, n, text);
+      await openCredential(hsm, n, text, wrapKeyLabel);
     } catch (e) {
       expect(e).to.be.instanceOf(CredentialRefused);
       expect((e as Error).message).to.not.include(secret);
@@ -51,7 +52,7 @@ describe('fleet credential envelope (real SoftHSM2 token)', () => {
     expect(Buffer.from(v.iv, 'base64')).to.have.length(12);
     expect(Buffer.from(v.tag, 'base64')).to.have.length(16);
     expect(Buffer.from(v.ciphertext, 'base64')).to.have.length(secret.length);
-    expect((await openCredential(hsm, name, text)).secret).to.equal(secret);
+    expect((await openCredential(hsm, name, text, WRAP)).secret).to.equal(secret);
     const again = JSON.parse(await sealCredential(hsm, name, secret, meta));
     expect(again.iv).to.not.equal(v.iv);
     expect(again.ciphertext).to.not.equal(v.ciphertext);
@@ -82,11 +83,21 @@ describe('fleet credential envelope (real SoftHSM2 token)', () => {
     expect(await refusal(name, JSON.stringify({ ...v, format: 'other' }))).to.match(/is not a xks-proxy\/fleet-credential/);
     expect(await refusal(name, 'not json')).to.match(/not JSON/);
     expect(await refusal(name, JSON.stringify({ ...v, tag: undefined }))).to.match(/field "tag" is missing/);
-    expect(await refusal(name, JSON.stringify({ ...v, wrapKeyLabel: 'absent' }))).to.match(/the wrap key "absent" is not in the token/);
-    expect(await refusal(name, JSON.stringify({ ...v, wrapKeyLabel: 'encrypt-only' }))).to.match(/may not encrypt and decrypt/);
+    // A fleet configured with a wrap key the token lacks, or one that may not decrypt.
+    expect(await refusal(name, JSON.stringify({ ...v, wrapKeyLabel: 'absent' }), 'absent')).to.match(/the wrap key "absent" is not in the token/);
+    expect(await refusal(name, JSON.stringify({ ...v, wrapKeyLabel: 'encrypt-only' }), 'encrypt-only')).to.match(/may not encrypt and decrypt/);
     let err: Error | undefined;
     await sealCredential(hsm, name, secret, { ...meta, wrapKeyLabel: 'absent' }).catch((e: Error) => (err = e));
     expect(err?.message).to.match(/cannot encrypt the secret in the HSM with key "absent": the wrap key "absent" is not in the token/);
     expect(err?.message).to.not.include(secret);
+  });
+
+  it("refuses a value that names another key of the token than the fleet's wrap key, before any HSM call", async () => {
+    // What an attacker with etcd write access and a SigV4 credential could make: a tag under an XKS
+    // key (XKS Encrypt takes the caller's plaintext and AAD), in a value that names that key.
+    const forged = await sealCredential(hsm, name, secret, { ...meta, wrapKeyLabel: 'xks-data-key' });
+    expect(await refusal(name, forged)).to.equal(`the value names the HSM key "xks-data-key", not this fleet's wrap key "${WRAP}" (control.etcd.credentialWrapKeyLabel)`);
+    // Opened with the key it names, it is a valid value: only the label check stands in the way.
+    expect((await openCredential(hsm, name, forged, 'xks-data-key')).secret).to.equal(secret);
   });
 });
