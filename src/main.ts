@@ -35,6 +35,7 @@ import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
 import { KeyVersionManager } from './xks/key-versions';
+import { KeyRetirement, type RetireRequest } from './xks/key-retirement';
 import { XksService } from './xks/service';
 
 /** Running as worker `index` of a cluster (server.workers > 1): see src/cluster/. */
@@ -136,7 +137,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   // Every version change this proxy makes or first sees is in its audit chain.
   versions.onVersionEvent = (e) =>
-    audit.writeAdmin({ operator: 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
+    audit.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
   versions.start();
   meter.bind({ keyVersions: () => versions.status() });
   // Fleet mode: xksProxyFleetSize is the live members with a healthy deep check (control/fleet.ts).
@@ -146,9 +147,12 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   // The admin API's reload needs the running proxy, which exists only once startControl returned.
   let reloadNow: (() => Promise<ReloadResult>) | undefined;
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
+  // Retiring needs the control plane, which startControl makes: bound once it exists.
+  let retirement: KeyRetirement | undefined;
+  const retireKeyVersion = (r: RetireRequest) => (retirement ? retirement.request(r) : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
+    control = await startControl(live, log, { stateHsm: hsm, retireKeyVersion, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
     fleetSize = control.fleetSize;
     const fleetParts = control.fleet;
     if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });
@@ -158,6 +162,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
+  if (plane) retirement = new KeyRetirement({ versions, hsm, control: plane, quietDays: config.keyVersions.retireQuietDays, ...(opts.now ? { now: opts.now } : {}) });
   if (plane) {
     meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
     meter.bind({ controlTrust: () => ({ trusted: plane.readinessFault() === undefined, tampered: plane.tamperReason() !== undefined }) });

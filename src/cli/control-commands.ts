@@ -212,7 +212,8 @@ export function adminRequest(t: AdminTarget, method: string, path: string, token
   });
 }
 
-async function callAdmin(flags: Flags, method: string, path: string, body?: unknown): Promise<number> {
+/** One admin API call with a fresh token (--key); prints the answer; exit code 0 for a 2xx. */
+export async function callAdmin(flags: Flags, method: string, path: string, body?: unknown): Promise<number> {
   const target = adminTarget(flags);
   const token = await tokenFor(flags, (flags.role as string | undefined) ?? 'operator');
   let r: AdminResponse;
@@ -226,7 +227,7 @@ async function callAdmin(flags: Flags, method: string, path: string, body?: unkn
   return r.status < 300 ? 0 : 1;
 }
 
-const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, ca: { type: 'string' }, role: { type: 'string' }, audience: { type: 'string' }, ttl: { type: 'string' } } as const;
+export const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, ca: { type: 'string' }, role: { type: 'string' }, audience: { type: 'string' }, ttl: { type: 'string' } } as const;
 
 // ---- killswitch ------------------------------------------------------------------------------
 

@@ -43,6 +43,13 @@ export const KeyVersionsConfig = z
      * unless a new version can be generated. Below 2^32 by a margin for other proxies' counts.
      */
     encryptionLimit: z.number().int().min(1).max(GCM_RANDOM_IV_LIMIT).default(2 ** 32 - 2 ** 28),
+    /**
+     * Retiring (destroying) a version is refused while its last decrypt counted here is less than
+     * this many days old, unless the quorum approves it with forceRecentUse (`keys retire
+     * --force-recent-use`). 0: no quiet period. Needs usageDir: without it the last use is unknown
+     * and every retirement needs forceRecentUse.
+     */
+    retireQuietDays: z.number().int().min(0).max(3650).default(30),
   })
   .strict();
 export type KeyVersionsConfig = z.infer<typeof KeyVersionsConfig>;
