@@ -36,6 +36,8 @@ import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
 import { KeyVersionManager } from './xks/key-versions';
 import { KeyRetirement, type RetireRequest } from './xks/key-retirement';
+import { EtcdEncryptionCounter } from './control/etcd-encryption-counter';
+import { normalisePrefix } from './control/etcd-client';
 import { XksService } from './xks/service';
 
 /** Running as worker `index` of a cluster (server.workers > 1): see src/cluster/. */
@@ -156,6 +158,10 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     fleetSize = control.fleetSize;
     const fleetParts = control.fleet;
     if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });
+    // Fleet mode: every member encrypts under the same HSM keys, so the GCM count is the fleet's,
+    // reserved in etcd block by block (before the listeners open: no Encrypt has run yet).
+    const etcd = config.control?.etcd;
+    if (fleetParts && etcd) versions.ledger.useShared(new EtcdEncryptionCounter(fleetParts.client, normalisePrefix(etcd.prefix), Math.max(500, Math.floor(etcd.maxStalenessMs / 2)), log, etcd.keepLastKnownMs > 0));
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();

@@ -92,11 +92,17 @@ export class KeyVersionManager {
     private readonly log: AppLogger,
     private readonly now: () => number = Date.now,
   ) {
-    this.ledger = new UsageLedger({ dir: cfg.usageDir, reserveBlock: cfg.reserveBlock, now });
+    this.ledger = new UsageLedger({
+      dir: cfg.usageDir,
+      reserveBlock: cfg.reserveBlock,
+      now,
+      onBorrow: (version, n, cause) =>
+        this.log.warn('fleet encryption count unreachable: encrypting on one block of this proxy\'s own, added to the fleet count once etcd answers (control.etcd.keepLastKnownMs)', { version, encryptions: n, reason: cause instanceof XksError ? cause.detail : (cause as Error).message }),
+    });
   }
 
   start(): void {
-    if (!this.ledger.persistent) this.log.warn('keyVersions.usageDir is not set: encryption counts per key version are kept in memory only and restart from 0 with the process');
+    if (!this.ledger.persistent) this.log.warn('keyVersions.usageDir is not set: encryption counts per key version (outside fleet mode) and decrypt counts are kept in memory only and restart from 0 with the process');
     this.flushTimer = setInterval(() => this.flushQuietly(), this.cfg.flushIntervalMs);
     this.flushTimer.unref();
   }
@@ -259,7 +265,7 @@ export class KeyVersionManager {
   async forEncrypt(k: ExternalKeyEntry): Promise<EncryptVersion> {
     this.served.set(k.label, k);
     let seen = await this.versionsOf(k.label, this.cfg.rescanIntervalMs);
-    if (!this.ledger.tryEncrypt(k.label, seen.current, this.cfg.encryptionLimit)) {
+    if (!(await this.ledger.reserveEncryption(k.label, seen.current, this.cfg.encryptionLimit))) {
       // The hard limit: never encrypt past it. A new version is the only way on.
       if (this.cfg.autoRotate) {
         try {
@@ -269,7 +275,7 @@ export class KeyVersionManager {
         }
         seen = await this.versionsOf(k.label, 0);
       }
-      if (!this.ledger.tryEncrypt(k.label, seen.current, this.cfg.encryptionLimit)) {
+      if (!(await this.ledger.reserveEncryption(k.label, seen.current, this.cfg.encryptionLimit))) {
         throw new XksError(
           'InvalidStateException',
           'The external key has reached its encryption limit and must be rotated by the proxy operator.',

@@ -1,0 +1,156 @@
+/**
+ * Key versions in fleet mode, against a real three-member etcd cluster and two real proxies on one
+ * SoftHSM2 token, over real HTTPS: the GCM encryption count of a key version is the fleet's
+ * (reserved in etcd block by block), so counts from both proxies add up, the rotation threshold
+ * is reached on the fleet total and the hard limit holds for the fleet; and a key version retired
+ * with approvals given on different members is gone for both.
+ */
+import { expect } from 'chai';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { EtcdEncryptionCounter } from '../../../src/control/etcd-encryption-counter';
+import { createKey } from '../../../src/hsm/key-admin';
+import { listKeyVersions, rotateKey } from '../../../src/hsm/key-version-admin';
+import { createSilentLogger } from '../../../src/log/logger';
+import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
+import { eventually, sealedOf, xksClient, type Sealed } from '../../helpers/key-version-client';
+import { startHarness, writeCredential, type Credential, type Harness } from '../../helpers/proxy-harness';
+import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { createStateKey } from '../../helpers/state-hsm';
+import { AUDIENCE, adminClient, makeOperators, type Operators } from '../control/admin-helpers';
+
+const BLOCK = 5;
+const THRESHOLD = 20;
+const LIMIT = 60;
+
+describe('fleet mode: key version counts and retirement across the fleet (real etcd)', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let token: TestToken;
+  let cred: Credential;
+  let ops: Operators;
+  let prefix: string;
+  let client: Etcd3;
+  const proxies: Record<string, Harness> = {};
+  const aad = Buffer.from('fleet aad');
+
+  const start = async (nodeId: string, keyVersions: Record<string, unknown>) =>
+    (proxies[nodeId] = await startHarness({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'sum' }, { externalKeyId: 'limit', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'due' }, { externalKeyId: 'gone' }] }],
+      keyVersions: { usageDir: path.join(token.dir, `usage-${nodeId}`), reserveBlock: BLOCK, encryptionLimit: LIMIT, rotation: { atEncryptions: THRESHOLD }, ...keyVersions },
+      control: {
+        store: 'etcd',
+        etcd: { endpoints: etcd.endpoints, prefix, nodeId, leaseTtlSeconds: 4, ackTimeoutMs: 3000 },
+        killSwitch: { approvalsRequired: 2 },
+        admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile },
+      },
+    }));
+  const c = (n: string) => xksClient(proxies[n]!, cred);
+  const fleetCount = async (label: string, version: number) => Number(await client.get(new EtcdEncryptionCounter(client, prefix, 1000, createSilentLogger()).keyOf(label, version)).string());
+  const versionOf = (json: any) => (json.ciphertextMetadata === undefined ? 0 : Buffer.from(json.ciphertextMetadata, 'base64').readUInt32BE(1));
+  async function encryptOk(n: string, key: string): Promise<any> {
+    const r = await c(n).encrypt(key, Buffer.from('data key'), aad);
+    expect(r.status, r.text).to.equal(200);
+    return r.json;
+  }
+
+  before(async function () {
+    etcd = await startEtcdCluster(3);
+    client = new Etcd3({ hosts: etcd.endpoints });
+    token = createTestToken();
+    for (const label of ['xks-health', 'sum', 'limit', 'due', 'gone']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
+    cred = writeCredential(path.join(token.dir, 'creds'));
+    ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'] });
+    prefix = `/xks-test/${crypto.randomBytes(4).toString('hex')}/`;
+    // A may rotate by itself; B reads the versions only every hour (it learns of changes from
+    // ciphertextMetadata naming a version it does not know, or from a missing object).
+    await start('A', { autoRotate: true, rescanIntervalMs: 100 });
+    await start('B', { rescanIntervalMs: 3_600_000 });
+  });
+  after(async () => {
+    for (const h of Object.values(proxies)) await h.close();
+    client?.close();
+    await etcd?.stop();
+    token?.cleanup();
+  });
+
+  it('encryptions on A and B add up in one fleet count, reserved block by block', async () => {
+    for (let i = 0; i < 7; i++) await encryptOk('A', 'sum');
+    for (let i = 0; i < 4; i++) await encryptOk('B', 'sum');
+    // A holds two blocks (10 for its 7), B one (5 for its 4): reserved before use, an upper bound.
+    expect(await fleetCount('sum', 0)).to.equal(15);
+    // Each proxy reports the fleet's count as of its last reservation.
+    await encryptOk('B', 'sum');
+    await encryptOk('B', 'sum');
+    expect(await fleetCount('sum', 0)).to.equal(20);
+    const onB = (await proxies.B!.proxy.versions.statusOf({ label: 'sum' } as never)).versions.find((v) => v.version === 0)!;
+    expect(onB.usage.encryptions).to.equal(20);
+    // Concurrent requests on A share one reservation at a time: A's 3 spare, then 2 blocks for 9.
+    await Promise.all(Array.from({ length: 12 }, () => encryptOk('A', 'sum')));
+    expect(await fleetCount('sum', 0)).to.equal(30);
+  });
+
+  it('the rotation threshold is reached on the fleet total: A rotates after fewer encryptions of its own than the threshold', async () => {
+    let onA = 0;
+    for (; onA < 8; onA++) expect(versionOf(await encryptOk('A', 'due'))).to.equal(0);
+    for (let i = 0; i < 12; i++) expect(versionOf(await encryptOk('B', 'due'))).to.equal(0);
+    // A's next reservation reads the fleet's 25 (>= 20): it rotates, though it encrypted 8 + 3 times.
+    for (let i = 0; i < 3; i++, onA++) await encryptOk('A', 'due');
+    await proxies.A!.proxy.versions.rotationsSettled();
+    expect(versionOf(await encryptOk('A', 'due'))).to.equal(1);
+    onA++;
+    expect(onA).to.be.below(THRESHOLD);
+    expect((await listKeyVersions(token.hsmConfig, token.pin, 'due')).map((v) => v.version)).to.deep.equal([1]);
+    // 10 (A) + 15 (B) + 5 (A's reservation that read 25) under version 0.
+    expect(await fleetCount('due', 0)).to.equal(30);
+  });
+
+  it('the hard limit holds for the fleet: A and B together never encrypt more than encryptionLimit times under one version', async () => {
+    // Key "limit" rotates only at the limit itself. A (autoRotate) moves on to version 1 there;
+    // B (no autoRotate, and its version list is an hour old) keeps asking for version 0 and is refused.
+    let underV0 = 0;
+    let aMovedOn = false;
+    let bRefused = false;
+    for (let i = 0; i < 4 * LIMIT && !bRefused; i++) {
+      const n = aMovedOn || i % 2 === 0 ? 'B' : 'A';
+      const r = await c(n).encrypt('limit', Buffer.from('x'), aad);
+      if (r.status === 200 && versionOf(r.json) === 0) underV0++;
+      else if (r.status === 200) aMovedOn = true;
+      else {
+        expect(r.json.errorName, r.text).to.equal('InvalidStateException');
+        expect(n).to.equal('B');
+        bRefused = true;
+      }
+    }
+    // Never more than the limit; at most one unspent block (A's, when it moved on) short of it.
+    expect(underV0).to.be.at.most(LIMIT);
+    expect(underV0).to.be.at.least(LIMIT - BLOCK);
+    expect(bRefused, 'B refuses once the fleet reached the limit').to.equal(true);
+    expect(await fleetCount('limit', 0)).to.equal(LIMIT);
+  });
+
+  it('a version retired with approvals on A and B is gone for both: InvalidCiphertextException on B, whose version list predates it', async () => {
+    const s0: Sealed = sealedOf(await encryptOk('B', 'gone'));
+    await rotateKey(token.hsmConfig, token.pin, 'gone');
+    const s1 = await eventually(async () => {
+      const j = await encryptOk('A', 'gone');
+      return versionOf(j) === 1 ? sealedOf(j) : undefined;
+    }, 'A encrypts with version 1');
+    // B learns of version 1 from the metadata, and caches version 0's handle as before.
+    expect((await c('B').decrypt('gone', s1, aad)).status).to.equal(200);
+    const admin = (n: string, as: string) => adminClient(() => proxies[n]!.proxy.adminPort!, ops)(as, 'POST', '/admin/v1/key-versions/retire', { keyStore: 'ks', externalKeyId: 'gone', version: 0, reason: 'fleet retire', forceRecentUse: true });
+    const first = await admin('A', 'alice');
+    expect(first.status, first.text).to.equal(202);
+    const second = await admin('B', 'bob');
+    expect(second.status, second.text).to.equal(200);
+    expect(second.json.approvers).to.have.members(['alice', 'bob']);
+    for (const n of ['A', 'B']) {
+      const d = await c(n).decrypt('gone', s0, aad);
+      expect(d.json?.errorName, `${n}: ${d.text}`).to.equal('InvalidCiphertextException');
+      expect((await c(n).decrypt('gone', s1, aad)).status, n).to.equal(200);
+    }
+  });
+});
