@@ -38,7 +38,7 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
   const start = async (nodeId: string, keyVersions: Record<string, unknown>) =>
     (proxies[nodeId] = await startHarness({
       hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'sum' }, { externalKeyId: 'limit', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'due' }, { externalKeyId: 'gone' }] }],
+      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'sum', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'limit', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'due' }, { externalKeyId: 'gone' }] }],
       keyVersions: { usageDir: path.join(token.dir, `usage-${nodeId}`), reserveBlock: BLOCK, encryptionLimit: LIMIT, rotation: { atEncryptions: THRESHOLD }, ...keyVersions },
       control: {
         store: 'etcd',
@@ -152,5 +152,75 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
       expect(d.json?.errorName, `${n}: ${d.text}`).to.equal('InvalidCiphertextException');
       expect((await c(n).decrypt('gone', s1, aad)).status, n).to.equal(200);
     }
+  });
+});
+
+describe('fleet mode: the fleet encryption count while etcd has no quorum (real etcd)', function () {
+  this.timeout(120_000);
+  let etcd: EtcdCluster;
+  let token: TestToken;
+  let cred: Credential;
+  let prefix: string;
+  const proxies: Record<string, Harness> = {};
+  const aad = Buffer.from('outage aad');
+
+  const start = async (nodeId: string, etcdExtra: Record<string, unknown>) =>
+    (proxies[nodeId] = await startHarness({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k' }] }],
+      keyVersions: { reserveBlock: 3 },
+      control: { store: 'etcd', etcd: { endpoints: etcd.endpoints, prefix, nodeId, ackTimeoutMs: 3000, ...etcdExtra }, killSwitch: { approvalsRequired: 2 } },
+    }));
+  const encrypt = (n: string) => xksClient(proxies[n]!, cred).encrypt('k', Buffer.from('x'), aad);
+  const fleetCount = async () => {
+    const c = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      return Number(await c.get(new EtcdEncryptionCounter(c, prefix, 1000, createSilentLogger()).keyOf('k', 0)).string());
+    } finally {
+      c.close();
+    }
+  };
+
+  before(async function () {
+    etcd = await startEtcdCluster(3);
+    token = createTestToken();
+    for (const label of ['xks-health', 'k']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    await createStateKey(token);
+    cred = writeCredential(path.join(token.dir, 'creds'));
+    prefix = `/xks-test/${crypto.randomBytes(4).toString('hex')}/`;
+    // S fails closed on the control state only after 30 s (its etcd calls give up after 15 s), so that what refuses its Encrypt
+    // below is the count; L chose availability (keepLastKnownMs).
+    await start('S', { maxStalenessMs: 30_000, leaseTtlSeconds: 40 });
+    await start('L', { maxStalenessMs: 1500, keepLastKnownMs: 60_000, leaseTtlSeconds: 70 });
+  });
+  after(async () => {
+    for (const h of Object.values(proxies)) await h.close();
+    await etcd?.stop();
+    token?.cleanup();
+  });
+
+  it('a spent block cannot be renewed: Encrypt is refused (never uncounted), unless keepLastKnownMs lends one block, added to the fleet count once etcd is back', async () => {
+    for (const n of ['S', 'L']) for (let i = 0; i < 3; i++) expect((await encrypt(n)).status).to.equal(200);
+    expect(await fleetCount()).to.equal(6);
+    await etcd.kill(1);
+    await etcd.kill(2);
+    // L: one borrowed block of 3, then refused until it is paid.
+    for (let i = 0; i < 3; i++) {
+      const r = await encrypt('L');
+      expect(r.status, r.text).to.equal(200);
+    }
+    const fourth = await encrypt('L');
+    expect(fourth.json?.errorName, fourth.text).to.equal('InternalException');
+    expect(proxies.L!.appLog()).to.include('fleet encryption count unreachable: encrypting on one block');
+    // S (fail closed, the default): no block, no Encrypt.
+    const s = await encrypt('S');
+    expect(s.json?.errorName, s.text).to.equal('InternalException');
+    expect(proxies.S!.appLog()).to.match(/cannot reserve encryptions of version 0 of key \\"k\\" in the fleet count/);
+    etcd.restart(1);
+    etcd.restart(2);
+    await etcd.waitHealthy(30_000);
+    // L's next reservation pays its 3 borrowed encryptions and takes a new block: 6 + 3 + 3.
+    await eventually(async () => ((await encrypt('L')).status === 200 ? true : undefined), 'L encrypts again once etcd answers', 400);
+    expect(await fleetCount()).to.equal(12);
   });
 });
