@@ -5,6 +5,9 @@
 import type { LoadedConfig } from '../config/load';
 import { hasOriginalVersion, listKeyVersions, rotateKey } from '../hsm/key-version-admin';
 import { retireWarning } from '../xks/key-retirement';
+import { connectEtcd, normalisePrefix } from '../control/etcd-client';
+import { EtcdEncryptionCounter } from '../control/etcd-encryption-counter';
+import { createSilentLogger } from '../log/logger';
 import { callAdmin } from './control-commands';
 import { UsageLedger } from '../xks/usage-ledger';
 
@@ -15,7 +18,8 @@ export const KEY_VERSION_USAGE = `  xks-proxy keys rotate   (--key-store NAME --
 rotate:   generates a new AES-256 version of the key in the HSM (same usage, not extractable);
           every proxy on the token encrypts with it within keyVersions.rescanIntervalMs, and
           older versions keep decrypting what they sealed.
-versions: each version with its creation day and this host's encryption and decrypt counts.
+versions: each version with its creation day, its encryption count (the fleet's from etcd in
+          fleet mode, else this host's) and this host's decrypt count.
 retire:   destroys a version in the HSM: every ciphertext it sealed becomes undecryptable for ever.
           Through the admin API (ADMIN OPTIONS as for killswitch: --admin-url, --ca, --config):
           each call is one operator's approval, pending until control.killSwitch.approvalsRequired
@@ -51,6 +55,21 @@ interface VersionRow {
   lastDecrypt: string | undefined;
 }
 
+/** Fleet mode: the fleet's encryption counts from etcd (the local ledger holds only decrypts there). */
+async function fleetEncryptions(loaded: LoadedConfig, label: string, versions: number[]): Promise<Map<number, number> | undefined> {
+  const e = loaded.config.control?.store === 'etcd' ? loaded.config.control.etcd : undefined;
+  if (!e) return undefined;
+  const client = connectEtcd(e);
+  try {
+    const counter = new EtcdEncryptionCounter(client, normalisePrefix(e.prefix), Math.max(500, e.maxStalenessMs), createSilentLogger());
+    const out = new Map<number, number>();
+    for (const v of versions) out.set(v, (await counter.current(label, v)) ?? 0);
+    return out;
+  } finally {
+    client.close();
+  }
+}
+
 async function versionRows(loaded: LoadedConfig, pin: string, label: string): Promise<VersionRow[]> {
   const rotated = await listKeyVersions(loaded.config.hsm, pin, label);
   const current = rotated.length ? rotated[rotated.length - 1]!.version : 0;
@@ -58,13 +77,15 @@ async function versionRows(loaded: LoadedConfig, pin: string, label: string): Pr
   const usage = dir === undefined ? new Map() : new UsageLedger({ dir, reserveBlock: 1 }).usageOf(label);
   // A retired original (version 0) is no longer listed.
   const original = rotated.length === 0 || (await hasOriginalVersion(loaded.config.hsm, pin, label));
-  return [...(original ? [{ version: 0, created: undefined as string | undefined }] : []), ...rotated].map((v) => {
+  const listed = [...(original ? [{ version: 0, created: undefined as string | undefined }] : []), ...rotated];
+  const fleet = await fleetEncryptions(loaded, label, listed.map((v) => v.version));
+  return listed.map((v) => {
     const u = usage.get(v.version);
     return {
       version: v.version,
       state: v.version === current ? 'current' : 'decrypt-only',
       created: v.created,
-      encryptions: u?.encryptions ?? 0,
+      encryptions: Math.max(u?.encryptions ?? 0, fleet?.get(v.version) ?? 0),
       decrypts: u?.decrypts ?? 0,
       lastDecrypt: u?.lastDecryptMs !== undefined ? new Date(u.lastDecryptMs).toISOString() : undefined,
     };
@@ -104,7 +125,7 @@ export async function keyVersionCommand(sub: 'rotate' | 'versions' | 'retire', l
   }
   const rows = await versionRows(loaded, pin, label);
   if (sub === 'versions') {
-    if (flags.json) process.stdout.write(JSON.stringify({ label, usageCountedOnThisHost: loaded.config.keyVersions.usageDir !== undefined, versions: rows }, null, 2) + '\n');
+    if (flags.json) process.stdout.write(JSON.stringify({ label, usageCountedOnThisHost: loaded.config.keyVersions.usageDir !== undefined, encryptionsFleetWide: loaded.config.control?.store === 'etcd', versions: rows }, null, 2) + '\n');
     else {
       process.stdout.write(formatTable([['VERSION', 'STATE', 'CREATED', 'ENCRYPTIONS', 'DECRYPTS', 'LAST DECRYPT'], ...rows.map((r) => [String(r.version), r.state, r.created ?? '-', String(r.encryptions), String(r.decrypts), r.lastDecrypt ?? '-'])]));
       if (loaded.config.keyVersions.usageDir === undefined) process.stdout.write('(keyVersions.usageDir is not set: no counts are kept on disk)\n');

@@ -44,6 +44,12 @@ export class EtcdEncryptionCounter implements SharedEncryptionCounter {
     return `${this.prefix}key-usage/${crypto.createHash('sha256').update(label, 'utf8').digest('hex').slice(0, 32)}/v${version}`;
   }
 
+  /** The fleet's count for `version` of `label` now (undefined: none reserved yet), for `keys versions`. */
+  async current(label: string, version: number): Promise<number | undefined> {
+    const v = await withDeadline(this.client.get(this.keyOf(label, version)).string(), this.callMs, 'read the fleet encryption count');
+    return v === null ? undefined : Number(v);
+  }
+
   async reserve(label: string, version: number, want: number, limit: number, seed: number): Promise<{ before: number; granted: number }> {
     const key = this.keyOf(label, version);
     try {

@@ -10,7 +10,9 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { EtcdEncryptionCounter } from '../../../src/control/etcd-encryption-counter';
+import { main } from '../../../src/cli/index';
 import { createKey } from '../../../src/hsm/key-admin';
+import { captureOutput } from '../../helpers/capture-output';
 import { listKeyVersions, rotateKey } from '../../../src/hsm/key-version-admin';
 import { createSilentLogger } from '../../../src/log/logger';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
@@ -91,6 +93,11 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
     // Concurrent requests on A share one reservation at a time: A's 3 spare, then 2 blocks for 9.
     await Promise.all(Array.from({ length: 12 }, () => encryptOk('A', 'sum')));
     expect(await fleetCount('sum', 0)).to.equal(30);
+    // The CLI on either member's configuration reads the fleet's count from etcd.
+    const listed = await captureOutput(() => main(['keys', 'versions', '--key-store', 'ks', '--key-id', 'sum', '--json', '--config', proxies.B!.configFile]));
+    expect(listed.code, listed.err).to.equal(0);
+    expect(JSON.parse(listed.out)).to.deep.include({ encryptionsFleetWide: true });
+    expect(JSON.parse(listed.out).versions[0]).to.include({ version: 0, encryptions: 30 });
   });
 
   it('the rotation threshold is reached on the fleet total: A rotates after fewer encryptions of its own than the threshold', async () => {
