@@ -152,6 +152,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   // Retiring needs the control plane, which startControl makes: bound once it exists.
   let retirement: KeyRetirement | undefined;
   const retireKeyVersion = (r: RetireRequest) => (retirement ? retirement.request(r) : Promise.reject(new Error('the proxy is still starting')));
+  let fleetUsage: EtcdEncryptionCounter | undefined;
   let control: RunningControl;
   try {
     control = await startControl(live, log, { stateHsm: hsm, retireKeyVersion, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status });
@@ -161,14 +162,18 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     // Fleet mode: every member encrypts under the same HSM keys, so the GCM count is the fleet's,
     // reserved in etcd block by block (before the listeners open: no Encrypt has run yet).
     const etcd = config.control?.etcd;
-    if (fleetParts && etcd) versions.ledger.useShared(new EtcdEncryptionCounter(fleetParts.client, normalisePrefix(etcd.prefix), Math.max(500, Math.floor(etcd.maxStalenessMs / 2)), log, etcd.keepLastKnownMs > 0));
+    if (fleetParts && etcd) {
+      fleetUsage = new EtcdEncryptionCounter(fleetParts.client, normalisePrefix(etcd.prefix), Math.max(500, Math.floor(etcd.maxStalenessMs / 2)), log, etcd.keepLastKnownMs > 0, fleetParts.fleet.nodeId);
+      versions.ledger.useShared(fleetUsage);
+    }
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
-  if (plane) retirement = new KeyRetirement({ versions, hsm, control: plane, quietDays: config.keyVersions.retireQuietDays, ...(opts.now ? { now: opts.now } : {}) });
+  const fleetDecrypts = fleetUsage ? fleetUsage.decryptsOf.bind(fleetUsage) : undefined;
+  if (plane) retirement = new KeyRetirement({ versions, hsm, control: plane, quietDays: config.keyVersions.retireQuietDays, ...(fleetDecrypts ? { fleetDecrypts } : {}), ...(opts.now ? { now: opts.now } : {}) });
   if (plane) {
     meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
     meter.bind({ controlTrust: () => ({ trusted: plane.readinessFault() === undefined, tampered: plane.tamperReason() !== undefined }) });

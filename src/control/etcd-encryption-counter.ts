@@ -10,6 +10,10 @@
  * that it does not exist yet), as the control state's writes do, and tries again on a conflict:
  * concurrent reservations by several proxies never lose one, and the count never passes the limit.
  *
+ * Decrypts: each member publishes, on the ledger's flush interval, its decrypts of a version since
+ * it started and the time of the last one, under `<version key>.decrypts/<nodeId>`, so that the
+ * retirement quiet period (src/xks/key-retirement.ts) sees the last use anywhere in the fleet.
+ *
  * The count is not authenticated (the control state is, by the HSM); a rollback by someone who may
  * write to etcd is caught as far as this member saw: the count used is never below the highest this
  * member has read or written, and a lower value is logged as an error and written over.
@@ -34,7 +38,30 @@ export class EtcdEncryptionCounter implements SharedEncryptionCounter {
     private readonly log: AppLogger,
     /** control.etcd.keepLastKnownMs > 0: the operator chose availability during an etcd outage. */
     readonly borrowWhenUnreachable = false,
+    /** This member's node id (its decrypt record); undefined: a reader (the CLI). */
+    private readonly nodeId?: string,
   ) {}
+
+  async noteDecrypts(label: string, version: number, decrypts: number, lastDecryptMs: number): Promise<void> {
+    if (this.nodeId === undefined) return;
+    await withDeadline(this.client.put(`${this.keyOf(label, version)}.decrypts/${this.nodeId}`).value(JSON.stringify({ decrypts, lastDecryptMs })).exec(), this.callMs, 'publish decrypt counts');
+  }
+
+  /** Every member's last decrypt of `version` (newest first), as they published it. */
+  async decryptsOf(label: string, version: number): Promise<{ nodeId: string; decrypts: number; lastDecryptMs: number }[]> {
+    const prefix = `${this.keyOf(label, version)}.decrypts/`;
+    const all = await withDeadline(this.client.getAll().prefix(prefix).strings(), this.callMs, 'read the fleet decrypt counts');
+    const out: { nodeId: string; decrypts: number; lastDecryptMs: number }[] = [];
+    for (const [k, v] of Object.entries(all)) {
+      try {
+        const d = JSON.parse(v) as { decrypts?: unknown; lastDecryptMs?: unknown };
+        if (typeof d.decrypts === 'number' && typeof d.lastDecryptMs === 'number') out.push({ nodeId: k.slice(prefix.length), decrypts: d.decrypts, lastDecryptMs: d.lastDecryptMs });
+      } catch {
+        // Not a record of ours: it says nothing about a decrypt.
+      }
+    }
+    return out.sort((a, b) => b.lastDecryptMs - a.lastDecryptMs);
+  }
 
   get location(): string {
     return `etcd ${this.prefix}key-usage/`;

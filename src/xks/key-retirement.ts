@@ -15,7 +15,8 @@
  * - a version that decrypted within keyVersions.retireQuietDays (its last decrypt, as this proxy's
  *   usage ledger counts it), unless the request says forceRecentUse, which the quorum approves as a
  *   separate change and the audit shows. Without keyVersions.usageDir the last use is unknown, and
- *   only forceRecentUse can retire.
+ *   only forceRecentUse can retire. In fleet mode the last decrypt of every member counts too
+ *   (published to etcd on keyVersions.flushIntervalMs); etcd unreadable: refused (fail closed).
  */
 import { ControlError, type Actor } from '../control/state-model';
 import type { ControlPlane, RetireApprovalResult } from '../control/control-plane';
@@ -48,6 +49,8 @@ export interface KeyRetirementDeps {
   hsm: Pick<HsmBackend, 'destroyKeyVersion'>;
   control: Pick<ControlPlane, 'approveRetire'>;
   quietDays: number;
+  /** Fleet mode: every member's published decrypts of a version (EtcdEncryptionCounter.decryptsOf). */
+  fleetDecrypts?: (label: string, version: number) => Promise<{ nodeId: string; decrypts: number; lastDecryptMs: number }[]>;
   now?: () => number;
 }
 
@@ -93,12 +96,29 @@ export class KeyRetirement {
     }
     const ledger = this.deps.versions.ledger;
     const u = ledger.usageOf(r.keyLabel).get(r.version);
-    const lastMs = u?.lastDecryptMs;
-    const use = { decrypts: u?.decrypts ?? 0, lastDecrypt: lastMs === undefined ? null : new Date(lastMs).toISOString() };
+    let lastMs = u?.lastDecryptMs;
+    let decrypts = u?.decrypts ?? 0;
+    let where = 'on this proxy';
+    if (this.deps.fleetDecrypts) {
+      let members: { nodeId: string; decrypts: number; lastDecryptMs: number }[];
+      try {
+        members = await this.deps.fleetDecrypts(r.keyLabel, r.version);
+      } catch (e) {
+        if (r.forceRecentUse) members = [];
+        else throw new ControlError('conflict', `the fleet's decrypt counts cannot be read, so the last use of version ${r.version} of key "${r.keyLabel}" is unknown (${e instanceof XksError ? e.detail : (e as Error).message}); try again, or approve with forceRecentUse`);
+      }
+      const newest = members[0];
+      if (newest && newest.lastDecryptMs > (lastMs ?? -1)) {
+        lastMs = newest.lastDecryptMs;
+        where = `on member ${newest.nodeId}`;
+      }
+      decrypts = Math.max(decrypts, members.reduce((n, m) => n + m.decrypts, 0));
+    }
+    const use = { decrypts, lastDecrypt: lastMs === undefined ? null : new Date(lastMs).toISOString() };
     if (!r.forceRecentUse && this.deps.quietDays > 0) {
       if (!ledger.persistent) refuse('conflict', `keyVersions.usageDir is not set, so when version ${r.version} of key "${r.keyLabel}" last decrypted is unknown; retiring it needs forceRecentUse (--force-recent-use)`);
       if (lastMs !== undefined && this.now() - lastMs < this.deps.quietDays * DAY_MS) {
-        refuse('conflict', `version ${r.version} of key "${r.keyLabel}" decrypted ${use.decrypts} times, the last at ${use.lastDecrypt}, within keyVersions.retireQuietDays (${this.deps.quietDays} days): its ciphertexts are still read. Wait, or approve with forceRecentUse (--force-recent-use)`);
+        refuse('conflict', `version ${r.version} of key "${r.keyLabel}" decrypted ${use.decrypts} times, the last at ${use.lastDecrypt} ${where}, within keyVersions.retireQuietDays (${this.deps.quietDays} days): its ciphertexts are still read. Wait, or approve with forceRecentUse (--force-recent-use)`);
       }
     }
     return use;

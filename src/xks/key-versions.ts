@@ -120,7 +120,7 @@ export class KeyVersionManager {
 
   private flushQuietly(): void {
     try {
-      this.ledger.flush();
+      this.ledger.flush((e) => this.log.warn('could not publish decrypt counts to the fleet (etcd); the local ledger has them', { error: e instanceof XksError ? e.detail : (e as Error).message }));
     } catch (e) {
       this.log.error('could not write decrypt counts to the key usage ledger', { error: (e as Error).message });
     }

@@ -54,6 +54,12 @@ export interface SharedEncryptionCounter {
   /** Where the counts live, for messages (e.g. "etcd /xks/key-usage/"). */
   readonly location: string;
   /**
+   * Publishes this process's decrypts of a version since it started and the time of the last one
+   * (on the flush interval, never per request), so that a retirement anywhere in the fleet sees
+   * every member's last use.
+   */
+  noteDecrypts(label: string, version: number, decrypts: number, lastDecryptMs: number): Promise<void>;
+  /**
    * When the store cannot be reached, may a process go on with one block of its own per version,
    * owed to the fleet count and paid at the next reservation? (Fleet mode with
    * control.etcd.keepLastKnownMs: the operator chose availability; docs/runbook-key-rotation.md.)
@@ -86,6 +92,11 @@ interface KeyLedger {
   reserving: Map<number, Promise<boolean>>;
   /** Fleet mode: version -> encryptions borrowed while the store was unreachable, not yet in the fleet count. */
   owed: Map<number, number>;
+  label: string;
+  /** Fleet mode: version -> decrypts by this process since it started, and the last, not yet published. */
+  decryptsToPublish: Map<number, { decrypts: number; lastMs: number }>;
+  /** Fleet mode: version -> decrypts by this process since it started. */
+  decryptsSinceStart: Map<number, number>;
 }
 
 function emptyUsage(): VersionUsage {
@@ -125,7 +136,7 @@ export class UsageLedger {
   private ledger(label: string): KeyLedger {
     let l = this.keys.get(label);
     if (!l) {
-      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map(), fleetCount: new Map(), reserving: new Map(), owed: new Map() };
+      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map(), fleetCount: new Map(), reserving: new Map(), owed: new Map(), label, decryptsToPublish: new Map(), decryptsSinceStart: new Map() };
       this.keys.set(label, l);
     }
     return l;
@@ -298,6 +309,11 @@ export class UsageLedger {
   recordDecrypt(label: string, version: number): void {
     const l = this.ledger(label);
     l.pendingDecrypts.set(version, (l.pendingDecrypts.get(version) ?? 0) + 1);
+    if (this.shared) {
+      const n = (l.decryptsSinceStart.get(version) ?? 0) + 1;
+      l.decryptsSinceStart.set(version, n);
+      l.decryptsToPublish.set(version, { decrypts: n, lastMs: this.now() });
+    }
     if (l.file === undefined) this.flushKey(l);
   }
 
@@ -318,9 +334,18 @@ export class UsageLedger {
     if (lines.length) this.append(l, lines.join(''));
   }
 
-  /** Writes the decrypt counts not yet on disk (on an interval and at close). */
-  flush(): void {
-    for (const l of this.keys.values()) this.flushKey(l);
+  /**
+   * Writes the decrypt counts not yet on disk (on an interval and at close); in fleet mode also
+   * publishes them to the shared store (failures go to onPublishError: the local file has them).
+   */
+  flush(onPublishError?: (e: unknown) => void): void {
+    for (const l of this.keys.values()) {
+      this.flushKey(l);
+      const shared = this.shared;
+      if (!shared) continue;
+      for (const [v, d] of l.decryptsToPublish) shared.noteDecrypts(l.label, v, d.decrypts, d.lastMs).catch((e: unknown) => onPublishError?.(e));
+      l.decryptsToPublish.clear();
+    }
   }
 
   /**

@@ -40,8 +40,8 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
   const start = async (nodeId: string, keyVersions: Record<string, unknown>) =>
     (proxies[nodeId] = await startHarness({
       hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'sum', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'limit', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'due' }, { externalKeyId: 'gone' }] }],
-      keyVersions: { usageDir: path.join(token.dir, `usage-${nodeId}`), reserveBlock: BLOCK, encryptionLimit: LIMIT, rotation: { atEncryptions: THRESHOLD }, ...keyVersions },
+      keyStores: [{ name: 'ks', pathPrefix: '/ks', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'sum', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'limit', rotation: { atEncryptions: LIMIT } }, { externalKeyId: 'due' }, { externalKeyId: 'gone' }, { externalKeyId: 'busy' }] }],
+      keyVersions: { usageDir: path.join(token.dir, `usage-${nodeId}`), flushIntervalMs: 100, reserveBlock: BLOCK, encryptionLimit: LIMIT, rotation: { atEncryptions: THRESHOLD }, ...keyVersions },
       control: {
         store: 'etcd',
         etcd: { endpoints: etcd.endpoints, prefix, nodeId, leaseTtlSeconds: 4, ackTimeoutMs: 3000 },
@@ -62,7 +62,7 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
     etcd = await startEtcdCluster(3);
     client = new Etcd3({ hosts: etcd.endpoints });
     token = createTestToken();
-    for (const label of ['xks-health', 'sum', 'limit', 'due', 'gone']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+    for (const label of ['xks-health', 'sum', 'limit', 'due', 'gone', 'busy']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
     await createStateKey(token);
     cred = writeCredential(path.join(token.dir, 'creds'));
     ops = await makeOperators(token.dir, { alice: ['operator'], bob: ['operator'] });
@@ -137,6 +137,20 @@ describe('fleet mode: key version counts and retirement across the fleet (real e
     expect(underV0).to.be.at.least(LIMIT - BLOCK);
     expect(bRefused, 'B refuses once the fleet reached the limit').to.equal(true);
     expect(await fleetCount('limit', 0)).to.equal(LIMIT);
+  });
+
+  it('the quiet period counts every member: a version decrypted on B only is refused for retirement on A', async () => {
+    const s0 = sealedOf(await encryptOk('A', 'busy'));
+    await rotateKey(token.hsmConfig, token.pin, 'busy');
+    expect((await c('B').decrypt('busy', s0, aad)).status).to.equal(200);
+    // B publishes its decrypts on its flush interval (100 ms here).
+    const counter = new EtcdEncryptionCounter(client, prefix, 1000, createSilentLogger());
+    const published = await eventually(async () => (await counter.decryptsOf('busy', 0)).find((d) => d.nodeId === 'B'), "B's decrypt published");
+    expect(published.decrypts).to.equal(1);
+    const r = await adminClient(() => proxies.A!.proxy.adminPort!, ops)('alice', 'POST', '/admin/v1/key-versions/retire', { keyStore: 'ks', externalKeyId: 'busy', version: 0, reason: 'looks unused from A' });
+    expect(r.status, r.text).to.equal(409);
+    expect(r.json.message).to.match(/decrypted 1 times, the last at .* on member B, within keyVersions.retireQuietDays/);
+    expect((await c('A').metadata('busy')).status).to.equal(200);
   });
 
   it('a version retired with approvals on A and B is gone for both: InvalidCiphertextException on B, whose version list predates it', async () => {
