@@ -287,7 +287,7 @@ export function killswitchCommand(argv: string[]): Promise<number> {
           const r = await withConfiguredStore(loaded, (store) => store.read());
           // What each block covers in the configuration file as it is now (ids sharing an HSM key).
           const dir = directoryOf(loaded.config.keyStores);
-          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
+          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], retireApprovals: r.state.body.retireApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
           else io.stdout.write(JSON.stringify({ failClosed: r.fresh ? 'state folder not initialised (the proxy has never run)' : r.reason }, null, 2) + '\n');
           return r.ok ? 0 : 1;
         }

@@ -7,9 +7,11 @@
  * forceRecentUse is approved.
  */
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { generateSigningKeyPair } from '../../../src/audit/signing';
 import { main } from '../../../src/cli/index';
 import { createKey } from '../../../src/hsm/key-admin';
@@ -20,6 +22,9 @@ import { startHarness, writeCredential, type Credential, type Harness } from '..
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { createStateKey } from '../../helpers/state-hsm';
 import { AUDIENCE, adminClient, makeOperators, type Operators } from '../control/admin-helpers';
+
+const run = promisify(execFile);
+const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
 
 describe('key versions: retiring a version needs the quorum', function () {
   this.timeout(30_000);
@@ -92,6 +97,9 @@ describe('key versions: retiring a version needs the quorum', function () {
     expect(again.json.approvers).to.deep.equal(['alice']);
     const state = await adminClient(() => h.proxy.adminPort!, ops)('bob', 'GET', '/admin/v1/state');
     expect(state.json.pendingRetireApprovals.map((a: { keyLabel: string; version: number; operator: string }) => [a.keyLabel, a.version, a.operator])).to.deep.equal([['kq', 1, 'alice']]);
+    // Durable in the authenticated state file, as the emergency CLI reads it (another process).
+    const local = JSON.parse((await run(process.execPath, [CLI, 'killswitch', 'show', '--local', '--config', h.configFile])).stdout);
+    expect(local.retireApprovals.map((a: { keyLabel: string; version: number; by: { operator: string } }) => [a.keyLabel, a.version, a.by.operator])).to.deep.equal([['kq', 1, 'alice']]);
     expect((await listKeyVersions(token.hsmConfig, token.pin, 'kq')).map((v) => v.version), 'nothing destroyed while pending').to.deep.equal([1, 2]);
 
     const second = await admin('bob', { externalKeyId: 'kq', version: 1, forceRecentUse: true });
