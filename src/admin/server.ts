@@ -256,7 +256,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
   app.post(
     '/admin/v1/key-versions/retire',
     ...operator,
-    change('key-version.retire', (r) => ({ keyStore: str(bodyField(r, 'keyStore')), scope: `key:${str(bodyField(r, 'keyStore'))}/${str(bodyField(r, 'externalKeyId'))}#v${String(bodyField(r, 'version'))}` }), async (r) => {
+    change('key-version.retire', (r) => ({ keyStore: str(bodyField(r, 'keyStore')), scope: `key:${str(bodyField(r, 'keyStore'))}/${str(bodyField(r, 'externalKeyId'))}#v${typeof bodyField(r, 'version') === 'number' ? String(bodyField(r, 'version')) : '?'}` }), async (r) => {
       requireReason(r);
       if (!deps.retireKeyVersion) throw new ControlError('conflict', 'this process cannot retire key versions (with server.workers > 1, retire through a single-process proxy on the same token)');
       const keyStore = str(bodyField(r, 'keyStore'));

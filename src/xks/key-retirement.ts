@@ -12,8 +12,8 @@
  * Refused before any approval is recorded, and checked again before the destroy:
  * - a version the key does not have;
  * - the current (encrypting) version, and so the original while it is the only one;
- * - a version that decrypted within keyVersions.retireQuietDays (its last decrypt, as this proxy's
- *   usage ledger counts it), unless the request says forceRecentUse, which the quorum approves as a
+ * - a version that decrypted within keyVersions.retireQuietDays (its last decrypt in this proxy's
+ *   usage ledger), unless the request says forceRecentUse, which the quorum approves as a
  *   separate change and the audit shows. Without keyVersions.usageDir the last use is unknown, and
  *   only forceRecentUse can retire. In fleet mode the last decrypt of every member counts too
  *   (published to etcd on keyVersions.flushIntervalMs); etcd unreadable: refused (fail closed).
@@ -38,7 +38,7 @@ export interface RetireRequest {
 export interface RetireResult extends RetireApprovalResult {
   /** True once the version is destroyed. */
   retired: boolean;
-  /** This proxy's count of the version's decrypts, and the last one (ISO 8601; null: none counted). */
+  /** The version's decrypts as counted (this proxy's; in fleet mode also the members' published ones), and the last (ISO 8601; null: none). */
   decrypts: number;
   lastDecrypt: string | null;
   warning: string;
