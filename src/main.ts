@@ -36,6 +36,9 @@ import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
 import { KeyVersionManager } from './xks/key-versions';
+import { KeyRetirement, type RetireRequest } from './xks/key-retirement';
+import { EtcdEncryptionCounter } from './control/etcd-encryption-counter';
+import { normalisePrefix } from './control/etcd-client';
 import { XksService } from './xks/service';
 
 /** Running as worker `index` of a cluster (server.workers > 1): see src/cluster/. */
@@ -137,7 +140,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   }
   // Every version change this proxy makes or first sees is in its audit chain.
   versions.onVersionEvent = (e) =>
-    audit.writeAdmin({ operator: 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
+    audit.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
   versions.start();
   meter.bind({ keyVersions: () => versions.status() });
   // Fleet mode: xksProxyFleetSize is the live members with a healthy deep check (control/fleet.ts).
@@ -147,18 +150,31 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   // The admin API's reload needs the running proxy, which exists only once startControl returned.
   let reloadNow: (() => Promise<ReloadResult>) | undefined;
   const reloadLater = () => (reloadNow ? reloadNow() : Promise.reject(new Error('the proxy is still starting')));
+  // Retiring needs the control plane, which startControl makes: bound once it exists.
+  let retirement: KeyRetirement | undefined;
+  const retireKeyVersion = (r: RetireRequest) => (retirement ? retirement.request(r) : Promise.reject(new Error('the proxy is still starting')));
+  let fleetUsage: EtcdEncryptionCounter | undefined;
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status, credentialCipher: hsm });
+    control = await startControl(live, log, { stateHsm: hsm, retireKeyVersion, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status, credentialCipher: hsm });
     fleetSize = control.fleetSize;
     const fleetParts = control.fleet;
     if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });
+    // Fleet mode: every member encrypts under the same HSM keys, so the GCM count is the fleet's,
+    // reserved in etcd block by block (before the listeners open: no Encrypt has run yet).
+    const etcd = config.control?.etcd;
+    if (fleetParts && etcd) {
+      fleetUsage = new EtcdEncryptionCounter(fleetParts.client, normalisePrefix(etcd.prefix), Math.max(500, Math.floor(etcd.maxStalenessMs / 2)), log, etcd.keepLastKnownMs > 0, fleetParts.fleet.nodeId);
+      versions.ledger.useShared(fleetUsage);
+    }
   } catch (e) {
     await hsm.close();
     if (!opts.requestLog) await requestLog.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
   const plane = control.control;
+  const fleetDecrypts = fleetUsage ? fleetUsage.decryptsOf.bind(fleetUsage) : undefined;
+  if (plane) retirement = new KeyRetirement({ versions, hsm, control: plane, quietDays: config.keyVersions.retireQuietDays, ...(fleetDecrypts ? { fleetDecrypts } : {}), ...(opts.now ? { now: opts.now } : {}) });
   if (plane) {
     meter.setControlStateProvider(() => controlStateFromScopes(plane.effectiveScopes()));
     meter.bind({ controlTrust: () => ({ trusted: plane.readinessFault() === undefined, tampered: plane.tamperReason() !== undefined }) });

@@ -15,6 +15,9 @@
  *   POST   /admin/v1/key-stores/:name/credentials        {reason} operator (answers the KMS proxy configuration)
  *   DELETE /admin/v1/key-stores/:name/credentials/:akid  {reason} operator (never the last one)
  *   POST   /admin/v1/reload                     {reason}       operator (the config file, as SIGHUP; 400 lists problems)
+ *   POST   /admin/v1/key-versions/retire  {keyStore, externalKeyId, version, reason, forceRecentUse?}
+ *                                                               operator (202 until the lift quorum approved it;
+ *                                                                 200 once the version is destroyed)
  *
  * Every change, and every refused change, is handed to onAdminAction (who, when, scope, reason).
  */
@@ -32,6 +35,7 @@ import { ScopeError } from '../control/scope';
 import { ControlError, type Actor } from '../control/state-model';
 import { closeServer, listen, tlsOptions } from '../http/server';
 import type { AppLogger } from '../log/logger';
+import type { RetireRequest, RetireResult } from '../xks/key-retirement';
 import type { AdminActionRecord, AdminActionSink } from './actions';
 import { addCredential, removeCredential } from './credentials-admin';
 import type { FleetCredentials } from '../control/fleet-credentials';
@@ -51,6 +55,8 @@ export interface AdminServerDeps {
   reload?: () => Promise<unknown>;
   /** Lets other modules mount routes on the admin listener (e.g. /metrics); `guard.reader` authenticates a reading role. */
   extraRoutes?: (app: express.Express, guard: AdminGuards) => void;
+  /** Quorum-approved retirement of key versions (src/xks/key-retirement.ts); absent: 409 (e.g. a cluster primary). */
+  retireKeyVersion?: (r: RetireRequest) => Promise<RetireResult>;
   /** Fleet mode: the token id replay set shared by every member (OperatorAuthOptions.claimJti). */
   claimJti?: OperatorAuthOptions['claimJti'];
   /** Fleet mode: credentials of keyStores[].fleetCredentials live in etcd (src/control/fleet-credentials.ts). */
@@ -250,6 +256,27 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
         if (e instanceof ConfigError) throw new ControlError('invalid', 'the configuration file is invalid; the running configuration stays', e.problems);
         throw e;
       }
+    }),
+  );
+
+  app.post(
+    '/admin/v1/key-versions/retire',
+    ...operator,
+    change('key-version.retire', (r) => ({ keyStore: str(bodyField(r, 'keyStore')), scope: `key:${str(bodyField(r, 'keyStore'))}/${str(bodyField(r, 'externalKeyId'))}#v${typeof bodyField(r, 'version') === 'number' ? String(bodyField(r, 'version')) : '?'}` }), async (r) => {
+      requireReason(r);
+      if (!deps.retireKeyVersion) throw new ControlError('conflict', 'this process cannot retire key versions (with server.workers > 1, retire through a single-process proxy on the same token)');
+      const keyStore = str(bodyField(r, 'keyStore'));
+      const externalKeyId = str(bodyField(r, 'externalKeyId'));
+      // Only keys of the configuration: an operator token is no licence to destroy any object in the token.
+      const keyLabel = registry.hsmKeyOf(keyStore, externalKeyId);
+      if (keyLabel === undefined) throw new ControlError('not-found', `no key "${externalKeyId}" in key store "${keyStore}"`);
+      const version = bodyField(r, 'version');
+      const force = bodyField(r, 'forceRecentUse');
+      if (typeof version !== 'number') throw new ControlError('invalid', 'version must be a number');
+      if (force !== undefined && typeof force !== 'boolean') throw new ControlError('invalid', 'forceRecentUse must be true or false');
+      const out = await deps.retireKeyVersion({ keyLabel, version, forceRecentUse: force === true, by: actor(r), reason: str(bodyField(r, 'reason')) });
+      const detail = `hsmkey:${keyLabel}#v${version}${out.forceRecentUse ? ' force-recent-use' : ''}: ${out.retired ? `retired; approved by ${out.approvers.join(', ')}` : `pending: ${out.approvers.length} of ${out.required} approvals`}`;
+      return { status: out.retired ? 200 : 202, body: out, detail };
     }),
   );
 

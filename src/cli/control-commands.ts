@@ -212,7 +212,8 @@ export function adminRequest(t: AdminTarget, method: string, path: string, token
   });
 }
 
-async function callAdmin(flags: Flags, method: string, path: string, body?: unknown): Promise<number> {
+/** One admin API call with a fresh token (--key); prints the answer; exit code 0 for a 2xx. */
+export async function callAdmin(flags: Flags, method: string, path: string, body?: unknown): Promise<number> {
   const target = adminTarget(flags);
   const token = await tokenFor(flags, (flags.role as string | undefined) ?? 'operator');
   let r: AdminResponse;
@@ -226,7 +227,7 @@ async function callAdmin(flags: Flags, method: string, path: string, body?: unkn
   return r.status < 300 ? 0 : 1;
 }
 
-const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, ca: { type: 'string' }, role: { type: 'string' }, audience: { type: 'string' }, ttl: { type: 'string' } } as const;
+export const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'string' }, ca: { type: 'string' }, role: { type: 'string' }, audience: { type: 'string' }, ttl: { type: 'string' } } as const;
 
 // ---- killswitch ------------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ export function killswitchCommand(argv: string[]): Promise<number> {
           const r = await withConfiguredStore(loaded, (store) => store.read());
           // What each block covers in the configuration file as it is now (ids sharing an HSM key).
           const dir = directoryOf(loaded.config.keyStores);
-          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
+          if (r.ok) io.stdout.write(JSON.stringify({ generation: r.state.generation, writtenAt: r.state.writtenAt, blocks: r.state.body.blocks.map((b) => ({ ...b, covers: blockCoverage(b, dir) })), approvals: r.state.body.approvals, policyApprovals: r.state.body.policyApprovals ?? [], retireApprovals: r.state.body.retireApprovals ?? [], policies: Object.keys(r.state.body.policies) }, null, 2) + '\n');
           else io.stdout.write(JSON.stringify({ failClosed: r.fresh ? 'state folder not initialised (the proxy has never run)' : r.reason }, null, 2) + '\n');
           return r.ok ? 0 : 1;
         }

@@ -21,8 +21,8 @@ import { CREDENTIALS_USAGE, credentialsCommand } from './credential-commands';
 import { CHECK_USAGE, checkCommand } from './check';
 import { AUDIT_USAGE, auditCommand } from './audit-commands';
 import { IMPORT_USAGE, importConfigCommand } from './import-config';
-import { killswitchCommand, operatorCommand, policyCommand } from './control-commands';
-import { KEY_VERSION_USAGE, keyVersionCommand } from './key-version-commands';
+import { ADMIN_FLAGS, killswitchCommand, operatorCommand, policyCommand } from './control-commands';
+import { KEY_VERSION_USAGE, keyVersionCommand, retireCommand } from './key-version-commands';
 import { controlCommand, fleetCommand } from './fleet-commands';
 
 const USAGE: Record<string, string> = {
@@ -135,9 +135,11 @@ function withReloadReport(proxy: RunningProxy, log: AppLogger): { close(): Promi
 }
 
 async function keys(argv: string[]): Promise<number> {
-  const { flags, positionals } = parse(argv, { label: { type: 'string' }, type: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' }, 'key-store': { type: 'string' }, 'key-id': { type: 'string' }, version: { type: 'string' } });
+  const { flags, positionals } = parse(argv, { label: { type: 'string' }, type: { type: 'string' }, usage: { type: 'string' }, bits: { type: 'string' }, json: { type: 'boolean' }, 'key-store': { type: 'string' }, 'key-id': { type: 'string' }, version: { type: 'string' }, reason: { type: 'string' }, 'force-recent-use': { type: 'boolean' }, ...ADMIN_FLAGS });
   const sub = positionals[0];
   if (flags.help || !sub) return help('keys', !flags.help);
+  // Through the admin API: no HSM PIN needed here (the proxy destroys the version).
+  if (sub === 'retire') return retireCommand(flags);
   const loaded = load(flags);
   if (sub === 'rotate' || sub === 'versions' || sub === 'retire') return keyVersionCommand(sub, loaded, hsmPin(loaded), flags, formatTable);
   if (sub === 'create') {

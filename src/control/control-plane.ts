@@ -43,10 +43,12 @@ import {
   applyPolicyApproval,
   applyPolicyDelete,
   applyPolicySet,
+  applyRetireApproval,
   checkReason,
   type Actor,
   type Block,
   type HistoryEvent,
+  type RetireChange,
   type StateBody,
   type StoredPolicy,
 } from './state-model';
@@ -155,6 +157,8 @@ export interface PublicState {
   policies: Record<string, { revision: number; updatedAt: string; updatedBy: string; statements: number; defaultDecision: string }>;
   /** Policy loosenings and deletions waiting for the quorum. */
   pendingPolicyApprovals: { keyStore: string; change: 'set' | 'delete'; digest: string; operator: string; at: string; reason: string }[];
+  /** Key version retirements waiting for the quorum. */
+  pendingRetireApprovals: { keyLabel: string; version: number; forceRecentUse: boolean; operator: string; at: string; reason: string }[];
   /** What a key store without a policy allows. */
   defaultForKeyStoresWithoutPolicy: 'allow' | 'deny';
   history: StateBody['history'];
@@ -164,6 +168,15 @@ export interface PublicState {
 /** A block as `killswitch show` reports it: what it covers in the configuration in force now. */
 export interface BlockView extends Block {
   covers: BlockCoverage;
+}
+
+export interface RetireApprovalResult extends RetireChange {
+  /** True once the quorum approved: the caller destroys the version now. */
+  approved: boolean;
+  approvers: string[];
+  required: number;
+  generation: number;
+  revision?: number | undefined;
 }
 
 export interface PolicyChangeResult {
@@ -587,6 +600,23 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     return { keyStore, ...result, generation: state.generation, revision: state.body.policies[keyStore]?.revision };
   }
 
+  /**
+   * One operator's approval to retire a key version (state-model.ts applyRetireApproval): pending
+   * in the control state (the file, or etcd for the whole fleet) until the lift quorum approved the
+   * same retirement within the window. The caller checked the version against the HSM and the
+   * usage counts first, and destroys it once this resolves with approved=true.
+   */
+  approveRetire(c: RetireChange, by: Actor, reason: string): Promise<RetireApprovalResult> {
+    return this.serial(async () => {
+      checkReason(reason);
+      const { state, result } = await this.change((b) => {
+        const o = applyRetireApproval(b, c, by, reason, this.now(), this.opts.approvalsRequired, this.opts.approvalWindowMs);
+        return { body: o.state, result: o };
+      }, 'retire-approve');
+      return { ...c, approved: result.approved, approvers: result.approvers, required: result.required, generation: state.generation, ...(state.revision !== undefined ? { revision: state.revision } : {}) };
+    });
+  }
+
   private checkKeyStore(name: string): void {
     if (!this.directory.names().includes(name)) throw new ControlError('invalid', `no key store named "${name}"`);
   }
@@ -656,6 +686,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
       quorum: { approvalsRequired: this.opts.approvalsRequired, approvalWindowSeconds: Math.round(this.opts.approvalWindowMs / 1000) },
       policies,
       pendingPolicyApprovals: (body?.policyApprovals ?? []).filter((a) => nowMs - a.atMs <= this.opts.approvalWindowMs).map((a) => ({ keyStore: a.keyStore, change: a.change, digest: a.digest, operator: a.by.operator, at: a.at, reason: a.reason })),
+      pendingRetireApprovals: (body?.retireApprovals ?? []).filter((a) => nowMs - a.atMs <= this.opts.approvalWindowMs).map((a) => ({ keyLabel: a.keyLabel, version: a.version, forceRecentUse: a.forceRecentUse, operator: a.by.operator, at: a.at, reason: a.reason })),
       defaultForKeyStoresWithoutPolicy: this.defaultWithoutPolicy,
       history: (body?.history ?? []).slice(-50),
       inFlight: this.live.size,

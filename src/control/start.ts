@@ -32,6 +32,8 @@ export interface ControlStartOptions {
   reload?: AdminServerDeps['reload'];
   now?: () => number;
   extraAdminRoutes?: AdminServerDeps['extraRoutes'];
+  /** Quorum-approved retirement of key versions for the admin API (src/xks/key-retirement.ts). */
+  retireKeyVersion?: AdminServerDeps['retireKeyVersion'];
   /** Fleet mode: this member's last deep health status (GetHealthStatus's), for its member record. */
   health?: () => string | undefined;
   /** Fleet mode: the HSM's AES-GCM, which seals and opens the fleet's SigV4 credentials. */
@@ -123,7 +125,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   let admin: RunningAdminServer | undefined;
   if (c.admin?.enabled && !opts.noAdmin) {
     try {
-      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}), ...(fleet?.credentials ? { fleetCredentials: fleet.credentials } : {}) });
+      admin = await startAdminServer({ admin: c.admin, config: () => live.config, control, registry, log, onAdminAction, ...(opts.now ? { now: opts.now } : {}), ...(opts.extraAdminRoutes ? { extraRoutes: opts.extraAdminRoutes } : {}), ...(opts.reload ? { reload: opts.reload } : {}), ...(opts.retireKeyVersion ? { retireKeyVersion: opts.retireKeyVersion } : {}), ...(fleet ? { claimJti: (id: string, expMs: number) => fleet.fleet.claimJti(id, expMs) } : {}), ...(fleet?.credentials ? { fleetCredentials: fleet.credentials } : {}) });
     } catch (e) {
       control.close();
       await fleet?.close();
@@ -150,6 +152,6 @@ function tamperRecord(reason: string, origin: string, now: (() => number) | unde
 }
 
 function historyToRecord(e: HistoryEvent): AdminActionRecord {
-  const action = { engage: 'kill-switch.engage', 'approve-lift': 'kill-switch.approve-lift', lift: 'kill-switch.lift', 'policy-set': 'policy.set', 'policy-delete': 'policy.delete', 'policy-approve': 'policy.approve', repair: 'kill-switch.repair' }[e.action];
+  const action = { engage: 'kill-switch.engage', 'approve-lift': 'kill-switch.approve-lift', lift: 'kill-switch.lift', 'policy-set': 'policy.set', 'policy-delete': 'policy.delete', 'policy-approve': 'policy.approve', repair: 'kill-switch.repair', 'retire-approve': 'key-version.retire-approve', 'retire-approved': 'key-version.retire-approved' }[e.action];
   return { time: e.at, operator: e.by.operator, via: e.by.via, action, scope: e.scope, keyStore: e.keyStore, reason: e.reason, outcome: 'ok', detail: [e.detail, e.by.osUser ? `os user ${e.by.osUser}` : undefined].filter(Boolean).join('; ') || undefined };
 }

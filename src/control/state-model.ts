@@ -77,10 +77,30 @@ const PolicyApproval = z
   .strict();
 export type PolicyApproval = z.infer<typeof PolicyApproval>;
 
+/**
+ * One operator's approval to retire (destroy in the HSM) version `version` of the HSM key
+ * `keyLabel`: like a lift, it happens once `approvalsRequired` distinct operators approved the same
+ * retirement (same key, version and forceRecentUse) inside the approval window
+ * (docs/runbook-key-rotation.md, "Retiring a version").
+ */
+const RetireApproval = z
+  .object({
+    keyLabel: z.string().min(1),
+    version: z.number().int().min(0),
+    /** Approved although the version decrypted within keyVersions.retireQuietDays. */
+    forceRecentUse: z.boolean(),
+    by: ActorSchema,
+    at: z.string(),
+    atMs: z.number(),
+    reason: z.string(),
+  })
+  .strict();
+export type RetireApproval = z.infer<typeof RetireApproval>;
+
 const HistoryEvent = z
   .object({
     at: z.string(),
-    action: z.enum(['engage', 'approve-lift', 'lift', 'policy-set', 'policy-delete', 'policy-approve', 'repair']),
+    action: z.enum(['engage', 'approve-lift', 'lift', 'policy-set', 'policy-delete', 'policy-approve', 'repair', 'retire-approve', 'retire-approved']),
     by: ActorSchema,
     scope: z.string().optional(),
     keyStore: z.string().optional(),
@@ -97,6 +117,8 @@ export const StateBody = z
     policies: z.record(z.string(), StoredPolicy),
     /** Pending approvals of policy loosenings and deletions (absent in states written before them). */
     policyApprovals: z.array(PolicyApproval).optional(),
+    /** Pending approvals of key version retirements (absent in states written before them). */
+    retireApprovals: z.array(RetireApproval).optional(),
     /** The most recent events (older ones are in the audit log). */
     history: z.array(HistoryEvent),
   })
@@ -228,6 +250,48 @@ export function applyPolicyApproval(s: StateBody, c: PolicyChange, by: Actor, re
   const note = `approved by ${approvers.join(', ')}`;
   const state = c.change === 'set' ? applyPolicySet(next, c.keyStore, c.policy!, by, reason, nowMs, note) : applyPolicyDelete(next, c.keyStore, by, reason, nowMs, note);
   return { state, applied: true, approvers, required };
+}
+
+export interface RetireChange {
+  keyLabel: string;
+  version: number;
+  forceRecentUse: boolean;
+}
+
+export interface RetireApprovalOutcome {
+  state: StateBody;
+  /** The quorum approved: the version may now be destroyed (the approvals are cleared). */
+  approved: boolean;
+  /** Distinct operators whose approvals of this very retirement currently count (after this one). */
+  approvers: string[];
+  required: number;
+}
+
+/** The history's name for a retirement: hsmkey:LABEL#vN (+force). */
+export function retireSubject(c: RetireChange): string {
+  return `hsmkey:${c.keyLabel}#v${c.version}${c.forceRecentUse ? ' (force-recent-use)' : ''}`;
+}
+
+/**
+ * One operator's approval to retire a key version, with the lift's rules: approvals older than the
+ * window are dropped, an operator has one pending approval per key version (the newer replaces the
+ * older), and only approvals of the same retirement (forceRecentUse included) count together. When
+ * `required` distinct operators approved it inside the window, the outcome says approved and the
+ * approvals are cleared: the caller destroys the version and audits it. The checks against the HSM
+ * and the usage counts are the caller's (src/xks/key-retirement.ts), made before every approval.
+ */
+export function applyRetireApproval(s: StateBody, c: RetireChange, by: Actor, reason: string, nowMs: number, required: number, windowMs: number): RetireApprovalOutcome {
+  const at = new Date(nowMs).toISOString();
+  const same = (a: RetireApproval) => a.keyLabel === c.keyLabel && a.version === c.version;
+  const fresh = (s.retireApprovals ?? []).filter((a) => nowMs - a.atMs <= windowMs && a.atMs <= nowMs);
+  const others = fresh.filter((a) => !(same(a) && a.by.operator === by.operator));
+  const retireApprovals = [...others, { ...c, by, at, atMs: nowMs, reason }];
+  const approvers = retireApprovals.filter((a) => same(a) && a.forceRecentUse === c.forceRecentUse).map((a) => a.by.operator);
+  const subject = retireSubject(c);
+  const next = withEvent({ ...s, retireApprovals }, { at, action: 'retire-approve', by, scope: subject, reason, detail: `${approvers.length} of ${required} approvals` });
+  if (approvers.length < required) return { state: next, approved: false, approvers, required };
+  const cleared = { ...next, retireApprovals: retireApprovals.filter((a) => !same(a)) };
+  return { state: withEvent(cleared, { at, action: 'retire-approved', by, scope: subject, reason, detail: `approved by ${approvers.join(', ')}` }), approved: true, approvers, required };
 }
 
 /**

@@ -77,6 +77,12 @@ export interface HsmBackend {
    * process rotated first).
    */
   createKeyVersion(label: string, from?: number): Promise<number>;
+  /**
+   * Destroys version `version` of `label` in the HSM (never the current one, nor the original
+   * while it is the only one); resolves once it is gone. Retiring is quorum-approved
+   * (src/xks/key-retirement.ts); nothing else calls this.
+   */
+  destroyKeyVersion(label: string, version: number): Promise<void>;
 
   // ---- control state authentication (state-auth-ops.ts; used by src/control/state-auth.ts) ----
   /** HMAC-SHA256 of `data` inside the HSM with the generic secret key `keyLabel` (KeyNotFoundException if absent). */

@@ -64,4 +64,8 @@ export class DelegatingBackend implements HsmBackend {
   createKeyVersion(label: string, from?: number): Promise<number> {
     return this.inner.createKeyVersion(label, from);
   }
+
+  destroyKeyVersion(label: string, version: number): Promise<void> {
+    return this.inner.destroyKeyVersion(label, version);
+  }
 }

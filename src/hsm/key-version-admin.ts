@@ -7,7 +7,7 @@ import type { HsmConfig } from '../config/schema';
 import { XksError } from '../errors/xks-error';
 import { ckrCode, ckrName } from './ckr-table';
 import { findKeyVersions, generateKeyVersion, type KeyVersionObject } from './key-versions';
-import { withTokenSession } from './pkcs11-token';
+import { findSecretKeys, withTokenSession } from './pkcs11-token';
 
 function operatorError(what: string, e: unknown): Error {
   if (e instanceof XksError) return new Error(e.detail ?? e.message);
@@ -24,6 +24,11 @@ export async function rotateKey(cfg: HsmConfig, pin: string, label: string): Pro
       throw operatorError(`Generating a new version of key "${label}" in token "${cfg.tokenLabel}"`, e);
     }
   });
+}
+
+/** Is the original key (version 0) labelled `label` still in the token (not retired)? */
+export async function hasOriginalVersion(cfg: HsmConfig, pin: string, label: string): Promise<boolean> {
+  return withTokenSession(cfg, pin, (p, session) => findSecretKeys(p, session, label, 1).length > 0);
 }
 
 /** The rotated versions of `label` (version 0, the original key, is not listed). */

@@ -126,3 +126,23 @@ export function generateKeyVersion(p: pkcs11js.PKCS11, session: pkcs11js.Handle,
   }
   return next;
 }
+
+/**
+ * Destroys version `version` of `label` in the HSM (C_DestroyObject) and returns the CKA_LABEL of
+ * the object destroyed. Checked again here, in the same session as the destroy, whatever the
+ * caller checked before: the current (encrypting) version is never destroyed, and neither is the
+ * original key while it is the only version. Version 0 is the object labelled `label` itself.
+ * Throws an XksError whose detail is the operator message when the version is missing, ambiguous
+ * or current.
+ */
+export function destroyKeyVersion(p: pkcs11js.PKCS11, session: pkcs11js.Handle, label: string, version: number): string {
+  const versions = findKeyVersions(p, session, label);
+  const current = versions[versions.length - 1]?.version ?? 0;
+  if (version === current) throw fact(version === 0 ? `Version 0 is the only version of key "${label}": retiring it would destroy the key.` : `Version ${version} is the current (encrypting) version of key "${label}": rotate first.`);
+  const hsmLabel = version === 0 ? label : versions.find((v) => v.version === version)?.hsmLabel;
+  if (hsmLabel === undefined) throw fact(`Key "${label}" has no version ${version} in the token.`);
+  const handles = findSecretKeys(p, session, hsmLabel, 2);
+  if (handles.length !== 1) throw fact(`Version ${version} of key "${label}" ("${hsmLabel}") is ${handles.length ? 'ambiguous' : 'missing'} in the token; nothing was destroyed.`);
+  p.C_DestroyObject(session, handles[0]!);
+  return hsmLabel;
+}

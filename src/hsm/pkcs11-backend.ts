@@ -260,6 +260,14 @@ export class Pkcs11Backend implements HsmBackend {
     return this.withSession(label, (s) => keyVersions.generateKeyVersion(this.p, s.handle, label, from));
   }
 
+  destroyKeyVersion(label: string, version: number): Promise<void> {
+    return this.withSession(label, (s) => {
+      const gone = keyVersions.destroyKeyVersion(this.p, s.handle, label, version);
+      // The cached handle names a destroyed object: the next use finds the label again (and fails).
+      this.keys.delete(gone);
+    });
+  }
+
   tokenInfo(): TokenInfo {
     return { ...this.info };
   }

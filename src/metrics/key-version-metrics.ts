@@ -21,7 +21,7 @@ export function registerKeyVersionMetrics(registers: Registry[], source: () => r
     },
   });
   new Gauge({
-    name: 'xks_key_version_encryptions', help: 'Encryptions counted by this proxy per key version (counted before use, in blocks: an upper bound). Survives restarts with keyVersions.usageDir.', labelNames: ['key', 'version'], registers, aggregator: 'max',
+    name: 'xks_key_version_encryptions', help: 'Encryptions counted per key version (counted before use, in blocks: an upper bound): this proxy\'s, or in fleet mode (control.store etcd) the fleet\'s as of its last reservation. Survives restarts with keyVersions.usageDir or etcd.', labelNames: ['key', 'version'], registers, aggregator: 'max',
     collect() {
       each(this, (s) => s.versions.forEach((v) => this.set({ key: s.label, version: String(v.version) }, v.usage.encryptions)));
     },

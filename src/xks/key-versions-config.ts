@@ -25,7 +25,10 @@ export const KeyVersionsConfig = z
      * workers). Absent: counts in memory only, lost on restart (the proxy warns).
      */
     usageDir: z.string().min(1).optional(),
-    /** Encryptions reserved per ledger write: what a crash can lose (over-count), per process. */
+    /**
+     * Encryptions reserved per ledger write (in fleet mode, per etcd transaction on the fleet's
+     * count): what a crash can lose (over-count), per process.
+     */
     reserveBlock: z.number().int().min(1).max(1_000_000).default(10_000),
     /** How often decrypt counts are written to the ledger. */
     flushIntervalMs: z.number().int().min(100).max(600_000).default(5_000),
@@ -40,9 +43,17 @@ export const KeyVersionsConfig = z
     rotation: KeyRotation.default({ atEncryptions: 2 ** 30 }),
     /**
      * Encryptions one version never exceeds: at this count Encrypt fails (InvalidStateException)
-     * unless a new version can be generated. Below 2^32 by a margin for other proxies' counts.
+     * unless a new version can be generated. In fleet mode (control.store etcd) the limit is the
+     * fleet's total; in file mode each proxy's own, so keep a margin for independent proxies.
      */
     encryptionLimit: z.number().int().min(1).max(GCM_RANDOM_IV_LIMIT).default(2 ** 32 - 2 ** 28),
+    /**
+     * Retiring (destroying) a version is refused while its last decrypt counted here is less than
+     * this many days old, unless the quorum approves it with forceRecentUse (`keys retire
+     * --force-recent-use`). 0: no quiet period. Needs usageDir: without it the last use is unknown
+     * and every retirement needs forceRecentUse.
+     */
+    retireQuietDays: z.number().int().min(0).max(3650).default(30),
   })
   .strict();
 export type KeyVersionsConfig = z.infer<typeof KeyVersionsConfig>;

@@ -29,6 +29,8 @@ const ROTATION_RETRY_MS = 60_000;
 interface VersionsSeen {
   versions: KeyVersionObject[];
   current: number;
+  /** The original key (version 0) was retired: destroyed, while rotated versions remain. */
+  originalGone: boolean;
   readAtMs: number;
 }
 
@@ -57,8 +59,10 @@ export interface KeyVersionStatus {
 export interface KeyVersionEvent {
   keyLabel: string;
   version: number;
-  event: 'rotated' | 'observed' | 'rotation-failed';
+  event: 'rotated' | 'observed' | 'rotation-failed' | 'retired';
   detail?: string | undefined;
+  /** Who made it, when an operator did (retired: the operator whose approval completed the quorum). */
+  by?: string | undefined;
 }
 
 export class KeyVersionManager {
@@ -83,16 +87,22 @@ export class KeyVersionManager {
   private flushTimer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly hsm: Pick<HsmBackend, 'listKeyVersions' | 'createKeyVersion'>,
+    private readonly hsm: Pick<HsmBackend, 'listKeyVersions' | 'createKeyVersion' | 'describeKey'>,
     private readonly cfg: KeyVersionsConfig,
     private readonly log: AppLogger,
     private readonly now: () => number = Date.now,
   ) {
-    this.ledger = new UsageLedger({ dir: cfg.usageDir, reserveBlock: cfg.reserveBlock, now });
+    this.ledger = new UsageLedger({
+      dir: cfg.usageDir,
+      reserveBlock: cfg.reserveBlock,
+      now,
+      onBorrow: (version, n, cause) =>
+        this.log.warn('fleet encryption count unreachable: encrypting on one block of this proxy\'s own, added to the fleet count once etcd answers (control.etcd.keepLastKnownMs)', { version, encryptions: n, reason: cause instanceof XksError ? cause.detail : (cause as Error).message }),
+    });
   }
 
   start(): void {
-    if (!this.ledger.persistent) this.log.warn('keyVersions.usageDir is not set: encryption counts per key version are kept in memory only and restart from 0 with the process');
+    if (!this.ledger.persistent) this.log.warn('keyVersions.usageDir is not set: encryption counts per key version (outside fleet mode) and decrypt counts are kept in memory only and restart from 0 with the process');
     this.flushTimer = setInterval(() => this.flushQuietly(), this.cfg.flushIntervalMs);
     this.flushTimer.unref();
   }
@@ -110,7 +120,7 @@ export class KeyVersionManager {
 
   private flushQuietly(): void {
     try {
-      this.ledger.flush();
+      this.ledger.flush((e) => this.log.warn('could not publish decrypt counts to the fleet (etcd); the local ledger has them', { error: e instanceof XksError ? e.detail : (e as Error).message }));
     } catch (e) {
       this.log.error('could not write decrypt counts to the key usage ledger', { error: (e as Error).message });
     }
@@ -122,8 +132,10 @@ export class KeyVersionManager {
     let r = this.reading.get(label);
     if (!r) {
       const before = this.knownCurrent.get(label);
-      r = this.hsm.listKeyVersions(label).then((versions) => {
-        const v: VersionsSeen = { versions, current: versions.length ? versions[versions.length - 1]!.version : 0, readAtMs: this.now() };
+      r = this.hsm.listKeyVersions(label).then(async (versions) => {
+        // Version 0 can only have been retired once rotated versions exist (key-versions.ts destroyKeyVersion).
+        const originalGone = versions.length > 0 && (await this.originalMissing(label));
+        const v: VersionsSeen = { versions, current: versions.length ? versions[versions.length - 1]!.version : 0, originalGone, readAtMs: this.now() };
         this.seen.set(label, v);
         this.knownCurrent.set(label, v.current);
         if (before !== undefined && v.current > before && !this.rotatedHere.has(`${label}#${v.current}`)) this.onVersionEvent?.({ keyLabel: label, version: v.current, event: 'observed' });
@@ -133,6 +145,52 @@ export class KeyVersionManager {
       void r.finally(() => this.reading.delete(label)).catch(() => undefined);
     }
     return r;
+  }
+
+  private originalMissing(label: string): Promise<boolean> {
+    return this.hsm.describeKey(label).then(
+      () => false,
+      // Any other failure says nothing about retirement (the HSM call that matters will report it).
+      (e: unknown) => e instanceof XksError && e.errorName === 'KeyNotFoundException',
+    );
+  }
+
+  /**
+   * The versions of `label` in the HSM now (read again, not cached): the numbers, ascending (0
+   * unless the original was retired), and the current one. For the retirement checks.
+   */
+  async versionsNow(label: string): Promise<{ versions: number[]; current: number }> {
+    const seen = await this.versionsOf(label, 0);
+    return { versions: [...(seen.originalGone ? [] : [0]), ...seen.versions.map((v) => v.version)], current: seen.current };
+  }
+
+  /**
+   * Was `version` of `k` retired (destroyed while other versions of the key remain)? Read from the
+   * HSM again: asked when a version's object is not found, e.g. by a proxy whose cached versions
+   * predate a retirement made elsewhere. Decrypt then answers InvalidCiphertextException (the
+   * ciphertext can never decrypt again), not KeyNotFoundException, which would tell KMS that the
+   * whole key is gone.
+   */
+  async isRetired(k: ExternalKeyEntry, version: number): Promise<boolean> {
+    const seen = await this.versionsOf(k.label, 0);
+    if (version === 0) return seen.originalGone;
+    return seen.versions.length > 0 && !seen.versions.some((v) => v.version === version);
+  }
+
+  /** The HSM label of the current version of `k` (GetKeyMetadata, once the original was retired). */
+  async currentHsmLabel(k: ExternalKeyEntry): Promise<string> {
+    const seen = await this.versionsOf(k.label, this.cfg.rescanIntervalMs);
+    return hsmLabelOf(k.label, seen, seen.current) ?? k.label;
+  }
+
+  /**
+   * Tells the audit that `version` of `label` was destroyed, and reads the versions again now, so
+   * that its metric series are gone at the next scrape.
+   */
+  async noteRetired(label: string, version: number, by: string, detail: string): Promise<void> {
+    this.invalidate(label);
+    this.onVersionEvent?.({ keyLabel: label, version, event: 'retired', by, detail });
+    await this.versionsOf(label, 0).catch(() => undefined);
   }
 
   /** Forget what was read about `label` (all keys if undefined), e.g. after a config reload. */
@@ -207,7 +265,7 @@ export class KeyVersionManager {
   async forEncrypt(k: ExternalKeyEntry): Promise<EncryptVersion> {
     this.served.set(k.label, k);
     let seen = await this.versionsOf(k.label, this.cfg.rescanIntervalMs);
-    if (!this.ledger.tryEncrypt(k.label, seen.current, this.cfg.encryptionLimit)) {
+    if (!(await this.ledger.reserveEncryption(k.label, seen.current, this.cfg.encryptionLimit))) {
       // The hard limit: never encrypt past it. A new version is the only way on.
       if (this.cfg.autoRotate) {
         try {
@@ -217,7 +275,7 @@ export class KeyVersionManager {
         }
         seen = await this.versionsOf(k.label, 0);
       }
-      if (!this.ledger.tryEncrypt(k.label, seen.current, this.cfg.encryptionLimit)) {
+      if (!(await this.ledger.reserveEncryption(k.label, seen.current, this.cfg.encryptionLimit))) {
         throw new XksError(
           'InvalidStateException',
           'The external key has reached its encryption limit and must be rotated by the proxy operator.',
@@ -288,7 +346,8 @@ export class KeyVersionManager {
   private describe(k: ExternalKeyEntry, seen: VersionsSeen): KeyVersionStatus {
     const usage = this.ledger.usageOf(k.label);
     const empty: VersionUsage = { encryptions: 0, decrypts: 0, lastDecryptMs: undefined, firstSeenMs: undefined };
-    const versions = [{ version: 0, created: undefined as string | undefined }, ...seen.versions].map((v) => ({ version: v.version, created: v.created, usage: usage.get(v.version) ?? { ...empty } }));
+    // A retired version has no series: only what the HSM holds is listed.
+    const versions = [...(seen.originalGone ? [] : [{ version: 0, created: undefined as string | undefined }]), ...seen.versions].map((v) => ({ version: v.version, created: v.created, usage: usage.get(v.version) ?? { ...empty } }));
     return { label: k.label, current: seen.current, versions, rotateAtEncryptions: this.triggers(k).atEncryptions, encryptionLimit: this.cfg.encryptionLimit, rotationFailures: this.rotationFailures.get(k.label) ?? 0 };
   }
 }

@@ -85,7 +85,15 @@ export class XksService {
   /** keyBlocked: the operator blocked this key (kill switch at key scope): report it DISABLED. */
   async getKeyMetadata(ks: KeyStore, externalKeyId: string, t: HsmTiming, keyBlocked = false): Promise<KeyMetadataResponse> {
     const k = this.key(ks, externalKeyId);
-    const info = await this.timed(t, () => this.hsm.describeKey(k.label));
+    const info = await this.timed(t, async () => {
+      try {
+        return await this.hsm.describeKey(k.label);
+      } catch (e) {
+        // The original version was retired: the key is its current version now (same spec and usage).
+        if (!(e instanceof XksError && e.errorName === 'KeyNotFoundException') || !(await this.versions.isRetired(k, 0))) throw e;
+        return this.hsm.describeKey(await this.versions.currentHsmLabel(k));
+      }
+    });
     return { keySpec: info.keySpec, keyUsage: info.keyUsage.slice(0, 10), keyStatus: k.enabled && !keyBlocked ? 'ENABLED' : 'DISABLED' };
   }
 
@@ -143,6 +151,12 @@ export class XksService {
       this.versions.recordDecrypt(k, v.version);
       return { plaintext: plaintext.toString('base64') };
     } catch (e) {
+      // Sealed under a version that was retired (destroyed) since this proxy last read the
+      // versions: the ciphertext can never decrypt again, which the spec names
+      // InvalidCiphertextException; the key itself still exists.
+      if (e instanceof XksError && e.errorName === 'KeyNotFoundException' && (await this.versions.isRetired(k, v.version))) {
+        throw new XksError('InvalidCiphertextException', undefined, `the ciphertext names version ${v.version} of key "${k.label}", which was retired`);
+      }
       // A key store migrated from the AWS sample proxy: its ciphertexts were sealed under that
       // proxy's AAD layout. Try it second, so that new ciphertexts cost one HSM call; the answer to
       // a ciphertext that fits neither stays InvalidCiphertextException, with no hint which failed.

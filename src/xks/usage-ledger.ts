@@ -21,8 +21,13 @@
  * it cannot merge with one.
  *
  * Without usageDir the counts live in memory only (lost on restart); the proxy warns at startup.
- * The counts are this proxy's: proxies on other hosts keep their own files (see
- * docs/runbook-key-rotation.md for thresholds in a fleet).
+ *
+ * A fleet (control.store: etcd) encrypts under the same HSM keys from several hosts, so the
+ * encryption count must be the fleet's: with a SharedEncryptionCounter (useShared), blocks are
+ * reserved there instead (one etcd transaction per block, src/control/etcd-encryption-counter.ts)
+ * and the file keeps only the decrypt counts. The hot path stays local: a request spends from
+ * the block its process holds; only the request that finds it empty waits for the next
+ * reservation, and concurrent ones share that one.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -38,11 +43,37 @@ export interface VersionUsage {
   firstSeenMs: number | undefined;
 }
 
+/**
+ * Where a fleet's encryption counts are kept: reserve() adds up to `want` encryptions of a key
+ * version to the fleet's count atomically, never past `limit`, and says how many it granted and
+ * the count before them. `seed` is this host's own count, for a version the fleet store does not
+ * know yet (the count from before fleet mode is not lost).
+ */
+export interface SharedEncryptionCounter {
+  reserve(label: string, version: number, want: number, limit: number, seed: number): Promise<{ before: number; granted: number }>;
+  /** Where the counts live, for messages (e.g. "etcd /xks/key-usage/"). */
+  readonly location: string;
+  /**
+   * Publishes this process's decrypts of a version since it started and the time of the last one
+   * (on the flush interval, never per request), so that a retirement anywhere in the fleet sees
+   * every member's last use.
+   */
+  noteDecrypts(label: string, version: number, decrypts: number, lastDecryptMs: number): Promise<void>;
+  /**
+   * When the store cannot be reached, may a process go on with one block of its own per version,
+   * owed to the fleet count and paid at the next reservation? (Fleet mode with
+   * control.etcd.keepLastKnownMs: the operator chose availability; docs/runbook-key-rotation.md.)
+   */
+  readonly borrowWhenUnreachable: boolean;
+}
+
 export interface UsageLedgerOptions {
   /** Folder of the ledger files; undefined: in memory only. */
   dir: string | undefined;
   reserveBlock: number;
   now?: () => number;
+  /** Told when a block is borrowed because the shared count could not be reached (logged). */
+  onBorrow?: (version: number, n: number, cause: unknown) => void;
 }
 
 interface KeyLedger {
@@ -55,6 +86,17 @@ interface KeyLedger {
   spare: Map<number, number>;
   /** version -> decrypts not yet written. */
   pendingDecrypts: Map<number, number>;
+  /** Fleet mode: version -> the fleet's count after this process's last reservation. */
+  fleetCount: Map<number, number>;
+  /** Fleet mode: version -> the reservation in flight (concurrent requests wait for the same one). */
+  reserving: Map<number, Promise<boolean>>;
+  /** Fleet mode: version -> encryptions borrowed while the store was unreachable, not yet in the fleet count. */
+  owed: Map<number, number>;
+  label: string;
+  /** Fleet mode: version -> decrypts by this process since it started, and the last, not yet published. */
+  decryptsToPublish: Map<number, { decrypts: number; lastMs: number }>;
+  /** Fleet mode: version -> decrypts by this process since it started. */
+  decryptsSinceStart: Map<number, number>;
 }
 
 function emptyUsage(): VersionUsage {
@@ -70,6 +112,7 @@ export class UsageLedger {
   private readonly keys = new Map<string, KeyLedger>();
   private readonly now: () => number;
   private nonceCounter = 0;
+  private shared: SharedEncryptionCounter | undefined;
   private readonly noncePrefix = `${process.pid}.${crypto.randomBytes(4).toString('hex')}`;
 
   constructor(private readonly opts: UsageLedgerOptions) {
@@ -81,10 +124,19 @@ export class UsageLedger {
     return this.opts.dir !== undefined;
   }
 
+  /** Fleet mode: count encryptions in `counter` from now on (set before the first Encrypt). */
+  useShared(counter: SharedEncryptionCounter): void {
+    this.shared = counter;
+  }
+
+  get sharedLocation(): string | undefined {
+    return this.shared?.location;
+  }
+
   private ledger(label: string): KeyLedger {
     let l = this.keys.get(label);
     if (!l) {
-      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map() };
+      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map(), fleetCount: new Map(), reserving: new Map(), owed: new Map(), label, decryptsToPublish: new Map(), decryptsSinceStart: new Map() };
       this.keys.set(label, l);
     }
     return l;
@@ -192,9 +244,76 @@ export class UsageLedger {
     return true;
   }
 
+  /**
+   * Counts one encryption of `version` if the version has not reached `limit` (false: the caller
+   * must not encrypt). Without a shared counter, tryEncrypt. With one, the count is the fleet's:
+   * a block is reserved there (one transaction) when this process's block is spent.
+   */
+  async reserveEncryption(label: string, version: number, limit: number): Promise<boolean> {
+    const shared = this.shared;
+    if (!shared) return this.tryEncrypt(label, version, limit);
+    const l = this.ledger(label);
+    for (;;) {
+      const spare = l.spare.get(version) ?? 0;
+      if (spare > 0) {
+        l.spare.set(version, spare - 1);
+        return true;
+      }
+      let r = l.reserving.get(version);
+      if (!r) {
+        r = this.reserveShared(shared, l, label, version, limit).finally(() => l.reserving.delete(version));
+        l.reserving.set(version, r);
+      }
+      // Granted: take one of the block (others waiting may have spent it first: reserve again).
+      if (!(await r)) return false;
+    }
+  }
+
+  /** Resolves true when there may be spare encryptions now (the caller looks again), false at the limit. */
+  private async reserveShared(shared: SharedEncryptionCounter, l: KeyLedger, label: string, version: number, limit: number): Promise<boolean> {
+    this.catchUp(l);
+    const seed = l.totals.get(version)?.encryptions ?? 0;
+    const owed = l.owed.get(version) ?? 0;
+    let r: { before: number; granted: number };
+    try {
+      // What was borrowed while the store was unreachable is added to the fleet count first.
+      r = await shared.reserve(label, version, this.opts.reserveBlock + owed, limit, seed);
+    } catch (e) {
+      if (!shared.borrowWhenUnreachable) throw e;
+      return this.borrow(l, version, limit, e);
+    }
+    l.fleetCount.set(version, Math.max(l.fleetCount.get(version) ?? 0, r.before + r.granted));
+    this.usage(l, version).firstSeenMs ??= this.now();
+    const paid = Math.min(owed, r.granted);
+    if (owed > 0) l.owed.set(version, owed - paid);
+    if (r.granted === 0) return false;
+    l.spare.set(version, (l.spare.get(version) ?? 0) + r.granted - paid);
+    return true;
+  }
+
+  /**
+   * The fleet count cannot be reached and the operator chose availability: one block, within what
+   * this process last knew of the limit, owed to the fleet count. No second block until it is paid.
+   */
+  private borrow(l: KeyLedger, version: number, limit: number, cause: unknown): boolean {
+    const owed = l.owed.get(version) ?? 0;
+    const room = limit - (l.fleetCount.get(version) ?? 0) - owed;
+    if (owed > 0 || room <= 0) throw cause;
+    const n = Math.min(this.opts.reserveBlock, room);
+    l.owed.set(version, n);
+    l.spare.set(version, (l.spare.get(version) ?? 0) + n);
+    this.opts.onBorrow?.(version, n, cause);
+    return true;
+  }
+
   recordDecrypt(label: string, version: number): void {
     const l = this.ledger(label);
     l.pendingDecrypts.set(version, (l.pendingDecrypts.get(version) ?? 0) + 1);
+    if (this.shared) {
+      const n = (l.decryptsSinceStart.get(version) ?? 0) + 1;
+      l.decryptsSinceStart.set(version, n);
+      l.decryptsToPublish.set(version, { decrypts: n, lastMs: this.now() });
+    }
     if (l.file === undefined) this.flushKey(l);
   }
 
@@ -215,9 +334,18 @@ export class UsageLedger {
     if (lines.length) this.append(l, lines.join(''));
   }
 
-  /** Writes the decrypt counts not yet on disk (on an interval and at close). */
-  flush(): void {
-    for (const l of this.keys.values()) this.flushKey(l);
+  /**
+   * Writes the decrypt counts not yet on disk (on an interval and at close); in fleet mode also
+   * publishes them to the shared store (failures go to onPublishError: the local file has them).
+   */
+  flush(onPublishError?: (e: unknown) => void): void {
+    for (const l of this.keys.values()) {
+      this.flushKey(l);
+      const shared = this.shared;
+      if (!shared) continue;
+      for (const [v, d] of l.decryptsToPublish) shared.noteDecrypts(l.label, v, d.decrypts, d.lastMs).catch((e: unknown) => onPublishError?.(e));
+      l.decryptsToPublish.clear();
+    }
   }
 
   /**
@@ -225,8 +353,9 @@ export class UsageLedger {
    * one block behind): cheap enough for every Encrypt.
    */
   lastKnown(label: string, version: number): { encryptions: number; firstSeenMs: number | undefined } {
-    const u = this.keys.get(label)?.totals.get(version);
-    return { encryptions: u?.encryptions ?? 0, firstSeenMs: u?.firstSeenMs };
+    const l = this.keys.get(label);
+    const u = l?.totals.get(version);
+    return { encryptions: Math.max(u?.encryptions ?? 0, l?.fleetCount.get(version) ?? 0), firstSeenMs: u?.firstSeenMs };
   }
 
   /** Per-version usage of `label` as the ledger knows it now (pending decrypts included). */
@@ -235,6 +364,12 @@ export class UsageLedger {
     this.catchUp(l);
     const out = new Map<number, VersionUsage>();
     for (const [v, u] of l.totals) out.set(v, { ...u });
+    // Fleet mode: encryptions are the fleet's count as of this process's last reservation.
+    for (const [v, n] of l.fleetCount) {
+      const u = out.get(v) ?? emptyUsage();
+      u.encryptions = Math.max(u.encryptions, n);
+      out.set(v, u);
+    }
     for (const [v, n] of l.pendingDecrypts) {
       const u = out.get(v) ?? emptyUsage();
       u.decrypts += n;

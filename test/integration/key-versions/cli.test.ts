@@ -52,15 +52,13 @@ describe('CLI: keys rotate, versions, retire', function () {
     expect(r.out).to.match(/keyVersions\.usageDir is not set/);
   });
 
-  it('retire warns, refuses and destroys nothing', async () => {
-    const r = await run('retire', '--key-store', 'ks', '--key-id', 'ext-1', '--version', '1');
+  it('retire needs a reason, and the admin API: without one it warns, fails and destroys nothing', async () => {
+    expect((await run('retire', '--key-store', 'ks', '--key-id', 'ext-1', '--version', '1')).err).to.match(/--reason is required/);
+    const r = await run('retire', '--key-store', 'ks', '--key-id', 'ext-1', '--version', '1', '--reason', 'no admin API');
     expect(r.code).to.equal(1);
-    expect(r.err).to.match(/undecryptable/);
-    expect(r.err).to.match(/REFUSED.*quorum/);
+    expect(r.err).to.match(/undecryptable for ever/);
+    expect(r.err).to.match(/admin-url is required \(no control.admin in the config\)/);
     expect((await listKeyVersions(token.hsmConfig, token.pin, 'hsm-label-1')).map((v) => v.version)).to.deep.equal([1, 2]);
-    const current = await run('retire', '--label', 'hsm-label-1', '--version', '2');
-    expect(current.code).to.equal(1);
-    expect(current.err).to.match(/current version/);
   });
 
   it('refuses to rotate a key that is not AES-256, an unknown key, and ambiguous arguments', async () => {

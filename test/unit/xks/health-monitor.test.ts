@@ -63,6 +63,9 @@ class ScriptedBackend implements HsmBackend {
   createKeyVersion(): Promise<number> {
     throw new Error('not scripted');
   }
+  destroyKeyVersion(): Promise<void> {
+    throw new Error('not scripted');
+  }
   async decrypt(_l: string, ciphertext: Buffer): Promise<Buffer> {
     if (!this.up) throw new XksError('InternalException', undefined, 'scripted: HSM gone');
     return Buffer.from(ciphertext);
