@@ -264,7 +264,7 @@ export function buildAdminApp(deps: AdminServerDeps, auth: OperatorAuth): expres
     ...operator,
     change('key-version.retire', (r) => ({ keyStore: str(bodyField(r, 'keyStore')), scope: `key:${str(bodyField(r, 'keyStore'))}/${str(bodyField(r, 'externalKeyId'))}#v${typeof bodyField(r, 'version') === 'number' ? String(bodyField(r, 'version')) : '?'}` }), async (r) => {
       requireReason(r);
-      if (!deps.retireKeyVersion) throw new ControlError('conflict', 'this process cannot retire key versions (with server.workers > 1, retire through a single-process proxy on the same token)');
+      if (!deps.retireKeyVersion) throw new ControlError('conflict', 'this process cannot retire key versions: it has no control plane');
       const keyStore = str(bodyField(r, 'keyStore'));
       const externalKeyId = str(bodyField(r, 'externalKeyId'));
       // Only keys of the configuration: an operator token is no licence to destroy any object in the token.

@@ -28,6 +28,8 @@ import { METRICS_PATH, adminMetricsRoute } from '../metrics/http';
 import { StartupError } from '../errors/startup-error';
 import { openConfiguredHsm } from '../hsm/open-configured';
 import { LiveConfiguration, type ReloadResult } from '../reload';
+import { KeyRetirement, type RetireRequest } from '../xks/key-retirement';
+import { KeyVersionManager } from '../xks/key-versions';
 import type { HsmBackend } from '../hsm/backend';
 import type { ControlAck, EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
 
@@ -105,10 +107,21 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   const stateHsm: HsmBackend | undefined = config.control ? await openConfiguredHsm({ ...config.hsm, pool: { ...config.hsm.pool, size: 1 } }, process.env, log) : undefined;
   const audit = openRequestOrAuditLog(config, log);
   const adminSink = asAuditSink(audit, log);
+  // Retiring a key version goes through the admin API, which is here: the primary reads the
+  // versions and the shared usage ledger (keyVersions.usageDir, written by the workers) and
+  // destroys through its own HSM session (src/xks/key-retirement.ts). No timers: the workers count.
+  const versions = stateHsm ? new KeyVersionManager(stateHsm, config.keyVersions, log) : undefined;
+  if (versions) {
+    versions.onVersionEvent = (e) =>
+      adminSink.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
+  }
+  let retirement: KeyRetirement | undefined;
+  const retireKeyVersion = (r: RetireRequest) => (retirement ? retirement.request(r) : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;
   try {
     control = await startControl(live, log, {
       ...(stateHsm ? { stateHsm } : {}),
+      retireKeyVersion,
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: adminMetricsRoute(config.metrics, (_req, res) => void serveMetrics(res)),
       propagateEngage,
@@ -122,6 +135,8 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
     await stateHsm?.close();
     throw new StartupError(`control: ${(e as Error).message}`);
   }
+  const plane = control.control;
+  if (plane && versions && stateHsm) retirement = new KeyRetirement({ versions, hsm: stateHsm, control: plane, quietDays: config.keyVersions.retireQuietDays });
 
   async function serveMetrics(res: http.ServerResponse): Promise<void> {
     try {

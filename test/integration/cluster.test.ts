@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { createKey } from '../../src/hsm/key-admin';
+import { listKeyVersions, rotateKey } from '../../src/hsm/key-version-admin';
 import { createStateKey } from '../helpers/state-hsm';
 import { collectResponse } from '../../src/util/http-response';
 import { makeTlsCert, writeCredential, type Credential } from '../helpers/proxy-harness';
@@ -35,6 +36,7 @@ describe('cluster: server.workers = 2', function () {
     token = createTestToken();
     await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
     await createKey(token.hsmConfig, token.pin, { label: 'k1', usage: 'encrypt-decrypt' });
+    await createKey(token.hsmConfig, token.pin, { label: 'kr', usage: 'encrypt-decrypt' });
     await createStateKey(token);
     const tls = makeTlsCert(token.dir);
     ca = fs.readFileSync(tls.certFile);
@@ -43,7 +45,7 @@ describe('cluster: server.workers = 2', function () {
     const config = {
       server: { host: '127.0.0.1', port: 0, workers: 2, tls },
       hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }] }],
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'creds'), keys: [{ externalKeyId: 'k1' }, { externalKeyId: 'kr' }] }],
       log: { level: 'info', requestLogStdout: false },
       metrics: { port: 0 },
       control: { stateDir: path.join(token.dir, 'state'), admin: { port: 0, audience: AUDIENCE, jwksFile: ops.jwksFile } },
@@ -134,6 +136,39 @@ describe('cluster: server.workers = 2', function () {
     expect(denied.map((r) => r.errorName)).to.deep.equal(Array(10).fill('AccessDeniedException'));
     // The key store configured at start is not affected.
     expect((await encrypt()).status).to.equal(200);
+  });
+
+  /** A signed XKS call of key store a on a fresh connection: status and JSON body. */
+  async function xks(op: 'encrypt' | 'decrypt', key: string, fields: Record<string, string>): Promise<{ status: number; json: Record<string, string> }> {
+    const body = JSON.stringify({ requestMetadata: { awsPrincipalArn: 'p', kmsKeyArn: 'k', kmsOperation: op === 'encrypt' ? 'Encrypt' : 'Decrypt', kmsRequestId: 'r' }, encryptionAlgorithm: 'AES_GCM', ...fields });
+    const p = `/a/kms/xks/v1/keys/${key}/${op}`;
+    const headers = await signedHeaders({ host: `localhost:${ports.port}`, path: p, body, accessKeyId: cred.accessKeyId, secret: cred.secret });
+    return new Promise((resolve, reject) => {
+      const req = https.request({ host: 'localhost', port: ports.port, method: 'POST', path: p, headers, ca, agent: false }, (res) => collectResponse(res).then((r) => resolve({ status: r.status, json: (r.json ?? {}) as Record<string, string> }), reject));
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  it('a key version is retired through the primary\'s admin API once two operators approved; no worker decrypts its ciphertexts afterwards', async () => {
+    const sealed = await xks('encrypt', 'kr', { plaintext: Buffer.from('old data key').toString('base64') });
+    expect(sealed.status, JSON.stringify(sealed.json)).to.equal(200);
+    expect(sealed.json.ciphertextMetadata).to.equal(undefined); // the original version
+    expect(await rotateKey(token.hsmConfig, token.pin, 'kr')).to.equal(1);
+    const retire = async (as: string) => adminRaw(ports.adminPort, 'POST', '/admin/v1/key-versions/retire', await ops.token(as), { keyStore: 'a', externalKeyId: 'kr', version: 0, forceRecentUse: true, reason: 'cluster retire drill' });
+    const first = await retire('alice');
+    expect(first.status, JSON.stringify(first.json)).to.equal(202);
+    expect(first.json.retired).to.equal(false);
+    const second = await retire('bob');
+    expect(second.status, JSON.stringify(second.json)).to.equal(200);
+    expect(second.json).to.include({ retired: true });
+    expect(second.json.approvers).to.have.members(['alice', 'bob']);
+    expect((await listKeyVersions(token.hsmConfig, token.pin, 'kr')).map((v) => v.version)).to.deep.equal([1]);
+    const fields = { ciphertext: sealed.json.ciphertext!, initializationVector: sealed.json.initializationVector!, authenticationTag: sealed.json.authenticationTag! };
+    const after = await Promise.all(Array.from({ length: 8 }, () => xks('decrypt', 'kr', fields)));
+    expect(after.map((r) => r.json.errorName)).to.deep.equal(Array(8).fill('InvalidCiphertextException'));
+    // The current version serves on.
+    expect((await xks('encrypt', 'kr', { plaintext: 'eA==' })).status).to.equal(200);
   });
 
   it('SIGTERM stops the primary and its workers, exit 0', async () => {
