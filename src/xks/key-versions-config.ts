@@ -27,7 +27,8 @@ export const KeyVersionsConfig = z
     usageDir: z.string().min(1).optional(),
     /**
      * Encryptions reserved per ledger write (in fleet mode, per etcd transaction on the fleet's
-     * count): what a crash can lose (over-count), per process.
+     * count): what a crash can lose (over-count), per process; with a ledger file up to two blocks,
+     * since the next one is reserved ahead once a quarter of the current is left.
      */
     reserveBlock: z.number().int().min(1).max(1_000_000).default(10_000),
     /** How often decrypt counts are written to the ledger. */

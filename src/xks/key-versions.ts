@@ -96,6 +96,7 @@ export class KeyVersionManager {
       dir: cfg.usageDir,
       reserveBlock: cfg.reserveBlock,
       now,
+      onReserveError: (version, cause) => this.log.warn('could not reserve the next block of encryptions in the usage ledger ahead of time; the next Encrypt tries again', { version, reason: (cause as Error).message }),
       onBorrow: (version, n, cause) =>
         this.log.warn('fleet encryption count unreachable: encrypting on one block of this proxy\'s own, added to the fleet count once etcd answers (control.etcd.keepLastKnownMs)', { version, encryptions: n, reason: cause instanceof XksError ? cause.detail : (cause as Error).message }),
     });

@@ -74,6 +74,8 @@ export interface UsageLedgerOptions {
   now?: () => number;
   /** Told when a block is borrowed because the shared count could not be reached (logged). */
   onBorrow?: (version: number, n: number, cause: unknown) => void;
+  /** Told when a block reserved ahead in the ledger file failed (the next request tries again). */
+  onReserveError?: (version: number, cause: unknown) => void;
 }
 
 interface KeyLedger {
@@ -88,7 +90,7 @@ interface KeyLedger {
   pendingDecrypts: Map<number, number>;
   /** Fleet mode: version -> the fleet's count after this process's last reservation. */
   fleetCount: Map<number, number>;
-  /** Fleet mode: version -> the reservation in flight (concurrent requests wait for the same one). */
+  /** version -> the reservation in flight, in etcd or in the ledger file (concurrent requests wait for the same one). */
   reserving: Map<number, Promise<boolean>>;
   /** Fleet mode: version -> encryptions borrowed while the store was unreachable, not yet in the fleet count. */
   owed: Map<number, number>;
@@ -97,6 +99,8 @@ interface KeyLedger {
   decryptsToPublish: Map<number, { decrypts: number; lastMs: number }>;
   /** Fleet mode: version -> decrypts by this process since it started. */
   decryptsSinceStart: Map<number, number>;
+  /** Nonces of this process's reservations being flushed -> the encryptions reserved before each (once read). */
+  awaited: Map<string, number | undefined>;
 }
 
 function emptyUsage(): VersionUsage {
@@ -136,7 +140,7 @@ export class UsageLedger {
   private ledger(label: string): KeyLedger {
     let l = this.keys.get(label);
     if (!l) {
-      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map(), fleetCount: new Map(), reserving: new Map(), owed: new Map(), label, decryptsToPublish: new Map(), decryptsSinceStart: new Map() };
+      l = { file: this.opts.dir === undefined ? undefined : ledgerFile(this.opts.dir, label), offset: 0, partial: '', totals: new Map(), spare: new Map(), pendingDecrypts: new Map(), fleetCount: new Map(), reserving: new Map(), owed: new Map(), label, decryptsToPublish: new Map(), decryptsSinceStart: new Map(), awaited: new Map() };
       this.keys.set(label, l);
     }
     return l;
@@ -189,6 +193,9 @@ export class UsageLedger {
       u.firstSeenMs ??= at;
       if (kind === 'e') {
         if (nonce !== undefined && lineNonce === nonce && ver === version) before = u.encryptions;
+        // A reservation of ours still being flushed: whoever reads its line first notes what was
+        // reserved before it, for reserveInFile to find.
+        if (lineNonce !== undefined && l.awaited.has(lineNonce)) l.awaited.set(lineNonce, u.encryptions);
         u.encryptions += count;
       } else {
         u.decrypts += count;
@@ -251,22 +258,69 @@ export class UsageLedger {
    */
   async reserveEncryption(label: string, version: number, limit: number): Promise<boolean> {
     const shared = this.shared;
-    if (!shared) return this.tryEncrypt(label, version, limit);
     const l = this.ledger(label);
+    if (!shared && l.file === undefined) return this.tryEncrypt(label, version, limit);
+    const reserve = () => {
+      let r = l.reserving.get(version);
+      if (!r) {
+        r = (shared ? this.reserveShared(shared, l, label, version, limit) : this.reserveInFile(l, version, limit)).finally(() => l.reserving.delete(version));
+        l.reserving.set(version, r);
+      }
+      return r;
+    };
     for (;;) {
       const spare = l.spare.get(version) ?? 0;
       if (spare > 0) {
         l.spare.set(version, spare - 1);
+        // The ledger file: the next block is reserved (written and flushed to disk) in the
+        // background while this one still has encryptions, so that a request never waits for the
+        // disk flush (fdatasync) a block costs; a crash loses at most this one and the next.
+        // (Not with blocks under 4: an operator who chose such small blocks wants exact counts.)
+        const lowWater = Math.floor(this.opts.reserveBlock / 4);
+        if (!shared && lowWater > 0 && spare - 1 <= lowWater && !l.reserving.has(version)) {
+          reserve().catch((e: unknown) => this.opts.onReserveError?.(version, e));
+        }
         return true;
       }
-      let r = l.reserving.get(version);
-      if (!r) {
-        r = this.reserveShared(shared, l, label, version, limit).finally(() => l.reserving.delete(version));
-        l.reserving.set(version, r);
-      }
       // Granted: take one of the block (others waiting may have spent it first: reserve again).
-      if (!(await r)) return false;
+      if (!(await reserve())) return false;
     }
+  }
+
+  /**
+   * tryEncrypt's reservation without blocking the event loop: the line is appended and flushed
+   * (fdatasync) on libuv's thread pool, then the file is read up to it, as tryEncrypt does. Resolves
+   * true when encryptions were added to the spare ones, false at the limit.
+   */
+  private async reserveInFile(l: KeyLedger, version: number, limit: number): Promise<boolean> {
+    this.catchUp(l);
+    const u = this.usage(l, version);
+    if (u.encryptions >= limit) return false;
+    const n = Math.min(this.opts.reserveBlock, limit - u.encryptions);
+    const nonce = `${this.noncePrefix}.${++this.nonceCounter}`;
+    // Other reads of the file (metrics, decrypt counts, another version) may run while this one is
+    // flushed, and fold our line in first: they note for us what was reserved before it.
+    l.awaited.set(nonce, undefined);
+    let before: number | undefined;
+    try {
+      const fh = await fs.promises.open(l.file!, 'a', 0o600);
+      try {
+        // The leading newline ends a line torn by a crash mid-write (see append()).
+        await fh.write(`\ne ${version} ${n} ${this.now()} ${nonce}\n`);
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      // Another process may have reserved between our read and our append (see tryEncrypt).
+      this.catchUp(l);
+      before = l.awaited.get(nonce);
+    } finally {
+      l.awaited.delete(nonce);
+    }
+    const usable = before === undefined ? 0 : Math.max(0, Math.min(n, limit - before));
+    if (usable === 0) return false;
+    l.spare.set(version, (l.spare.get(version) ?? 0) + usable);
+    return true;
   }
 
   /** Resolves true when there may be spare encryptions now (the caller looks again), false at the limit. */

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ledgerFile, UsageLedger } from '../../../src/xks/usage-ledger';
+import { until } from '../../helpers/until';
 
 describe('UsageLedger (encryption counts per key version)', () => {
   let dir: string;
@@ -68,5 +69,50 @@ describe('UsageLedger (encryption counts per key version)', () => {
     // The next record is not swallowed by the torn one.
     expect(l.tryEncrypt('k', 0, 1_000)).to.equal(true);
     expect(new UsageLedger({ dir, reserveBlock: 10 }).usageOf('k').get(0)?.encryptions).to.equal(20);
+  });
+
+  describe('reserveEncryption with a ledger file (the request path)', () => {
+    /** Encryptions so far, as a new process would read them from disk. */
+    const onDisk = (version: number) => new UsageLedger({ dir, reserveBlock: 1 }).usageOf('k').get(version)?.encryptions ?? 0;
+
+    it('reserves the next block in the background once a quarter of the block is left, so that the block boundary does not wait', async () => {
+      const l = new UsageLedger({ dir, reserveBlock: 100 });
+      expect(await l.reserveEncryption('k', 0, 10_000)).to.equal(true);
+      expect(onDisk(0)).to.equal(100);
+      for (let i = 1; i < 75; i++) expect(await l.reserveEncryption('k', 0, 10_000)).to.equal(true);
+      expect(onDisk(0)).to.equal(100);
+      // The 76th leaves 24 (under the low water of 25): the next block is written behind it.
+      const spent = l.reserveEncryption('k', 0, 10_000);
+      expect(await spent).to.equal(true);
+      await until(async () => onDisk(0) === 200, 5000, 'the next block on disk');
+      // Counted before it is spent, whatever a crash leaves: never less on disk than used.
+      for (let i = 76; i < 200; i++) expect(await l.reserveEncryption('k', 0, 10_000)).to.equal(true);
+      expect(onDisk(0)).to.be.at.least(200);
+    });
+
+    it('two writers on one ledger share one limit exactly, interleaved and concurrent', async () => {
+      const a = new UsageLedger({ dir, reserveBlock: 8 });
+      const b = new UsageLedger({ dir, reserveBlock: 8 });
+      const results = await Promise.all(Array.from({ length: 120 }, (_, i) => (i % 2 === 0 ? a : b).reserveEncryption('k', 1, 50)));
+      // Encryptions done: exactly the limit. (What is reserved on disk may pass it: a reservation is
+      // an upper bound, and what a writer may spend of it is capped by what was reserved before.)
+      expect(results.filter(Boolean)).to.have.length(50);
+    });
+
+    it('a read of the file while a reservation is being flushed (metrics, decrypt counts) does not make it look refused', async () => {
+      const l = new UsageLedger({ dir, reserveBlock: 4 });
+      let reading = true;
+      const reader = (async () => {
+        while (reading) {
+          l.usageOf('k');
+          await new Promise((r) => setImmediate(r));
+        }
+      })();
+      const results: boolean[] = [];
+      for (let i = 0; i < 200; i++) results.push(await l.reserveEncryption('k', 2, 1_000_000));
+      reading = false;
+      await reader;
+      expect(results.every(Boolean), `refused: ${results.filter((r) => !r).length}`).to.equal(true);
+    });
   });
 });
