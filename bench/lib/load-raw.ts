@@ -48,12 +48,19 @@ class Connection {
   private buf: Buffer = Buffer.alloc(0);
   private current: Pending | undefined;
   onDone: (c: Connection, ms: number, status: number, errorName: string | undefined, due: number) => void = () => undefined;
+  /** Told once, when the socket is gone: the connection must not be handed a request again. */
+  onClosed: (c: Connection) => void = () => undefined;
+  closed = false;
 
   constructor(private readonly socket: tls.TLSSocket) {
     socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => this.onData(d));
     socket.on('error', () => this.fail('socket error'));
-    socket.on('close', () => this.fail('closed'));
+    socket.on('close', () => {
+      this.closed = true;
+      this.fail('closed');
+      this.onClosed(this);
+    });
   }
 
   get busy(): boolean {
@@ -141,7 +148,7 @@ export async function rawOpenLoop(o: RawOpenLoopOptions & { slowBoundMs?: number
 /** Offers o.rate requests per second for durationMs; resolves when all answers are in. */
 function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], durationMs: number, rec: Recorder, onAnswer?: (due: number, ms: number) => void): Promise<number> {
   return new Promise((resolve) => {
-    const idle: Connection[] = conns.filter((c) => !c.busy);
+    const idle: Connection[] = conns.filter((c) => !c.busy && !c.closed);
     const queue: number[] = []; // due times of requests waiting for a connection
     let sent = 0;
     let outstanding = 0;
@@ -149,7 +156,7 @@ function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], duration
     let finishedSending = false;
     const start = performance.now();
     const interval = 1000 / o.rate;
-    let alive = conns.length;
+    let alive = conns.filter((c) => !c.closed).length;
     const dispatch = () => {
       // Every connection lost: what waits can never be sent.
       while (alive === 0 && queue.length > 0) {
@@ -157,7 +164,9 @@ function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], duration
         outstanding--;
       }
       while (queue.length > 0 && idle.length > 0) {
-        const c = idle.pop()!;
+        // Round robin, as a client's pool spreads over its connections: a connection left idle at
+        // the bottom of a stack would meet the server's idle timeout and be closed under it.
+        const c = idle.shift()!;
         c.send(raw[next++ % raw.length]!, queue.shift()!);
       }
     };
@@ -165,12 +174,20 @@ function run(o: RawOpenLoopOptions, conns: Connection[], raw: Buffer[], duration
       if (finishedSending && outstanding === 0) resolve((performance.now() - start) / 1000);
     };
     for (const c of conns) {
+      // A connection closed by the server, idle or not: never used again (a request written to a
+      // destroyed socket would never be answered, and the run would wait for it for ever).
+      c.onClosed = (conn) => {
+        alive--;
+        const i = idle.indexOf(conn);
+        if (i >= 0) idle.splice(i, 1);
+        dispatch();
+        maybeEnd();
+      };
       c.onDone = (conn, ms, status, errorName, due) => {
         rec.add(ms, status, errorName);
         onAnswer?.(due, ms);
         outstanding--;
-        if (status !== 0) idle.push(conn);
-        else alive--;
+        if (status !== 0 && !conn.closed) idle.push(conn);
         dispatch();
         maybeEnd();
       };
