@@ -31,6 +31,9 @@ export interface MemberRecord {
   startedAt: string;
   /** The newest control revision this member has applied. */
   appliedRevision: number;
+  /** The state it holds verified (store id, generation: its rollback floor; repair stays above it). */
+  storeId?: string;
+  stateGeneration?: number;
   /** The member's last deep health check (GetHealthStatus's ACTIVE/DEGRADED/UNAVAILABLE). */
   health: string;
   /** The member could not confirm the control state (it refuses every call). */
@@ -153,7 +156,8 @@ export class EtcdFleet {
   /** This member applied (and drained) `revision`. */
   ack(revision: number | undefined): void {
     if (revision === undefined || revision <= this.self.appliedRevision) return;
-    this.self = { ...this.self, appliedRevision: revision };
+    const seen = this.store.seenState();
+    this.self = { ...this.self, appliedRevision: revision, ...(seen ? { storeId: seen.storeId, stateGeneration: seen.generation } : {}) };
     void this.writeSelf().catch(() => undefined);
   }
 

@@ -12,7 +12,7 @@ import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import type { HsmBackend } from '../../../src/hsm/backend';
 import { hsmStateAuthenticator } from '../../../src/control/state-auth';
 import { EtcdControlStore } from '../../../src/control/etcd-store';
-import { applyEngage, type StateBody } from '../../../src/control/state-model';
+import { applyEngage, applyRepair, emptyState, type StateBody } from '../../../src/control/state-model';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
@@ -130,6 +130,65 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     let refused: Error | undefined;
     await a.mutate(engage('proxy'), Date.now).catch((e: Error) => (refused = e));
     expect(refused?.message).to.match(/not trusted/);
+  });
+
+  describe('repair of an untrusted state in etcd (what killswitch repair runs)', () => {
+    const build = (base: StateBody | undefined, note: string) => applyRepair(base ?? emptyState(), { operator: 'carol', via: 'local-cli' }, 'repaired in a test', Date.now(), note);
+    /** A member that has seen generation 3 (its rollback floor), and the value of generation 2. */
+    async function fleetAtGeneration3(): Promise<{ p: string; member: EtcdControlStore; gen2: string }> {
+      const p = fresh();
+      const member = newStore(p);
+      await member.initIfFresh(Date.now());
+      await member.mutate(engage('keystore:x'), Date.now);
+      const gen2 = (await client.get(`${p}control/state`).string())!;
+      await member.mutate(engage('key:x/k1'), Date.now);
+      const r = await member.read();
+      expect(r.ok && r.state.generation).to.equal(3);
+      return { p, member, gen2 };
+    }
+
+    it('an old value put back (rollback): the repair, run without the member\'s memory, still lands above its floor', async () => {
+      const { p, member, gen2 } = await fleetAtGeneration3();
+      await client.put(`${p}control/state`).value(gen2);
+      const before = await member.read();
+      expect(before.ok).to.equal(false);
+      // The CLI's store has never seen the fleet: the history of the key tells it generation 3.
+      const repaired = await newStore(p).repair('empty', build);
+      expect(repaired.generation).to.equal(4);
+      const after = await member.read();
+      expect(after.ok, after.ok ? '' : after.fresh ? 'fresh' : after.reason).to.equal(true);
+      if (after.ok) expect(after.state.body.blocks.map((b) => b.scope)).to.deep.equal(['proxy']);
+      // The untrusted value is kept for forensics.
+      const broken = await client.getAll().prefix(`${p}control/broken/`).strings();
+      expect(Object.values(broken)).to.deep.equal([gen2]);
+    });
+
+    it('a deleted state, --from-backup: the last verified value from etcd\'s history, plus the proxy block', async () => {
+      const { p, member } = await fleetAtGeneration3();
+      await client.delete().key(`${p}control/state`);
+      const repaired = await newStore(p).repair('backup', build);
+      expect(repaired.body.blocks.map((b) => b.scope).sort()).to.deep.equal(['key:x/k1', 'keystore:x', 'proxy']);
+      const after = await member.read();
+      expect(after.ok).to.equal(true);
+      if (after.ok) expect(after.state.generation).to.equal(4);
+    });
+
+    it('a forged value: repaired; a good state is never repaired; a member record\'s floor raises the generation', async () => {
+      const { p, member } = await fleetAtGeneration3();
+      let refused: Error | undefined;
+      await newStore(p).repair('empty', build).catch((e: Error) => (refused = e));
+      expect(refused?.message).to.match(/nothing to repair/);
+      // A member (live, in the fleet) says it verified generation 7 of this store.
+      const storeId = ((await member.read()) as { state: { storeId: string } }).state.storeId;
+      await client.put(`${p}members/m1`).value(JSON.stringify({ nodeId: 'm1', appliedRevision: 1, storeId, stateGeneration: 7 }));
+      const forged = JSON.parse((await client.get(`${p}control/state`).string())!);
+      forged.body.blocks = [];
+      await client.put(`${p}control/state`).value(JSON.stringify(forged));
+      const repaired = await newStore(p).repair('empty', build);
+      expect(repaired.generation).to.equal(8);
+      expect(repaired.storeId).to.equal(storeId);
+      expect((await member.read()).ok).to.equal(true);
+    });
   });
 
   it('control migrate --to etcd copies the file store with every block and policy, once; fleet status reads the fleet', async () => {
