@@ -373,9 +373,14 @@ export class EtcdControlStore implements ControlStore {
     }
   }
 
-  /** Milliseconds since the state was last confirmed (metrics, fleet status). */
+  /** Milliseconds since the state was last confirmed (metrics). */
   stalenessMs(): number {
     return this.now() - this.confirmedAt;
+  }
+
+  /** When the state was last confirmed (the send time of the quorum read that did): member record, fleet status. */
+  confirmedAtMs(): number {
+    return this.confirmedAt;
   }
 
   /** Reported stale to the control plane (failing closed for want of confirmation). */

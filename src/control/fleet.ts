@@ -38,6 +38,13 @@ export interface MemberRecord {
   health: string;
   /** The member could not confirm the control state (it refuses every call). */
   stale: boolean;
+  /**
+   * When it last confirmed the control state (watch up, lease held, a quorum read answered), by its
+   * clock; `fleet status` shows the time since as the member's staleness. Refreshed with the health
+   * (about every second) while it confirms; a member cut off from etcd cannot write, so its
+   * staleness grows until its lease expires.
+   */
+  confirmedAt?: string;
   updatedAt: string;
 }
 
@@ -162,8 +169,9 @@ export class EtcdFleet {
   }
 
   setHealth(health: string, stale: boolean): void {
-    if (health === this.self.health && stale === this.self.stale) return;
-    this.self = { ...this.self, health, stale };
+    const confirmedAt = new Date(this.store.confirmedAtMs()).toISOString();
+    if (health === this.self.health && stale === this.self.stale && confirmedAt === this.self.confirmedAt) return;
+    this.self = { ...this.self, health, stale, confirmedAt };
     void this.writeSelf().catch(() => undefined);
   }
 

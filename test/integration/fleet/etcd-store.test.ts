@@ -223,5 +223,20 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     const status = JSON.parse(st.text);
     expect(status.controlRevision).to.be.greaterThan(0);
     expect(status.members).to.deep.equal([]);
+    // A member that last confirmed the state a minute ago (cut off, lease not expired yet), and
+    // one of an older version that does not say.
+    const at = new Date(Date.now() - 60_000).toISOString();
+    await client.put(`${p}members/cut-off`).value(JSON.stringify({ nodeId: 'cut-off', version: '0.1.0', address: 'x:1', startedAt: at, appliedRevision: 1, health: 'ACTIVE', stale: true, confirmedAt: at, updatedAt: at }));
+    await client.put(`${p}members/older`).value(JSON.stringify({ nodeId: 'older', version: '0.0.9', address: 'x:2', startedAt: at, appliedRevision: 1, health: 'ACTIVE', stale: false, updatedAt: at }));
+    const st2 = sink();
+    expect(await fleetCommand(['status', '--json', '--config', configFile], st2, sink())).to.equal(0);
+    const members = (JSON.parse(st2.text) as { members: Array<{ nodeId: string; stalenessMs: number | null }> }).members;
+    expect(members.map((m) => m.nodeId)).to.deep.equal(['cut-off', 'older']);
+    expect(members[0]!.stalenessMs).to.be.at.least(60_000);
+    expect(members[1]!.stalenessMs).to.equal(null);
+    const table = sink();
+    expect(await fleetCommand(['status', '--config', configFile], table, sink())).to.equal(0);
+    expect(table.text).to.match(/cut-off .* staleness \d{5,} ms .* REFUSING/);
+    expect(table.text).to.match(/older .* staleness - /);
   });
 });
