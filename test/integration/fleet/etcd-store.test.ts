@@ -12,7 +12,8 @@ import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import type { HsmBackend } from '../../../src/hsm/backend';
 import { hsmStateAuthenticator } from '../../../src/control/state-auth';
 import { EtcdControlStore } from '../../../src/control/etcd-store';
-import { applyEngage, applyRepair, emptyState, type StateBody } from '../../../src/control/state-model';
+import { applyApproval, applyEngage, applyPolicyApproval, applyPolicySet, applyRepair, emptyState, type StateBody } from '../../../src/control/state-model';
+import { validatePolicy, type PolicyDoc } from '../../../src/control/policy';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
@@ -130,6 +131,61 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     let refused: Error | undefined;
     await a.mutate(engage('proxy'), Date.now).catch((e: Error) => (refused = e));
     expect(refused?.message).to.match(/not trusted/);
+  });
+
+  it('control migrate --to file copies the fleet\'s state into a fresh state folder with every block, approval and policy, once', async () => {
+    const p = fresh();
+    const fleet = newStore(p);
+    await fleet.initIfFresh(Date.now());
+    const policy = (sid: string): PolicyDoc => {
+      const v = validatePolicy({ defaultDecision: 'deny', statements: [{ sid, effect: 'allow', conditions: { awsPrincipalArn: ['arn:aws:iam::111122223333:user/Alice'] } }] });
+      if (!v.ok) throw new Error(v.errors.join('; '));
+      return v.policy;
+    };
+    const bob = { operator: 'bob', via: 'admin-api' as const };
+    const now = Date.now();
+    // Blocks at every scope, a pending lift approval, two policies, a pending policy deletion.
+    await fleet.mutate((b) => {
+      let s = applyEngage(b, 'proxy', actor, 'every scope', now);
+      s = applyEngage(s, 'keystore:a', actor, 'every scope', now);
+      s = applyEngage(s, 'key:a/k1', actor, 'every scope', now, 'k1-hsm-label');
+      s = applyApproval(s, 'proxy', bob, 'one of two', now, 2, 3_600_000).state;
+      s = applyPolicySet(s, 'a', policy('AllowAliceA'), actor, 'tenant a', now);
+      s = applyPolicySet(s, 'b', policy('AllowAliceB'), actor, 'tenant b', now);
+      s = applyPolicyApproval(s, { keyStore: 'b', change: 'delete', digest: 'd'.repeat(64) }, bob, 'retire b', now, 2, 3_600_000).state;
+      return { body: s, result: undefined };
+    }, Date.now);
+    const src = await fleet.read();
+    expect(src.ok).to.equal(true);
+    if (!src.ok) return;
+    const stateDir = path.join(token.dir, `migrate-back-${crypto.randomBytes(3).toString('hex')}`);
+    writeCredential(path.join(token.dir, 'migrate-back-creds'));
+    const configFile = path.join(token.dir, 'migrate-back.json');
+    fs.writeFileSync(configFile, JSON.stringify({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      server: { host: '127.0.0.1', port: 0, plainHttp: true },
+      log: { requestLogStdout: false },
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'migrate-back-creds'), keys: [{ externalKeyId: 'k1' }] }],
+      control: { store: 'etcd', stateDir, stateAuth: { anchorLabel: `anchor-${path.basename(stateDir)}` }, etcd: { endpoints: etcd.endpoints, prefix: p } },
+    }));
+    const out = sink();
+    const err = sink();
+    expect(await controlCommand(['migrate', '--to', 'file', '--confirm', '--config', configFile], out, err), err.text).to.equal(0);
+    expect(out.text).to.match(/3 block\(s\), 2 policy\(ies\)/);
+    // Read back as the file store reads it (MAC and the HSM's generation record).
+    const file = await new StateStore(stateDir, hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: `anchor-${path.basename(stateDir)}` })).read();
+    expect(file.ok, file.ok ? '' : file.fresh ? 'fresh' : file.reason).to.equal(true);
+    if (!file.ok) return;
+    expect(file.state.body).to.deep.equal(src.state.body);
+    expect(file.state.body.blocks.map((b) => b.scope).sort()).to.deep.equal(['key:a/k1', 'keystore:a', 'proxy']);
+    expect(file.state.body.blocks.find((b) => b.scope === 'key:a/k1')!.hsmKey).to.equal('k1-hsm-label');
+    expect(file.state.body.approvals.map((a) => `${a.scope} ${a.by.operator}`)).to.deep.equal(['proxy bob']);
+    expect(Object.keys(file.state.body.policies).sort()).to.deep.equal(['a', 'b']);
+    expect(file.state.body.policyApprovals?.map((a) => `${a.keyStore} ${a.change} ${a.by.operator}`)).to.deep.equal(['b delete bob']);
+    // A state folder that has a state is never overwritten.
+    const err2 = sink();
+    expect(await controlCommand(['migrate', '--to', 'file', '--confirm', '--config', configFile], sink(), err2)).to.equal(1);
+    expect(err2.text).to.match(/never overwritten/);
   });
 
   describe('repair of an untrusted state in etcd (what killswitch repair runs)', () => {
