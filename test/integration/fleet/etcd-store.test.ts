@@ -51,6 +51,20 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     return s;
   };
   const fresh = () => `/xks-store-test/${crypto.randomBytes(4).toString('hex')}/`;
+  /** A configuration file for the CLI commands (migrate, fleet status) with this control section. */
+  const cliConfig = (name: string, control: Record<string, unknown>): string => {
+    const creds = path.join(token.dir, `${name}-creds`);
+    writeCredential(creds);
+    const file = path.join(token.dir, `${name}.json`);
+    fs.writeFileSync(file, JSON.stringify({
+      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
+      server: { host: '127.0.0.1', port: 0, plainHttp: true },
+      log: { requestLogStdout: false },
+      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: creds, keys: [{ externalKeyId: 'k1' }] }],
+      control,
+    }));
+    return file;
+  };
   const engage = (scope: string) => (b: StateBody) => ({ body: applyEngage(b, scope, actor, 'test', Date.now()), result: undefined });
 
   before(async () => {
@@ -159,15 +173,7 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     expect(src.ok).to.equal(true);
     if (!src.ok) return;
     const stateDir = path.join(token.dir, `migrate-back-${crypto.randomBytes(3).toString('hex')}`);
-    writeCredential(path.join(token.dir, 'migrate-back-creds'));
-    const configFile = path.join(token.dir, 'migrate-back.json');
-    fs.writeFileSync(configFile, JSON.stringify({
-      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-      server: { host: '127.0.0.1', port: 0, plainHttp: true },
-      log: { requestLogStdout: false },
-      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'migrate-back-creds'), keys: [{ externalKeyId: 'k1' }] }],
-      control: { store: 'etcd', stateDir, stateAuth: { anchorLabel: `anchor-${path.basename(stateDir)}` }, etcd: { endpoints: etcd.endpoints, prefix: p } },
-    }));
+    const configFile = cliConfig('migrate-back', { store: 'etcd', stateDir, stateAuth: { anchorLabel: `anchor-${path.basename(stateDir)}` }, etcd: { endpoints: etcd.endpoints, prefix: p } });
     const out = sink();
     const err = sink();
     expect(await controlCommand(['migrate', '--to', 'file', '--confirm', '--config', configFile], out, err), err.text).to.equal(0);
@@ -255,15 +261,7 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     await file.mutate(engage('proxy'), Date.now);
     await file.mutate(engage('keystore:a'), Date.now);
     const p = fresh();
-    writeCredential(path.join(token.dir, 'migrate-creds'));
-    const configFile = path.join(token.dir, 'migrate.json');
-    fs.writeFileSync(configFile, JSON.stringify({
-      hsm: { ...token.hsmConfig, pin: { file: token.pinFile } },
-      server: { host: '127.0.0.1', port: 0, plainHttp: true },
-      log: { requestLogStdout: false },
-      keyStores: [{ name: 'a', pathPrefix: '/a', credentialsDir: path.join(token.dir, 'migrate-creds'), keys: [{ externalKeyId: 'k1' }] }],
-      control: { store: 'file', stateDir, stateAuth: { anchorLabel: 'migrate-anchor' }, etcd: { endpoints: etcd.endpoints, prefix: p } },
-    }));
+    const configFile = cliConfig('migrate', { store: 'file', stateDir, stateAuth: { anchorLabel: 'migrate-anchor' }, etcd: { endpoints: etcd.endpoints, prefix: p } });
     const out = sink();
     const err = sink();
     expect(await controlCommand(['migrate', '--to', 'etcd', '--confirm', '--config', configFile], out, err), err.text).to.equal(0);
