@@ -66,7 +66,8 @@ export class EtcdControlStore implements ControlStore {
   private watcher: Watcher | undefined;
   private watchUp = false;
   private heartbeat: NodeJS.Timeout | undefined;
-  private beating = false;
+  /** Quorum reads in flight: a second may start while one hangs (see beat()). */
+  private beating = 0;
   /** Until this member has joined the fleet, engages elsewhere do not wait for it. */
   private leaseOk = false;
   private lastProblem = 'this member has not joined the fleet yet';
@@ -339,8 +340,11 @@ export class EtcdControlStore implements ControlStore {
 
   /** One quorum read: confirms contact with a majority and that no revision was missed. */
   private async beat(): Promise<void> {
-    if (this.beating || this.closed) return;
-    this.beating = true;
+    // A read sent while etcd had no quorum hangs until its deadline (maxStalenessMs / 2); one more
+    // may start meanwhile, so that the member confirms the state one heartbeat after etcd answers
+    // again instead of after that deadline. Two at most: no pile-up while etcd is away.
+    if (this.beating >= 2 || this.closed) return;
+    this.beating++;
     // What a quorum read confirms is the state as of when it was sent.
     const sentAt = this.now();
     try {
@@ -348,10 +352,15 @@ export class EtcdControlStore implements ControlStore {
       const rev = Number(res.kvs[0]?.mod_revision ?? 0);
       if (this.watchUp && this.leaseOk) this.confirmedAt = Math.max(this.confirmedAt, sentAt);
       if (rev !== this.lastRevision) this.handlers?.changed('etcd-resync');
+      // The state in force is a fault (e.g. the HSM did not answer while verifying the value just
+      // applied, or a read failed right as etcd came back): nothing in etcd changes to report it
+      // again, so read again now that etcd answers (found with bench/fleet-recovery.ts: a member
+      // stayed failing closed for good after a read failed at recovery).
+      else if (this.handlers?.wantsRetry()) this.handlers.changed('retry');
     } catch (e) {
       this.lastProblem = `no quorum read answered (${(e as Error).message})`;
     } finally {
-      this.beating = false;
+      this.beating--;
     }
     this.judge();
   }

@@ -10,7 +10,8 @@ import { Etcd3 } from 'etcd3';
 import { createSilentLogger } from '../../../src/log/logger';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import type { HsmBackend } from '../../../src/hsm/backend';
-import { hsmStateAuthenticator } from '../../../src/control/state-auth';
+import { hsmStateAuthenticator, type StateAuthenticator } from '../../../src/control/state-auth';
+import { ControlPlane } from '../../../src/control/control-plane';
 import { EtcdControlStore } from '../../../src/control/etcd-store';
 import { applyApproval, applyEngage, applyPolicyApproval, applyPolicySet, applyRepair, emptyState, type StateBody } from '../../../src/control/state-model';
 import { validatePolicy, type PolicyDoc } from '../../../src/control/policy';
@@ -23,6 +24,7 @@ import { Writable } from 'node:stream';
 import { StateStore } from '../../../src/control/state-store';
 import { controlCommand, fleetCommand } from '../../../src/cli/fleet-commands';
 import { writeCredential } from '../../helpers/proxy-harness';
+import { waitEvent } from '../../helpers/wait-event';
 
 function sink(): Writable & { text: string } {
   const w = new Writable({
@@ -192,6 +194,39 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
     const err2 = sink();
     expect(await controlCommand(['migrate', '--to', 'file', '--confirm', '--config', configFile], sink(), err2)).to.equal(1);
     expect(err2.text).to.match(/never overwritten/);
+  });
+
+  it('a member whose first read after a staleness spell fails (HSM fault) reads again by itself once it can: not failing closed for good', async () => {
+    const p = fresh();
+    const real = hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: 'unused-in-etcd-mode' });
+    // Fault injection: the member's HSM stops answering verifications while `down` is set.
+    let down = false;
+    const flaky: StateAuthenticator = { ...real, verify: (d, m) => (down ? Promise.reject(new Error('injected: HSM not answering')) : real.verify(d, m)) };
+    const store = new EtcdControlStore(client, flaky, { prefix: p, maxStalenessMs: 1000, keepLastKnownMs: 0, log: createSilentLogger() });
+    stores.push(store);
+    const cp = await ControlPlane.open({ store, stateAuth: flaky, keyStores: ['ks'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 100, watchIntervalMs: 100, log: createSilentLogger() });
+    store.setLeaseOk(true);
+    cp.startWatching();
+    const next = <T>(ev: string, pred: (x: T) => boolean) => waitEvent(cp, ev, pred, 15_000);
+    try {
+      expect(cp.isFailClosed()).to.equal(false);
+      // Unconfirmed past the bound (the membership lease lost, as fleet.ts reports it): fail closed.
+      const stale = next('stale', () => true);
+      store.setLeaseOk(false, 'injected: lease lost');
+      await stale;
+      // Confirmed again, but the re-read of the (unchanged) state fails in the HSM.
+      down = true;
+      const fault = next<{ failClosed?: string }>('reload', (x) => /injected: HSM/.test(x.failClosed ?? ''));
+      store.setLeaseOk(true);
+      await fault;
+      // The HSM answers again; nothing changes in etcd. The member must read the state again itself.
+      const trusted = next<{ failClosed?: string }>('reload', (x) => x.failClosed === undefined);
+      down = false;
+      await trusted;
+      expect(cp.isFailClosed()).to.equal(false);
+    } finally {
+      cp.close();
+    }
   });
 
   describe('repair of an untrusted state in etcd (what killswitch repair runs)', () => {

@@ -11,11 +11,11 @@ import { promisify } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import path from 'node:path';
 import { createKey } from '../../../src/hsm/key-admin';
-import type { ControlPlane } from '../../../src/control/control-plane';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { waitEvent } from '../../helpers/wait-event';
 import { AUDIENCE, adminClient, adminRaw, makeOperators, type Operators } from '../control/admin-helpers';
 
 const b64 = (b: Buffer) => b.toString('base64');
@@ -30,23 +30,6 @@ function adminActions(log: string, action: string): Array<{ detail: string; reas
     .split('\n')
     .filter((l) => l.includes(`"action":"${action}"`))
     .map((l) => JSON.parse(l) as { detail: string; reason?: string });
-}
-
-/** Resolves with the event's payload when `pred` holds for one, rejects after timeoutMs. */
-function waitEvent<T>(em: ControlPlane, ev: string, pred: (x: T) => boolean, timeoutMs: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      em.off(ev, on);
-      reject(new Error(`no '${ev}' event within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const on = (x: T) => {
-      if (!pred(x)) return;
-      clearTimeout(timer);
-      em.off(ev, on);
-      resolve(x);
-    };
-    em.on(ev, on);
-  });
 }
 
 /** Polls `f` until it returns true (bounded): for state that has no event of its own (HTTP answers). */
