@@ -323,13 +323,24 @@ export class EtcdControlStore implements ControlStore {
       w.on('error', (e) => {
         this.watchUp = false;
         this.lastProblem = `the watch on ${this.stateKey} failed (${e.message})`;
+        // etcd cancelled the watch (e.g. the revision it was to resume from after a disconnection
+        // was compacted meanwhile): the client drops it for good, and this member would stay
+        // unconfirmed, failing closed, until restarted. Open a new one; it starts with a re-read.
+        if (this.watcher !== w) return;
+        this.watcher = undefined;
+        void w.cancel().catch(() => undefined);
+        this.reopenWatch();
       });
       // A change between the first read and the watch's start: read again.
       changed('etcd-watch-started');
     } catch (e) {
       this.lastProblem = `cannot watch ${this.stateKey} (${(e as Error).message})`;
-      if (!this.closed) setTimeout(() => void this.openWatch(), Math.min(1000, this.o.maxStalenessMs / 4)).unref();
+      this.reopenWatch();
     }
+  }
+
+  private reopenWatch(): void {
+    if (!this.closed) setTimeout(() => void this.openWatch(), Math.min(1000, this.o.maxStalenessMs / 4)).unref();
   }
 
   /** Membership (fleet.ts): a lost lease leaves the state unconfirmed until it is granted again. */

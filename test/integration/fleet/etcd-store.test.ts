@@ -6,13 +6,14 @@
  */
 import { expect } from 'chai';
 import crypto from 'node:crypto';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, type Watcher } from 'etcd3';
 import { createSilentLogger } from '../../../src/log/logger';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import type { HsmBackend } from '../../../src/hsm/backend';
 import { hsmStateAuthenticator, type StateAuthenticator } from '../../../src/control/state-auth';
 import { ControlPlane } from '../../../src/control/control-plane';
 import { EtcdControlStore } from '../../../src/control/etcd-store';
+import { EtcdFleet } from '../../../src/control/fleet';
 import { applyApproval, applyEngage, applyPolicyApproval, applyPolicySet, applyRepair, emptyState, type StateBody } from '../../../src/control/state-model';
 import { validatePolicy, type PolicyDoc } from '../../../src/control/policy';
 import { createStateKey } from '../../helpers/state-hsm';
@@ -226,6 +227,56 @@ describe('etcd control store (real etcd, real HSM MAC)', function () {
       expect(cp.isFailClosed()).to.equal(false);
     } finally {
       cp.close();
+    }
+  });
+
+  it('a watch that etcd cancels (e.g. its resume revision compacted) is opened again: changes still arrive through a watch', async () => {
+    const p = fresh();
+    const auth = hsmStateAuthenticator(hsm, { hsmKeyLabel: 'xks-control-state', anchorLabel: 'unused-in-etcd-mode' });
+    // A long bound: the heartbeat's resync (every 15 s) cannot be what picks the change up here.
+    const store = new EtcdControlStore(client, auth, { prefix: p, maxStalenessMs: 60_000, keepLastKnownMs: 0, log: createSilentLogger() });
+    stores.push(store);
+    const cp = await ControlPlane.open({ store, stateAuth: auth, keyStores: ['ks'], approvalsRequired: 2, approvalWindowMs: 600_000, drainTimeoutMs: 100, watchIntervalMs: 100, log: createSilentLogger() });
+    store.setLeaseOk(true);
+    cp.startWatching();
+    try {
+      // The first watch is up once a change made elsewhere arrives through it.
+      const first = waitEvent<{ origin: string }>(cp, 'reload', () => true, 10_000);
+      await newStore(p).mutate(engage('proxy'), Date.now);
+      expect((await first).origin).to.match(/^etcd-watch/);
+      // Fault injection: etcd cancels the watch. The client then drops the watcher and reports the
+      // cancellation as its 'error': here the watch is cancelled for real, then the report sent.
+      const watcher = (store as unknown as { watcher: Watcher }).watcher;
+      await watcher.cancel();
+      watcher.emit('error', new Error('injected: watch cancelled by etcd (required revision has been compacted)'));
+      const second = waitEvent<{ origin: string }>(cp, 'reload', () => true, 10_000);
+      await newStore(p).mutate(engage('keystore:ks'), Date.now);
+      expect((await second).origin).to.match(/^etcd-watch/);
+      expect(cp.publicState().blocks.map((b) => b.scope).sort()).to.deep.equal(['keystore:ks', 'proxy']);
+    } finally {
+      cp.close();
+    }
+  });
+
+  it('the member list follows joins after etcd cancelled its watch (engages must not miss a member)', async () => {
+    const p = fresh();
+    const store = newStore(p);
+    const fleet = new EtcdFleet(client, store, { prefix: p, nodeId: 'X', version: 'test', address: 'x:1', leaseTtlSeconds: 5, ackTimeoutMs: 1000, log: createSilentLogger() });
+    try {
+      await fleet.start();
+      expect(fleet.list().map((m) => m.nodeId)).to.deep.equal(['X']);
+      // Fault injection: etcd cancels the member watch; the client drops it and reports an 'error'.
+      const watcher = (fleet as unknown as { watcher: Watcher }).watcher;
+      await watcher.cancel();
+      watcher.emit('error', new Error('injected: watch cancelled by etcd (required revision has been compacted)'));
+      const at = new Date().toISOString();
+      await client.put(`${p}members/Y`).value(JSON.stringify({ nodeId: 'Y', version: 'test', address: 'y:1', startedAt: at, appliedRevision: 0, health: 'ACTIVE', stale: false, updatedAt: at }));
+      // Bounded poll: the member list has no event of its own to wait on.
+      const deadline = Date.now() + 10_000;
+      while (!fleet.list().some((m) => m.nodeId === 'Y') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(fleet.list().map((m) => m.nodeId)).to.deep.equal(['X', 'Y']);
+    } finally {
+      await fleet.close();
     }
   });
 
