@@ -11,7 +11,7 @@ export interface AdminActionRecord {
   operator: string;
   role?: string | undefined;
   /** state-folder: found by the proxy in its state folder, made by nobody it knows (tampering). */
-  /** etcd: found in the fleet's control store (fleet mode: a change another member made, or a fault). */
+  /** etcd: found in the fleet's control store (fleet mode: a change another member made, a fault, or tampering). */
   via: 'admin-api' | 'local-cli' | 'state-folder' | 'etcd';
   /** e.g. kill-switch.engage, kill-switch.approve-lift, policy.set, policy.delete, credentials.add, credentials.remove. */
   action: string;

@@ -64,7 +64,10 @@ repair:           only when the state is not trusted (unreadable, tampered, roll
                   the proxy fails closed): keeps the untrusted file as state.json.broken-*, writes
                   a new authenticated state (empty; --from-backup: the verified last good state;
                   --adopt-unauthenticated: a version 1 file from before state authentication) WITH a
-                  proxy-scope block, which then needs the normal lift quorum.`,
+                  proxy-scope block, which then needs the normal lift quorum.
+                  Fleet mode: repairs the state in etcd (the untrusted value is kept under
+                  <prefix>control/broken/<time>; --from-backup: the newest value in etcd's history
+                  that verifies); every member applies it and stays blocked until the lift quorum.`,
   policy: `Usage:
   xks-proxy policy get --key-store NAME --key FILE [ADMIN OPTIONS]
   xks-proxy policy set --key-store NAME --file POLICY.json --reason TEXT --key FILE [ADMIN OPTIONS]
@@ -237,7 +240,7 @@ export const ADMIN_FLAGS = { key: { type: 'string' }, 'admin-url': { type: 'stri
  */
 async function withLocalStore<T>(loaded: LoadedConfig, fn: (store: StateStore) => Promise<T>): Promise<T> {
   const c = controlOf(loaded);
-  if (c.stateDir === undefined) throw new Error('the emergency commands work on the file store (control.store: file); in fleet mode use the admin API of any member');
+  if (c.stateDir === undefined) throw new Error('control.stateDir is not set: the state folder of the file store (control.store: file) is unknown');
   const stateDir = c.stateDir;
   const hsm = await openPkcs11Backend({ ...loaded.config.hsm, pool: { ...loaded.config.hsm.pool, size: 1 } }, readSecret(loaded.config.hsm.pin), createSilentLogger());
   try {
@@ -251,7 +254,7 @@ async function withLocalStore<T>(loaded: LoadedConfig, fn: (store: StateStore) =
  * The store the proxies use (control.store): the state folder, or in fleet mode the fleet's etcd
  * prefix, straight (so that the emergency engage works when no member's admin API answers).
  */
-async function withConfiguredStore<T>(loaded: LoadedConfig, fn: (store: Pick<ControlStore, 'read' | 'mutate'>) => Promise<T>): Promise<T> {
+async function withConfiguredStore<T>(loaded: LoadedConfig, fn: (store: Pick<ControlStore, 'read' | 'mutate'> & Pick<StateStore, 'repair'>) => Promise<T>): Promise<T> {
   const c = controlOf(loaded);
   if (c.store !== 'etcd' || !c.etcd) return withLocalStore(loaded, fn);
   const e = c.etcd;
@@ -324,9 +327,9 @@ export function killswitchCommand(argv: string[]): Promise<number> {
         const reason = checkReason(need(flags, 'reason'));
         if (flags['from-backup'] && flags['adopt-unauthenticated']) throw new UsageError('--from-backup and --adopt-unauthenticated exclude each other');
         const source: RepairSource = flags['from-backup'] ? 'backup' : flags['adopt-unauthenticated'] ? 'adopt-unauthenticated' : 'empty';
-        const state = await withLocalStore(loaded, (store) => store.repair(source, (base, note) => applyRepair(base ?? { blocks: [], approvals: [], policies: {}, history: [] }, by, reason, Date.now(), note)));
-        io.stdout.write(JSON.stringify({ repaired: true, generation: state.generation, blocks: state.body.blocks.map((b) => b.scope), policies: Object.keys(state.body.policies), note: state.body.history[state.body.history.length - 1]?.detail }, null, 2) + '\n');
-        io.stderr.write('the proxy stays blocked (scope proxy) until the lift quorum approves: xks-proxy killswitch approve-lift --scope proxy ...\n');
+        const state = await withConfiguredStore(loaded, (store) => store.repair(source, (base, note) => applyRepair(base ?? { blocks: [], approvals: [], policies: {}, history: [] }, by, reason, Date.now(), note)));
+        io.stdout.write(JSON.stringify({ repaired: true, generation: state.generation, ...(state.revision !== undefined ? { revision: state.revision } : {}), blocks: state.body.blocks.map((b) => b.scope), policies: Object.keys(state.body.policies), note: state.body.history[state.body.history.length - 1]?.detail }, null, 2) + '\n');
+        io.stderr.write(`${loaded.config.control?.store === 'etcd' ? 'written to etcd; every member of the fleet applies it from its watch and' : 'the proxy'} stays blocked (scope proxy) until the lift quorum approves: xks-proxy killswitch approve-lift --scope proxy ...\n`);
         return 0;
       }
       default:

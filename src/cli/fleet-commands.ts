@@ -22,8 +22,10 @@ export const FLEET_USAGE = `Usage:
   xks-proxy fleet status [--json] [--config FILE]
 
 status: the live members of the fleet (control.etcd.prefix): node id, version, address, start
-        time, the control revision each has applied against the fleet's current one, its last deep
-        health check, and whether it refuses calls because it cannot confirm the control state.
+        time, the control revision each has applied against the fleet's current one, its
+        staleness (ms since it last confirmed the control state with a quorum read; it fails closed
+        past control.etcd.maxStalenessMs), its last deep health check, and whether it refuses calls
+        because it cannot confirm the control state.
         Reads etcd directly (control.etcd of the config); no admin API needed.`;
 
 export const CONTROL_MIGRATE_USAGE = `Usage:
@@ -55,6 +57,16 @@ function describe(r: ReadResult): string {
   return r.ok ? `generation ${r.state.generation}` : r.fresh ? 'fresh (no state)' : r.reason;
 }
 
+/**
+ * Milliseconds since the member last confirmed the control state (its record's confirmedAt, by its
+ * clock, against this host's: the hosts' clocks must agree, as SigV4 needs anyway); null for a
+ * member that does not publish it (an older version).
+ */
+function stalenessOf(m: MemberRecord, now: number): number | null {
+  const at = m.confirmedAt === undefined ? NaN : Date.parse(m.confirmedAt);
+  return Number.isNaN(at) ? null : Math.max(0, now - at);
+}
+
 export async function fleetCommand(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { config: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } } });
   if (values.help || positionals[0] !== 'status') {
@@ -70,15 +82,19 @@ export async function fleetCommand(argv: string[], out: NodeJS.WritableStream = 
     const kv = state.kvs[0];
     const current = kv ? Number(kv.mod_revision) : 0;
     const generation = kv ? ((JSON.parse(kv.value.toString()) as { generation?: number }).generation ?? null) : null;
-    const list = Object.values(members).map((v) => JSON.parse(v) as MemberRecord).sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+    const now = Date.now();
+    const list = Object.values(members)
+      .map((v) => JSON.parse(v) as MemberRecord)
+      .sort((a, b) => a.nodeId.localeCompare(b.nodeId))
+      .map((m) => ({ ...m, behind: m.appliedRevision < current, stalenessMs: stalenessOf(m, now) }));
     if (values.json) {
-      out.write(JSON.stringify({ prefix, controlRevision: current, generation, members: list.map((m) => ({ ...m, behind: m.appliedRevision < current })) }, null, 2) + '\n');
+      out.write(JSON.stringify({ prefix, controlRevision: current, generation, members: list }, null, 2) + '\n');
       return 0;
     }
     out.write(`fleet ${prefix}: control revision ${current} (generation ${generation ?? '-'}), ${list.length} live member(s)\n`);
     for (const m of list) {
-      const lag = m.appliedRevision >= current ? 'up to date' : `BEHIND (applied ${m.appliedRevision})`;
-      out.write(`  ${m.nodeId}  v${m.version}  ${m.address}  started ${m.startedAt}  ${lag}  health ${m.health}${m.stale ? '  REFUSING (state unconfirmed or untrusted)' : ''}  updated ${m.updatedAt}\n`);
+      const lag = m.behind ? `BEHIND (applied ${m.appliedRevision})` : 'up to date';
+      out.write(`  ${m.nodeId}  v${m.version}  ${m.address}  started ${m.startedAt}  ${lag}  staleness ${m.stalenessMs === null ? '-' : `${m.stalenessMs} ms`}  health ${m.health}${m.stale ? '  REFUSING (state unconfirmed or untrusted)' : ''}  updated ${m.updatedAt}\n`);
     }
     return 0;
   } finally {

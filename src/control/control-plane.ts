@@ -333,7 +333,7 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     this.snap = next;
     if (next.state) this.lastGood = next.state;
     if (next.failClosed !== undefined && next.tamper && next.failClosed !== prev.failClosed) {
-      this.opts.log.error(`control state TAMPERING detected: the stored state (${this.store.location}) was changed outside the proxy; every key store is blocked until it is repaired (${this.store.kind === 'file' ? 'xks-proxy killswitch repair' : 'docs/fleet.md'})`, { reason: next.failClosed, origin });
+      this.opts.log.error(`control state TAMPERING detected: the stored state (${this.store.location}) was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair${this.store.kind === 'file' ? '' : ', on any host with the fleet configuration'})`, { reason: next.failClosed, origin });
       this.emit('tamper', { reason: next.failClosed, origin });
     } else if (next.failClosed !== undefined && prev.failClosed === undefined) {
       this.opts.log.error('control state unreadable: every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: next.failClosed, origin });
@@ -365,12 +365,14 @@ export class ControlPlane extends EventEmitter implements AccessGate {
     // Read before a change this process installed meanwhile: stale, not newer (a rollback on disk
     // is refused by the store against the HSM's record, not here).
     if (next.state && cur.state && next.state.storeId === cur.state.storeId && next.state.generation < cur.state.generation) return false;
+    // What the news is measured against: the state in force, or after a fail-closed spell (tampering,
+    // staleness) the last trusted one. Taken before install(), which makes `next` the last trusted.
+    const base = cur.state ?? this.lastGood;
     this.install(next, origin);
     const fleet = this.store.kind !== 'file';
     // File mode: the proxy's own processes share the folder, so only the emergency CLI's changes
     // are news. Fleet mode: every change read here was made by another member (this member's own
     // are installed when written), and each member audits what it applies.
-    const base = cur.state ?? this.lastGood;
     const events = newEvents(base?.body.history ?? [], next.state?.body.history ?? []).filter((e) => fleet || e.by.via === 'local-cli');
     if (events.length) this.emit('external-change', events, next.state?.revision);
     if (fleet && next.state) {

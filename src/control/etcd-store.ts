@@ -30,7 +30,7 @@ import type { ControlStore, StoreWatchHandlers } from './control-store';
 import { withDeadline } from './etcd-client';
 import { ControlError, emptyState, type StateBody } from './state-model';
 import type { StateAuthenticator } from './state-auth';
-import { serializeState, verifyStateText, type ReadResult, type StoredState } from './state-store';
+import { serializeState, verifyStateText, type ReadResult, type RepairSource, type StoredState } from './state-store';
 
 export interface EtcdStoreOptions {
   prefix: string;
@@ -42,6 +42,16 @@ export interface EtcdStoreOptions {
 
 /** Concurrent writers: attempts before a change gives up (each loser re-reads the winner's state). */
 const MAX_TXN_ATTEMPTS = 32;
+/** Repair: how many earlier values of the state key it verifies (etcd keeps them until compaction). */
+const HISTORY_VALUES = 256;
+/** Repair of a deleted key: how many revisions back it looks for the key's last value. */
+const DELETED_LOOKBACK_REVISIONS = 2000;
+
+/** What a member says in its record (fleet.ts) about the state it has verified: repair stays above it. */
+interface MemberFloor {
+  storeId?: unknown;
+  stateGeneration?: unknown;
+}
 
 export class EtcdControlStore implements ControlStore {
   readonly kind = 'etcd' as const;
@@ -56,7 +66,8 @@ export class EtcdControlStore implements ControlStore {
   private watcher: Watcher | undefined;
   private watchUp = false;
   private heartbeat: NodeJS.Timeout | undefined;
-  private beating = false;
+  /** Quorum reads in flight: a second may start while one hangs (see beat()). */
+  private beating = 0;
   /** Until this member has joined the fleet, engages elsewhere do not wait for it. */
   private leaseOk = false;
   private lastProblem = 'this member has not joined the fleet yet';
@@ -111,11 +122,12 @@ export class EtcdControlStore implements ControlStore {
     const floor = this.seen;
     let kv: IKeyValue | undefined;
     try {
-      kv = (await withDeadline(this.client.get(this.stateKey).exec(), this.callMs, 'read the control state')).kvs[0];
+      const res = await withDeadline(this.client.get(this.stateKey).exec(), this.callMs, 'read the control state');
+      kv = res.kvs[0];
       if (!kv) {
         const marker = await withDeadline(this.client.get(this.markerKey).exec(), this.callMs, 'read the control state marker');
         if (marker.kvs.length === 0) return { ok: false, fresh: true };
-        return { ok: false, fresh: false, tamper: true, reason: `${this.location} is missing, but the fleet was initialised (${this.markerKey} exists): deleted outside the proxy` };
+        return { ok: false, fresh: false, tamper: true, reason: `${this.location} is missing at revision ${res.header.revision}, but the fleet was initialised (${this.markerKey} exists): deleted outside the proxy` };
       }
     } catch (e) {
       return { ok: false, fresh: false, tamper: false, reason: `cannot read ${this.location}: ${(e as Error).message}` };
@@ -133,8 +145,9 @@ export class EtcdControlStore implements ControlStore {
     }
     // The anchor is what this member has seen: the first state it reads names its store.
     const anchor = { storeId: floor?.storeId ?? (typeof claimed === 'string' ? claimed : ''), generation: floor?.generation ?? 0 };
-    const r = await verifyStateText(this.auth, text, anchor, this.location);
-    if (!r.ok) return r.fresh ? r : { ...r, reason: r.reason.replace('recorded in the HSM (an old file was put back: rollback)', 'already seen by this member (an old value was put back: rollback)') };
+    // The revision names the value in etcd's history (audit, forensics: etcdctl get --rev).
+    const r = await verifyStateText(this.auth, text, anchor, `${this.location} at revision ${kv.mod_revision}`);
+    if (!r.ok) return r.fresh ? r : { ...r, reason: r.reason.replace('recorded in the HSM (an old file was put back: rollback)', 'already seen by this member (an old value was put back: rollback)').replace('(the file was changed outside the proxy)', '(the value was changed outside the proxy)') };
     const revision = Number(kv.mod_revision);
     this.noteSeen(r.state.storeId, r.state.generation, revision);
     return { ok: true, state: { ...r.state, revision }, ahead: false };
@@ -167,6 +180,112 @@ export class EtcdControlStore implements ControlStore {
       this.o.log.debug('control state changed concurrently; retrying the change on the newer state', { attempt });
     }
     throw new ControlError('conflict', `the control state kept changing under this change (${MAX_TXN_ATTEMPTS} attempts); try again`);
+  }
+
+  /** The newest verified state this member has seen (its rollback floor), for its member record. */
+  seenState(): { storeId: string; generation: number } | undefined {
+    return this.seen;
+  }
+
+  /**
+   * Replace a state that is not trusted (forged, rolled back, deleted), as the file store's repair
+   * does: the new state has a proxy-scope block (applied by `build`), so the fleet stays blocked
+   * until the lift quorum approves. Every member must accept it, so it carries the fleet's store id
+   * and a generation above every member's rollback floor. That floor is at most the highest
+   * generation ever written with the HSM key, which etcd's history of the key still holds (until
+   * compaction): the values are verified with the HSM, not believed. The live members' records
+   * (the generation each has verified) raise it further, in case the history was compacted; a
+   * record can only push the generation up, which does no harm. 'backup' starts from the newest
+   * verified value in the history (the last good state). The untrusted value is kept under
+   * `<prefix>control/broken/<time>` for forensics.
+   */
+  async repair(source: RepairSource, build: (base: StateBody | undefined, note: string) => StateBody, nowMs: () => number = Date.now): Promise<StoredState> {
+    if (source === 'adopt-unauthenticated') throw new ControlError('invalid', '--adopt-unauthenticated applies to a version 1 state file of the file store; the etcd store never held one');
+    const head = await withDeadline(this.client.get(this.stateKey).exec(), this.callMs, 'read the control state');
+    const kv = head.kvs[0] ?? (await this.lastValueBefore(Number(head.header.revision)));
+    const history = await this.verifiedHistory(kv);
+    const best = history.reduce<StoredState | undefined>((a, b) => (!a || b.generation > a.generation ? b : a), undefined);
+    // Judge the current value against the history's floor: a valid old value put back is a rollback.
+    if (best && (!this.seen || best.generation > this.seen.generation)) this.seen = { storeId: best.storeId, generation: best.generation };
+    const cur = await this.read();
+    if (cur.ok || cur.fresh) throw new ControlError('invalid', `nothing to repair: ${cur.ok ? `${this.location} verifies (generation ${cur.state.generation})` : 'the fleet has no state yet (fresh prefix)'}`);
+    const floors = await this.memberFloors();
+    const storeId = best?.storeId ?? floors.find((f) => typeof f.storeId === 'string')?.storeId ?? crypto.randomBytes(16).toString('hex');
+    const after = Math.max(best?.generation ?? 0, ...floors.filter((f) => f.storeId === storeId).map((f) => f.generation));
+    let base: StateBody | undefined;
+    let note = `replaced an untrusted state (${cur.reason}) with an empty state`;
+    if (source === 'backup') {
+      if (!best) throw new ControlError('invalid', `backup unusable: no earlier value of ${this.stateKey} in etcd's history verifies with the HSM key (compacted, or never written)`);
+      base = best.body;
+      note = `replaced an untrusted state (${cur.reason}) with the last verified value in etcd's history, generation ${best.generation} at revision ${best.revision}`;
+    }
+    const writtenAt = new Date(nowMs()).toISOString();
+    const { text, state } = await serializeState(this.auth, { storeId, generation: after + 1, writtenAt, body: build(base, note) });
+    const current = head.kvs[0];
+    const guard = current ? this.client.if(this.stateKey, 'Mod', '==', current.mod_revision) : this.client.if(this.stateKey, 'Create', '==', 0);
+    const brokenKey = `${this.o.prefix}control/broken/${writtenAt}`;
+    const res = await withDeadline(
+      guard.then(this.client.put(brokenKey).value(current ? current.value : `deleted; last value at revision ${kv?.mod_revision ?? 'unknown'}`), this.client.put(this.stateKey).value(text), this.client.put(this.markerKey).value(`initialised; repaired ${writtenAt}`)).commit(),
+      this.callMs,
+      'write the repaired control state',
+    );
+    if (!res.succeeded) throw new ControlError('conflict', `${this.stateKey} changed during the repair; run it again`);
+    const revision = Number(res.header.revision);
+    this.noteSeen(storeId, state.generation, revision);
+    return { ...state, revision };
+  }
+
+  /** The verified values of the state key, from `kv` back through etcd's history (bounded). */
+  private async verifiedHistory(kv: IKeyValue | undefined): Promise<StoredState[]> {
+    const out: StoredState[] = [];
+    for (let i = 0; kv && i < HISTORY_VALUES; i++) {
+      const text = kv.value.toString('utf8');
+      let claimed = '';
+      try {
+        claimed = String((JSON.parse(text) as { storeId?: unknown }).storeId ?? '');
+      } catch {
+        /* not JSON: does not verify */
+      }
+      const r = await verifyStateText(this.auth, text, { storeId: claimed, generation: 0 }, `${this.location} at revision ${kv.mod_revision}`);
+      if (r.ok) out.push({ ...r.state, revision: Number(kv.mod_revision) });
+      const before = Number(kv.mod_revision) - 1;
+      if (before < 1) break;
+      kv = await this.valueAt(before);
+    }
+    return out;
+  }
+
+  /** The state key as of `revision` (undefined: absent then, or compacted away). */
+  private async valueAt(revision: number): Promise<IKeyValue | undefined> {
+    try {
+      return (await withDeadline(this.client.get(this.stateKey).revision(revision).exec(), this.callMs, 'read an earlier control state')).kvs[0];
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** A deleted key: its last value, looking back revision by revision (bounded). */
+  private async lastValueBefore(revision: number): Promise<IKeyValue | undefined> {
+    for (let r = revision - 1; r >= 1 && r >= revision - DELETED_LOOKBACK_REVISIONS; r--) {
+      const kv = await this.valueAt(r);
+      if (kv) return kv;
+    }
+    return undefined;
+  }
+
+  /** The state each live member says it has verified (fleet.ts member records). */
+  private async memberFloors(): Promise<Array<{ storeId: string; generation: number }>> {
+    const records = await withDeadline(this.client.getAll().prefix(`${this.o.prefix}members/`).strings(), this.callMs, 'read the member records');
+    const out: Array<{ storeId: string; generation: number }> = [];
+    for (const v of Object.values(records)) {
+      try {
+        const m = JSON.parse(v) as MemberFloor;
+        if (typeof m.storeId === 'string' && typeof m.stateGeneration === 'number' && Number.isInteger(m.stateGeneration)) out.push({ storeId: m.storeId, generation: m.stateGeneration });
+      } catch {
+        /* an unreadable record says nothing */
+      }
+    }
+    return out;
   }
 
   watch(h: StoreWatchHandlers): void {
@@ -204,13 +323,24 @@ export class EtcdControlStore implements ControlStore {
       w.on('error', (e) => {
         this.watchUp = false;
         this.lastProblem = `the watch on ${this.stateKey} failed (${e.message})`;
+        // etcd cancelled the watch (e.g. the revision it was to resume from after a disconnection
+        // was compacted meanwhile): the client drops it for good, and this member would stay
+        // unconfirmed, failing closed, until restarted. Open a new one; it starts with a re-read.
+        if (this.watcher !== w) return;
+        this.watcher = undefined;
+        void w.cancel().catch(() => undefined);
+        this.reopenWatch();
       });
       // A change between the first read and the watch's start: read again.
       changed('etcd-watch-started');
     } catch (e) {
       this.lastProblem = `cannot watch ${this.stateKey} (${(e as Error).message})`;
-      if (!this.closed) setTimeout(() => void this.openWatch(), Math.min(1000, this.o.maxStalenessMs / 4)).unref();
+      this.reopenWatch();
     }
+  }
+
+  private reopenWatch(): void {
+    if (!this.closed) setTimeout(() => void this.openWatch(), Math.min(1000, this.o.maxStalenessMs / 4)).unref();
   }
 
   /** Membership (fleet.ts): a lost lease leaves the state unconfirmed until it is granted again. */
@@ -221,8 +351,11 @@ export class EtcdControlStore implements ControlStore {
 
   /** One quorum read: confirms contact with a majority and that no revision was missed. */
   private async beat(): Promise<void> {
-    if (this.beating || this.closed) return;
-    this.beating = true;
+    // A read sent while etcd had no quorum hangs until its deadline (maxStalenessMs / 2); one more
+    // may start meanwhile, so that the member confirms the state one heartbeat after etcd answers
+    // again instead of after that deadline. Two at most: no pile-up while etcd is away.
+    if (this.beating >= 2 || this.closed) return;
+    this.beating++;
     // What a quorum read confirms is the state as of when it was sent.
     const sentAt = this.now();
     try {
@@ -230,10 +363,15 @@ export class EtcdControlStore implements ControlStore {
       const rev = Number(res.kvs[0]?.mod_revision ?? 0);
       if (this.watchUp && this.leaseOk) this.confirmedAt = Math.max(this.confirmedAt, sentAt);
       if (rev !== this.lastRevision) this.handlers?.changed('etcd-resync');
+      // The state in force is a fault (e.g. the HSM did not answer while verifying the value just
+      // applied, or a read failed right as etcd came back): nothing in etcd changes to report it
+      // again, so read again now that etcd answers (found with bench/fleet-recovery.ts: a member
+      // stayed failing closed for good after a read failed at recovery).
+      else if (this.handlers?.wantsRetry()) this.handlers.changed('retry');
     } catch (e) {
       this.lastProblem = `no quorum read answered (${(e as Error).message})`;
     } finally {
-      this.beating = false;
+      this.beating--;
     }
     this.judge();
   }
@@ -255,9 +393,14 @@ export class EtcdControlStore implements ControlStore {
     }
   }
 
-  /** Milliseconds since the state was last confirmed (metrics, fleet status). */
+  /** Milliseconds since the state was last confirmed (metrics). */
   stalenessMs(): number {
     return this.now() - this.confirmedAt;
+  }
+
+  /** When the state was last confirmed (the send time of the quorum read that did): member record, fleet status. */
+  confirmedAtMs(): number {
+    return this.confirmedAt;
   }
 
   /** Reported stale to the control plane (failing closed for want of confirmation). */

@@ -23,6 +23,8 @@ import type { EtcdControlStore } from './etcd-store';
 const JTI_DEADLINE_MS = 5000;
 /** Pause between attempts (a failed member is skipped by the client on the next call). */
 const JTI_RETRY_MS = 200;
+/** Following the member list again after its watch failed. */
+const REFOLLOW_MS = 500;
 
 export interface MemberRecord {
   nodeId: string;
@@ -31,10 +33,20 @@ export interface MemberRecord {
   startedAt: string;
   /** The newest control revision this member has applied. */
   appliedRevision: number;
+  /** The state it holds verified (store id, generation: its rollback floor; repair stays above it). */
+  storeId?: string;
+  stateGeneration?: number;
   /** The member's last deep health check (GetHealthStatus's ACTIVE/DEGRADED/UNAVAILABLE). */
   health: string;
   /** The member could not confirm the control state (it refuses every call). */
   stale: boolean;
+  /**
+   * When it last confirmed the control state (watch up, lease held, a quorum read answered), by its
+   * clock; `fleet status` shows the time since as the member's staleness. Refreshed with the health
+   * (about every second) while it confirms; a member cut off from etcd cannot write, so its
+   * staleness grows until its lease expires.
+   */
+  confirmedAt?: string;
   updatedAt: string;
 }
 
@@ -82,9 +94,17 @@ export class EtcdFleet {
   async start(): Promise<void> {
     // A retried start (etcd went away half-way) keeps the lease it already has.
     if (!this.lease) await this.join();
+    await this.follow();
+  }
+
+  /** The member list as of now, then its changes through a watch from the next revision. */
+  private async follow(): Promise<void> {
     await this.watcher?.cancel().catch(() => undefined);
     this.watcher = undefined;
     const base = await this.client.getAll().prefix(this.membersPrefix).exec();
+    // Replaced in one step (never an empty list meanwhile: an engage would count no one missing).
+    const names = new Set(base.kvs.map((kv) => kv.key.toString().slice(this.membersPrefix.length)));
+    for (const name of [...this.members.keys()]) if (!names.has(name)) this.members.delete(name);
     for (const kv of base.kvs) this.apply(kv.key.toString(), kv.value.toString());
     const w = await this.client.watch().prefix(this.membersPrefix).startRevision(String(Number(base.header.revision) + 1)).create();
     this.watcher = w;
@@ -93,6 +113,21 @@ export class EtcdFleet {
       this.members.delete(kv.key.toString().slice(this.membersPrefix.length));
       this.notify();
     });
+    // etcd cancelled the watch (e.g. its resume revision was compacted): the client drops it for
+    // good, and engages would go on waiting for departed members and miss new ones. Follow anew.
+    w.on('error', (e) => {
+      if (this.watcher !== w) return;
+      this.o.log.warn('the watch on the fleet members failed; following them anew', { reason: e.message });
+      this.watcher = undefined;
+      void w.cancel().catch(() => undefined);
+      this.refollow();
+    });
+  }
+
+  private refollow(): void {
+    if (this.closed) return;
+    const t = setTimeout(() => void this.follow().catch(() => this.refollow()), REFOLLOW_MS);
+    t.unref();
   }
 
   private async join(): Promise<void> {
@@ -153,13 +188,15 @@ export class EtcdFleet {
   /** This member applied (and drained) `revision`. */
   ack(revision: number | undefined): void {
     if (revision === undefined || revision <= this.self.appliedRevision) return;
-    this.self = { ...this.self, appliedRevision: revision };
+    const seen = this.store.seenState();
+    this.self = { ...this.self, appliedRevision: revision, ...(seen ? { storeId: seen.storeId, stateGeneration: seen.generation } : {}) };
     void this.writeSelf().catch(() => undefined);
   }
 
   setHealth(health: string, stale: boolean): void {
-    if (health === this.self.health && stale === this.self.stale) return;
-    this.self = { ...this.self, health, stale };
+    const confirmedAt = new Date(this.store.confirmedAtMs()).toISOString();
+    if (health === this.self.health && stale === this.self.stale && confirmedAt === this.self.confirmedAt) return;
+    this.self = { ...this.self, health, stale, confirmedAt };
     void this.writeSelf().catch(() => undefined);
   }
 

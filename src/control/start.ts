@@ -102,7 +102,7 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   });
   // A change on disk the proxy did not make (bad MAC, older generation, deleted): audited, the
   // control plane has logged it at error level.
-  control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(t.reason, t.origin, opts.now)));
+  control.on('tamper', (t: { reason: string; origin: string }) => onAdminAction(tamperRecord(c.store, t.reason, t.origin, opts.now)));
   if (fleet) await fleet.attach(control, onAdminAction, opts.health);
   // Loaded before the proxy serves (a KMS request signed with a fleet credential must verify at once).
   await fleet?.credentials?.follow(registry, onAdminAction);
@@ -117,8 +117,8 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   const st = control.publicState();
   const tamper = control.tamperReason();
   if (tamper) {
-    log.error('control state TAMPERING detected at start-up: the state on disk was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)', { reason: tamper });
-    onAdminAction(tamperRecord(tamper, 'start', opts.now));
+    log.error(`control state TAMPERING detected at start-up: the state ${c.store === 'etcd' ? 'in etcd' : 'on disk'} was changed outside the proxy; every key store is blocked until it is repaired (xks-proxy killswitch repair)`, { reason: tamper });
+    onAdminAction(tamperRecord(c.store, tamper, 'start', opts.now));
   } else if (st.failClosed) log.error('control state unreadable at start-up: every key store is blocked until it is repaired', { reason: st.failClosed });
   else log.info('control state loaded', { generation: st.generation, blocks: st.blocks.map((b) => b.scope), policies: Object.keys(st.policies) });
 
@@ -147,8 +147,13 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   };
 }
 
-function tamperRecord(reason: string, origin: string, now: (() => number) | undefined): AdminActionRecord {
-  return { time: new Date((now ?? Date.now)()).toISOString(), operator: 'unknown', via: 'state-folder', action: 'control-state.tamper', outcome: 'error', errorName: 'Tampering', reason: 'the control state on disk does not authenticate; failing closed', detail: `${reason} (detected on ${origin})` };
+/**
+ * The record names the store the untrusted state was found in: the state folder, or etcd (the
+ * reason then names the key and the etcd revision of the value, for `etcdctl get --rev`).
+ */
+function tamperRecord(store: 'file' | 'etcd', reason: string, origin: string, now: (() => number) | undefined): AdminActionRecord {
+  const where = store === 'etcd' ? 'in etcd' : 'on disk';
+  return { time: new Date((now ?? Date.now)()).toISOString(), operator: 'unknown', via: store === 'etcd' ? 'etcd' : 'state-folder', action: 'control-state.tamper', outcome: 'error', errorName: 'Tampering', reason: `the control state ${where} does not authenticate; failing closed`, detail: `${reason} (detected on ${origin})` };
 }
 
 function historyToRecord(e: HistoryEvent): AdminActionRecord {

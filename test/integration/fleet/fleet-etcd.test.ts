@@ -11,34 +11,26 @@ import { promisify } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import path from 'node:path';
 import { createKey } from '../../../src/hsm/key-admin';
-import type { ControlPlane } from '../../../src/control/control-plane';
 import { createStateKey } from '../../helpers/state-hsm';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { until } from '../../helpers/until';
 import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import { waitEvent } from '../../helpers/wait-event';
 import { AUDIENCE, adminClient, adminRaw, makeOperators, type Operators } from '../control/admin-helpers';
 
 const b64 = (b: Buffer) => b.toString('base64');
 const md = (op: string) => ({ awsPrincipalArn: 'arn:aws:iam::111122223333:user/Alice', kmsKeyArn: 'arn:aws:kms:eu-west-1:111122223333:key/abc', kmsOperation: op, kmsRequestId: crypto.randomUUID() });
 /** The staleness bound the proxies run with here (the default is 3000 ms). */
 const MAX_STALENESS_MS = 1500;
+const CLI = path.resolve(__dirname, '../../../src/cli/index.js');
 
-/** Resolves with the event's payload when `pred` holds for one, rejects after timeoutMs. */
-function waitEvent<T>(em: ControlPlane, ev: string, pred: (x: T) => boolean, timeoutMs: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      em.off(ev, on);
-      reject(new Error(`no '${ev}' event within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const on = (x: T) => {
-      if (!pred(x)) return;
-      clearTimeout(timer);
-      em.off(ev, on);
-      resolve(x);
-    };
-    em.on(ev, on);
-  });
+/** The admin-action records of one kind in a proxy's application log (the audit sink without an audit log). */
+function adminActions(log: string, action: string): Array<{ detail: string; reason?: string }> {
+  return log
+    .split('\n')
+    .filter((l) => l.includes(`"action":"${action}"`))
+    .map((l) => JSON.parse(l) as { detail: string; reason?: string });
 }
 
 
@@ -63,6 +55,12 @@ describe('fleet mode on a real etcd cluster', function () {
     // The fleet metrics are read through the admin listener (off there by default).
     metrics: { adminListener: 'authenticated' },
   });
+  /** A configuration for the CLI on the fleet (no member of its own). */
+  const cliConfig = () => {
+    const file = path.join(token.dir, 'fleet-cli.json');
+    fs.writeFileSync(file, JSON.stringify({ ...configFor('cli'), server: { host: '127.0.0.1', port: 0, plainHttp: true }, log: { requestLogStdout: false } }));
+    return file;
+  };
   const start = async (nodeId: string, etcdExtra?: Record<string, unknown>) => (proxies[nodeId] = await startHarness(configFor(nodeId, etcdExtra)));
   const P = (n: string) => proxies[n]!;
   const cp = (n: string) => P(n).proxy.control!;
@@ -167,15 +165,17 @@ describe('fleet mode on a real etcd cluster', function () {
   });
 
   it('emergency engage from the CLI writes to etcd directly (no admin API): every member refuses; fleet status lists them', async () => {
-    const configFile = path.join(token.dir, 'fleet-cli.json');
-    fs.writeFileSync(configFile, JSON.stringify({ ...configFor('cli'), server: { host: '127.0.0.1', port: 0, plainHttp: true }, log: { requestLogStdout: false } }));
-    const cli = path.resolve(__dirname, '../../../src/cli/index.js');
-    const r = await promisify(execFile)(process.execPath, [cli, 'killswitch', 'emergency-engage', '--scope', 'proxy', '--reason', 'admin APIs unreachable', '--operator', 'carol', '--config', configFile]);
+    const configFile = cliConfig();
+    const r = await promisify(execFile)(process.execPath, [CLI, 'killswitch', 'emergency-engage', '--scope', 'proxy', '--reason', 'admin APIs unreachable', '--operator', 'carol', '--config', configFile]);
     expect(JSON.parse(r.stdout).engaged).to.equal(true);
     expect(r.stderr).to.match(/written to etcd/);
     await until(async () => (await refuses('A')) && (await refuses('B')), 5000, 'A and B refuse after the emergency engage');
-    const st = await promisify(execFile)(process.execPath, [cli, 'fleet', 'status', '--json', '--config', configFile]);
-    expect(JSON.parse(st.stdout).members.map((m: { nodeId: string }) => m.nodeId)).to.deep.equal(['A', 'B']);
+    const st = await promisify(execFile)(process.execPath, [CLI, 'fleet', 'status', '--json', '--config', configFile]);
+    const members = JSON.parse(st.stdout).members as Array<{ nodeId: string; stalenessMs: unknown }>;
+    expect(members.map((m) => m.nodeId)).to.deep.equal(['A', 'B']);
+    // Each live member publishes when it last confirmed the state (the figure itself depends on timing).
+    for (const m of members) expect(m.stalenessMs, m.nodeId).to.be.a('number').and.at.least(0);
+    console.log(`      fleet status staleness: ${members.map((m) => `${m.nodeId} ${String(m.stalenessMs)} ms`).join(', ')}`);
     await liftVia('proxy', 'B', 'A');
     await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
@@ -246,8 +246,8 @@ describe('fleet mode on a real etcd cluster', function () {
     await until(async () => P('A').appLog().includes('control-state.stale') && P('A').appLog().includes('control-state.recovered'), 5000, 'A audited the stale state and the recovery (admin actions go to the app log without an audit log)');
   });
 
-  // Last: it leaves the fleet's state untrusted.
-  it('a state written into etcd without the HSM key (an etcd credential holder) is tampering: every member fails closed, not ready, audited', async () => {
+  // Leaves the fleet's state untrusted: the next test repairs it.
+  it('a state written into etcd without the HSM key (an etcd credential holder) is tampering: every member fails closed, not ready, audited naming etcd and the revision', async () => {
     const c = new Etcd3({ hosts: etcd.endpoints });
     try {
       const key = `${prefix}control/state`;
@@ -263,8 +263,37 @@ describe('fleet mode on a real etcd cluster', function () {
         expect(P(n).appLog()).to.include('control state TAMPERING detected');
       }
       await until(async () => P('B').appLog().includes('control-state.tamper'), 5000, 'B audited the tampering');
+      const forgedRevision = (await c.get(key).exec()).kvs[0]!.mod_revision;
+      for (const n of ['A', 'B']) {
+        const rec = adminActions(P(n).appLog(), 'control-state.tamper').at(-1)!;
+        // The audit record carries the channel at the end of its detail ("; via <channel>").
+        expect(rec.detail, JSON.stringify(rec)).to.match(/; via etcd$/);
+        expect(rec.reason).to.match(/in etcd does not authenticate/);
+        expect(rec.detail).to.include(`${key} at revision ${forgedRevision}`);
+      }
     } finally {
       c.close();
     }
+  });
+
+  it('killswitch repair replaces the tampered state in etcd: every member applies it and stays blocked; the lift quorum reopens the fleet', async () => {
+    expect(await refuses('A')).to.equal(true);
+    const trusted = Promise.all(['A', 'B'].map((n) => waitEvent(cp(n), 'reload', (x: { failClosed?: string }) => x.failClosed === undefined, 20_000)));
+    const r = await promisify(execFile)(process.execPath, [CLI, 'killswitch', 'repair', '--operator', 'carol', '--reason', 'forged state replaced', '--confirm', '--config', cliConfig()]);
+    const out = JSON.parse(r.stdout);
+    expect(out.repaired).to.equal(true);
+    expect(out.blocks).to.deep.equal(['proxy']);
+    expect(r.stderr).to.match(/written to etcd/);
+    await trusted;
+    for (const n of ['A', 'B']) {
+      expect(cp(n).tamperReason()).to.equal(undefined);
+      // Trusted again, but blocked by the repair's proxy-scope block until the quorum lifts it.
+      const e = await encrypt(n);
+      expect(e.json.errorName, e.text).to.equal('InvalidStateException');
+      expect(cp(n).publicState().blocks.map((b) => b.scope)).to.deep.equal(['proxy']);
+      await until(async () => P(n).appLog().includes('"action":"kill-switch.repair"'), 5000, `${n} audited the repair it applied`);
+    }
+    await liftVia('proxy', 'A', 'B');
+    await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
 });
