@@ -151,6 +151,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # cluster on loopback ports for its fleet-mode tests. Without systemd (a container) Debian's
 # package starts no service; on a host it may enable one: `systemctl disable --now etcd` stops it.
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# Not for the demo either: `npm test` checks the fleet's systemd units with `systemd-analyze verify`
+# (every systemd host has it; a container gets the package, which starts nothing there).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # npm writes node_modules/.package-lock.json at the end of every install: older than the lockfile
 # means the dependencies are out of date.
 NEED_NPM_CI=0
