@@ -45,7 +45,7 @@ const TAG_BITS = GCM_TAG_BYTES * 8;
 
 
 import { acquireModule, initializeModule, type ModuleRef } from './pkcs11-module';
-import { findSecretKeys, findToken, findTokenRescanning, loginFailureMessage, noTokenMessage, openUserSession, readKeyInfo, toTokenInfo } from './pkcs11-token';
+import { TOKEN_RESCAN_DELAYS_MS, findSecretKeys, findToken, findTokenRescanning, loginFailureMessage, noTokenMessage, openUserSession, readKeyInfo, toTokenInfo } from './pkcs11-token';
 
 /* ------------------------------------------------------------------------------------------------
  * The backend.
@@ -139,12 +139,22 @@ export class Pkcs11Backend implements HsmBackend {
       }
       const backend = new Pkcs11Backend(mod, token.slot, token.info, cfg, pin, log);
       // Open one session and log in now: a wrong PIN must stop the start-up, not the first request.
-      try {
-        const lease = await backend.pool.acquire();
-        backend.pool.release(lease);
-      } catch (e) {
-        await backend.pool.drain();
-        throw new Error(loginFailureMessage(cfg.tokenLabel, e));
+      // SoftHSM2 answers CKR_GENERAL_ERROR to a login while another process rewrites the token's
+      // file (its own login: another worker starting, a CLI command), the race findTokenRescanning
+      // describes: such a login is tried again. A PIN error never is: each counts against the lockout.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const lease = await backend.pool.acquire();
+          backend.pool.release(lease);
+          break;
+        } catch (e) {
+          if (ckrCode(e) === pkcs11js.CKR_GENERAL_ERROR && attempt < TOKEN_RESCAN_DELAYS_MS.length) {
+            await new Promise((resolve) => setTimeout(resolve, TOKEN_RESCAN_DELAYS_MS[attempt]));
+            continue;
+          }
+          await backend.pool.drain();
+          throw new Error(loginFailureMessage(cfg.tokenLabel, e));
+        }
       }
       log.info('HSM backend open', {
         module: mod.path,

@@ -7,12 +7,13 @@
  * The race itself is measured from outside by bench/worker-start.ts.
  */
 import { expect } from 'chai';
-import type * as pkcs11js from 'pkcs11js';
+import * as pkcs11js from 'pkcs11js';
 import { openPkcs11Backend } from '../../../src/hsm/pkcs11-backend';
 import { acquireModule } from '../../../src/hsm/pkcs11-module';
 import { TOKEN_RESCAN_DELAYS_MS } from '../../../src/hsm/pkcs11-token';
 import { createKey } from '../../../src/hsm/key-admin';
 import { createSilentLogger } from '../../../src/log/logger';
+import { ckrError } from '../../helpers/faulty-module';
 import { wrappedModule } from '../../helpers/wrapped-module';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 
@@ -81,5 +82,48 @@ describe('a token missed by a scan is looked for again', () => {
     }
     expect(err?.message).to.match(/^No token labelled/);
     expect(miss.scans()).to.equal(1);
+  });
+
+  /** The real module, with C_Login failing with `code` for the first `failures` calls. */
+  function failingLogins(code: number, failures: number): { wrap: (real: pkcs11js.PKCS11) => pkcs11js.PKCS11; logins: () => number } {
+    let logins = 0;
+    const wrap = (real: pkcs11js.PKCS11) =>
+      new Proxy(real, {
+        get(target, prop, receiver) {
+          if (prop === 'C_Login') {
+            return (session: pkcs11js.Handle, userType: number, pin?: string) => {
+              logins++;
+              if (logins <= failures) throw ckrError(code, 'C_Login');
+              return target.C_Login(session, userType, pin);
+            };
+          }
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    return { wrap, logins: () => logins };
+  }
+
+  it('a login answered CKR_GENERAL_ERROR (another process rewriting the token file) is tried again', async () => {
+    const f = failingLogins(pkcs11js.CKR_GENERAL_ERROR, 2);
+    const backend = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger(), wrappedModule(f.wrap));
+    try {
+      expect(f.logins()).to.equal(3);
+      expect((await backend.encrypt('k1', Buffer.from('x'), Buffer.alloc(0))).ciphertext.length).to.equal(1);
+    } finally {
+      await backend.close();
+    }
+  });
+
+  it('a wrong PIN is not tried again (each try counts against the lockout)', async () => {
+    const f = failingLogins(pkcs11js.CKR_PIN_INCORRECT, 1);
+    let err: Error | undefined;
+    try {
+      await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger(), wrappedModule(f.wrap));
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err?.message).to.match(/the PIN is incorrect \(CKR_PIN_INCORRECT\)/);
+    expect(f.logins()).to.equal(1);
   });
 });
