@@ -96,11 +96,16 @@ describe('fleet deployment: systemd units', () => {
     this.timeout(30_000);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xks-units-'));
     try {
-      // verify checks that ExecStart's program exists: the units name Debian's /usr/bin/node, which
-      // is elsewhere on other installs (the node image has /usr/local/bin/node), so the copies point
-      // at the node running this test. Everything else is verified as shipped.
+      // verify checks that each Exec program exists here. The units name the programs of a Debian
+      // host (/usr/bin/node from Debian's nodejs, /bin/kill from procps); a container running this
+      // test may lack them (the node image has /usr/local/bin/node and no procps), so the copies
+      // point a missing one at the node running this test. The programs themselves are checked
+      // below, and everything else is verified as shipped.
+      const here = (program: string) => (fs.existsSync(program) ? program : process.execPath);
       for (const f of ['xks-etcd@.service', 'xks-proxy@.service', 'xks-proxy.service']) {
-        fs.writeFileSync(path.join(dir, f), fs.readFileSync(path.join(unitDir, f), 'utf8').replace(/^ExecStart=\/usr\/bin\/node /m, `ExecStart=${process.execPath} `));
+        const text = fs.readFileSync(path.join(unitDir, f), 'utf8');
+        for (const [, program] of text.matchAll(/^Exec\w+=[-@:+!]*(\S+)/gm)) expect(['/usr/bin/node', '/usr/bin/etcd', '/bin/kill'], `${f}: ${program}`).to.include(program);
+        fs.writeFileSync(path.join(dir, f), text.replace(/^(Exec\w+=[-@:+!]*)(\/usr\/bin\/node|\/bin\/kill)\b/gm, (_m, key: string, program: string) => key + here(program)));
       }
       const r = spawnSync('systemd-analyze', ['verify', path.join(dir, 'xks-etcd@e1.service'), path.join(dir, 'xks-proxy@a.service'), path.join(dir, 'xks-proxy.service')], { encoding: 'utf8' });
       expect(r.error, 'systemd-analyze (Debian package systemd, installed by .ci/run)').to.equal(undefined);
