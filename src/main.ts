@@ -156,7 +156,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
   let fleetUsage: EtcdEncryptionCounter | undefined;
   let control: RunningControl;
   try {
-    control = await startControl(live, log, { stateHsm: hsm, retireKeyVersion, ...(opts.cluster ? { noAdmin: true } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status, credentialCipher: hsm });
+    control = await startControl(live, log, { stateHsm: hsm, retireKeyVersion, ...(opts.cluster ? { noAdmin: true, worker: opts.cluster.index } : {}), reload: () => reloadLater(), onAdminAction: opts.onAdminAction ?? auditAdminActions(audit), extraAdminRoutes: adminMetricsRoute(config.metrics, metricsHandler(meter)), ...(opts.now ? { now: opts.now } : {}), health: () => health.cached()?.status, credentialCipher: hsm });
     fleetSize = control.fleetSize;
     const fleetParts = control.fleet;
     if (fleetParts) meter.bind({ fleet: () => fleetParts.metrics() });

@@ -91,7 +91,9 @@ export async function fleetCommand(argv: string[], out: NodeJS.WritableStream = 
       out.write(JSON.stringify({ prefix, controlRevision: current, generation, members: list }, null, 2) + '\n');
       return 0;
     }
-    out.write(`fleet ${prefix}: control revision ${current} (generation ${generation ?? '-'}), ${list.length} live member(s)\n`);
+    // With server.workers > 1 a proxy is several members (its primary and each worker, `<id>#w<N>`).
+    const proxies = new Set(list.map((m) => m.proxy ?? m.nodeId)).size;
+    out.write(`fleet ${prefix}: control revision ${current} (generation ${generation ?? '-'}), ${list.length} live member(s) of ${proxies} prox${proxies === 1 ? 'y' : 'ies'}\n`);
     for (const m of list) {
       const lag = m.behind ? `BEHIND (applied ${m.appliedRevision})` : 'up to date';
       out.write(`  ${m.nodeId}  v${m.version}  ${m.address}  started ${m.startedAt}  ${lag}  staleness ${m.stalenessMs === null ? '-' : `${m.stalenessMs} ms`}  health ${m.health}${m.stale ? '  REFUSING (state unconfirmed or untrusted)' : ''}  updated ${m.updatedAt}\n`);

@@ -120,7 +120,8 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   let control: RunningControl;
   try {
     control = await startControl(live, log, {
-      ...(stateHsm ? { stateHsm } : {}),
+      // Fleet mode: the primary is a member too (its admin API writes), and seals fleet credentials.
+      ...(stateHsm ? { stateHsm, credentialCipher: stateHsm } : {}),
       retireKeyVersion,
       onAdminAction: auditAdminActions(adminSink),
       extraAdminRoutes: adminMetricsRoute(config.metrics, (_req, res) => void serveMetrics(res)),

@@ -336,8 +336,8 @@ export const ConfigSchema = z
       ctx.addIssue({ code: 'custom', path: ['hsm', 'healthKeyLabel'], message: 'must not be control.etcd.credentialWrapKeyLabel: the credential wrap key serves no other purpose' });
     }
   })
-  // server.workers 'auto' is resolved here, where the whole file is known: one process per fleet
-  // member in fleet mode (control.store etcd runs no workers yet), else one worker per core.
-  .transform((c) => ({ ...c, server: { ...c.server, workers: c.server.workers === 'auto' ? (c.control?.store === 'etcd' ? 1 : autoWorkers()) : c.server.workers } }));
+  // server.workers 'auto': one worker per core the process may use (src/config/cpu-count.ts), in
+  // fleet mode too (each worker is a fleet member of its own).
+  .transform((c) => ({ ...c, server: { ...c.server, workers: c.server.workers === 'auto' ? autoWorkers() : c.server.workers } }));
 
 export type Config = z.infer<typeof ConfigSchema>;

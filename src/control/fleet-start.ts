@@ -40,12 +40,17 @@ export function defaultNodeId(config: Readonly<Config>): string {
   return config.server.port === 0 ? `${os.hostname()}-${process.pid}` : `${os.hostname()}:${config.server.port}`;
 }
 
-export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config: Readonly<Config>, log: AppLogger, now?: () => number, cipher?: CredentialCipher): FleetParts {
+/**
+ * worker: this process is worker N of a proxy with server.workers > 1, a member of its own
+ * (`<nodeId>#w<N>`); the primary and a single process are `<nodeId>`.
+ */
+export function startFleetStore(e: EtcdConfig, auth: StateAuthenticator, config: Readonly<Config>, log: AppLogger, now?: () => number, cipher?: CredentialCipher, worker?: number): FleetParts {
   const prefix = normalisePrefix(e.prefix);
   const client = connectEtcd(e);
   const store = new EtcdControlStore(client, auth, { prefix, maxStalenessMs: e.maxStalenessMs, keepLastKnownMs: e.keepLastKnownMs, log, ...(now ? { now } : {}) });
-  const nodeId = e.nodeId ?? defaultNodeId(config);
-  const fleet = new EtcdFleet(client, store, { prefix, nodeId, version: VERSION, address: e.advertiseAddress ?? `${config.server.host}:${config.server.port}`, leaseTtlSeconds: e.leaseTtlSeconds, ackTimeoutMs: e.ackTimeoutMs, log, ...(now ? { now } : {}) });
+  const proxyId = e.nodeId ?? defaultNodeId(config);
+  const nodeId = worker === undefined ? proxyId : `${proxyId}#w${worker}`;
+  const fleet = new EtcdFleet(client, store, { prefix, nodeId, proxy: proxyId, version: VERSION, address: e.advertiseAddress ?? `${config.server.host}:${config.server.port}`, leaseTtlSeconds: e.leaseTtlSeconds, ackTimeoutMs: e.ackTimeoutMs, log, ...(now ? { now } : {}) });
   const credentials = cipher && new FleetCredentials(client, cipher, { prefix, wrapKeyLabel: e.credentialWrapKeyLabel, nodeId, log, callMs: Math.max(500, Math.floor(e.maxStalenessMs / 2)), ...(now ? { now } : {}) });
   const timers: NodeJS.Timeout[] = [];
   let closed = false;

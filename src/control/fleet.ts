@@ -48,11 +48,20 @@ export interface MemberRecord {
    */
   confirmedAt?: string;
   updatedAt: string;
+  /**
+   * The proxy this member is part of: with server.workers > 1 each worker is a member of its own
+   * (`<proxy>#w<N>`, so that an engage waits for every worker's acknowledgement) and the primary one
+   * more (`<proxy>`, its admin API); xksProxyFleetSize counts proxies, not processes. Absent in
+   * records of older members: the node id then names the proxy.
+   */
+  proxy?: string;
 }
 
 export interface FleetOptions {
   prefix: string;
   nodeId: string;
+  /** The proxy this member belongs to (MemberRecord.proxy); default: the node id. */
+  proxy?: string;
   version: string;
   address: string;
   leaseTtlSeconds: number;
@@ -83,7 +92,7 @@ export class EtcdFleet {
     this.jtiPrefix = `${o.prefix}jti/`;
     this.now = o.now ?? Date.now;
     const at = new Date(this.now()).toISOString();
-    this.self = { nodeId: o.nodeId, version: o.version, address: o.address, startedAt: at, appliedRevision: 0, health: 'UNKNOWN', stale: false, updatedAt: at };
+    this.self = { nodeId: o.nodeId, proxy: o.proxy ?? o.nodeId, version: o.version, address: o.address, startedAt: at, appliedRevision: 0, health: 'UNKNOWN', stale: false, updatedAt: at };
   }
 
   get nodeId(): string {
@@ -210,9 +219,12 @@ export class EtcdFleet {
     return [...this.members.values()].sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   }
 
-  /** Live members whose deep check is healthy and that serve (not failing closed). */
+  /**
+   * Proxies with a live member whose deep check is healthy and that serves (not failing closed):
+   * a proxy with several workers counts once.
+   */
   healthyCount(): number {
-    return this.list().filter((m) => (m.health === 'ACTIVE' || m.health === 'DEGRADED') && !m.stale).length;
+    return new Set(this.list().filter((m) => (m.health === 'ACTIVE' || m.health === 'DEGRADED') && !m.stale).map((m) => m.proxy ?? m.nodeId)).size;
   }
 
   /** Waits until every live member has applied `revision`, or ackTimeoutMs. */

@@ -36,6 +36,8 @@ export interface ControlStartOptions {
   retireKeyVersion?: AdminServerDeps['retireKeyVersion'];
   /** Fleet mode: this member's last deep health status (GetHealthStatus's), for its member record. */
   health?: () => string | undefined;
+  /** Cluster worker N (server.workers > 1): in fleet mode a member of its own, `<nodeId>#w<N>`. */
+  worker?: number;
   /** Fleet mode: the HSM's AES-GCM, which seals and opens the fleet's SigV4 credentials. */
   credentialCipher?: CredentialCipher;
 }
@@ -72,10 +74,9 @@ export async function startControl(live: LiveControlConfig, log: AppLogger, opts
   const stateAuth = hsmStateAuthenticator(opts.stateHsm, c.stateAuth);
   // Refuse to start without the MAC key: a state that cannot be authenticated would fail closed.
   await checkStateKey(stateAuth, live.config.hsm.tokenLabel);
-  // Each worker process would join the fleet under the same node id, and a member's ack would not
-  // cover its workers: not supported yet (docs/fleet.md, "Not done yet").
-  if (c.store === 'etcd' && live.config.server.workers > 1) throw new Error('control.store: etcd does not support server.workers > 1 yet: run one proxy process per fleet member (docs/fleet.md)');
-  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now, opts.credentialCipher) : undefined;
+  // With server.workers > 1 every worker is a fleet member of its own (an engage returns once each
+  // one acknowledged) and so is the primary, whose admin API writes (docs/fleet.md).
+  const fleet = c.store === 'etcd' && c.etcd ? startFleetStore(c.etcd, stateAuth, live.config, log, opts.now, opts.credentialCipher, opts.worker) : undefined;
   const control = await ControlPlane.open({
     stateAuth,
     ...(c.stateDir !== undefined ? { stateDir: c.stateDir } : {}),

@@ -11,10 +11,14 @@ import { promisify } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import path from 'node:path';
 import { createKey } from '../../../src/hsm/key-admin';
+import https from 'node:https';
+import { collectResponse } from '../../../src/util/http-response';
 import { createStateKey } from '../../helpers/state-hsm';
+import { spawnServe } from '../../helpers/serve-process';
+import { signedHeaders } from '../../helpers/signer';
 import { startEtcdCluster, type EtcdCluster } from '../../helpers/etcd-cluster';
 import { until } from '../../helpers/until';
-import { rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
+import { makeTlsCert, rawRequest, startHarness, writeCredential, xksCall, type Credential, type Harness } from '../../helpers/proxy-harness';
 import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
 import { waitEvent } from '../../helpers/wait-event';
 import { AUDIENCE, adminClient, adminRaw, makeOperators, type Operators } from '../control/admin-helpers';
@@ -113,10 +117,49 @@ describe('fleet mode on a real etcd cluster', function () {
     await until(async () => (await encrypt('A')).status === 200 && (await encrypt('B')).status === 200, 5000, 'A and B serve after the lift');
   });
 
-  it('refuses to start with server.workers > 1 (each worker would join under one node id)', async () => {
-    let err: Error | undefined;
-    await startHarness({ ...configFor('W'), server: { workers: 2 } }).then((h) => h.close(), (e: Error) => (err = e));
-    expect(err?.message).to.match(/control.store: etcd does not support server.workers > 1/);
+  it('a proxy with two workers is one proxy of the fleet: an engage on A returns once each of its workers acknowledged, and none of them serves', async () => {
+    // `xks-proxy serve` with server.workers 2, as in production: a primary (admin API) and two
+    // worker processes, each a member of its own (W, W#w1, W#w2).
+    const tlsDir = path.join(token.dir, 'w-tls');
+    fs.mkdirSync(tlsDir, { mode: 0o700 });
+    const tls = makeTlsCert(tlsDir);
+    const file = path.join(token.dir, 'fleet-w.json');
+    fs.writeFileSync(file, JSON.stringify({ ...configFor('W'), server: { host: '127.0.0.1', port: 0, workers: 2, tls, overload: { maxEventLoopLagMs: 1000 } }, log: { requestLogStdout: false } }));
+    const w = await spawnServe(file, { cluster: true });
+    try {
+      const ca = fs.readFileSync(tls.certFile);
+      const encryptOnW = async (): Promise<{ status: number; errorName?: string }> => {
+        const body = JSON.stringify({ requestMetadata: md('Encrypt'), plaintext: b64(Buffer.from('hello')), encryptionAlgorithm: 'AES_GCM' });
+        const p = '/a/kms/xks/v1/keys/k1/encrypt';
+        const headers = await signedHeaders({ host: `localhost:${w.port}`, path: p, body, accessKeyId: cred.accessKeyId, secret: cred.secret });
+        return new Promise((resolve, reject) => {
+          // A fresh connection each: the requests spread over both workers.
+          const req = https.request({ host: 'localhost', port: w.port, method: 'POST', path: p, headers, ca, agent: false }, (res) => collectResponse(res).then((r) => resolve({ status: r.status, errorName: r.json?.errorName }), reject));
+          req.on('error', reject);
+          req.end(body);
+        });
+      };
+      expect((await encryptOnW()).status).to.equal(200);
+      const members = async () => (JSON.parse((await promisify(execFile)(process.execPath, [CLI, 'fleet', 'status', '--json', '--config', cliConfig()])).stdout) as { members: { nodeId: string; proxy?: string; health: string }[] }).members;
+      await until(async () => (await members()).filter((m) => m.proxy === 'W').map((m) => m.nodeId).sort().join() === 'W,W#w1,W#w2', 10_000, 'W and both its workers are members');
+
+      const r = await admin('A')('alice', 'POST', '/admin/v1/kill-switch/engage', { scope: 'proxy', reason: 'fleet with workers' });
+      expect(r.status, JSON.stringify(r.json)).to.equal(200);
+      expect(r.json.fleet.acknowledged).to.include.members(['W', 'W#w1', 'W#w2']);
+      expect(r.json.fleet.missing).to.deep.equal([]);
+      // Once the engage returned, no worker of W starts an HSM operation.
+      const blocked = await Promise.all(Array.from({ length: 10 }, () => encryptOnW()));
+      expect(blocked.map((b) => b.errorName)).to.deep.equal(Array(10).fill('InvalidStateException'));
+      await liftVia('proxy', 'A', 'B');
+      await until(async () => (await encryptOnW()).status === 200, 10_000, 'W serves after the lift');
+      // Lifted (a proxy-scope block also refuses GetHealthStatus): xksProxyFleetSize counts proxies (W once, for its two workers), not processes.
+      const proxies = new Set((await members()).map((m) => m.proxy ?? m.nodeId));
+      expect(proxies.has('W')).to.equal(true);
+      await until(async () => (await health('A')).json?.xksProxyFleetSize === proxies.size, 10_000, `fleet size ${proxies.size} (proxies ${[...proxies].join(', ')}) on A`);
+    } finally {
+      w.child.kill('SIGTERM');
+      await w.exited;
+    }
   });
 
   it('a token used on A is refused as a replay on B', async () => {
