@@ -107,14 +107,43 @@ export class FleetCredentials {
     await openCredential(this.cipher, name, text, this.o.wrapKeyLabel).catch((e: Error) => {
       throw new Error(`the sealed credential does not open again: ${e.message}`);
     });
-    const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(text)).commit(), this.o.callMs, 'write the credential');
-    // 130 random bits: a clash means someone wrote this key by hand; never overwrite it.
-    if (!res.succeeded) throw new ControlError('conflict', `${key} already exists; try again`);
-    const revision = Number(res.header.revision);
+    let revision: number;
+    try {
+      const res = await withDeadline(this.client.if(key, 'Create', '==', 0).then(this.client.put(key).value(text)).commit(), this.o.callMs, 'write the credential');
+      // 130 random bits: a clash means someone wrote this key by hand; never overwrite it.
+      if (!res.succeeded) throw new ControlError('conflict', `${key} already exists; try again`);
+      revision = Number(res.header.revision);
+    } catch (e) {
+      if (e instanceof ControlError) throw e;
+      revision = await this.landedAnyway(key, text, accessKeyId, e as Error);
+    }
     // Through the same path as the watch (decrypted again in the HSM): a value this member could not
     // read back is not reported as created.
     if (this.registry) await this.enqueue(() => this.applyPut(key, Buffer.from(text), revision, 'own write'));
     return { accessKeyId, secret, key, revision };
+  }
+
+  /**
+   * A write that failed may still have been committed (etcd answered after our deadline, or the
+   * connection broke after the commit): read the key once. Our own value there means the credential
+   * exists and is reported as made (the caller gets the secret it must hand to KMS); nothing there
+   * means it was not written. When even that read fails, the error says what to check, since a
+   * credential nobody holds would otherwise count as one of the key store's credentials.
+   */
+  private async landedAnyway(key: string, text: string, accessKeyId: string, cause: Error): Promise<number> {
+    let got: { value: string; modRevision: number } | undefined;
+    try {
+      const res = await withDeadline(this.client.get(key).exec(), this.o.callMs, 'read the credential back');
+      const kv = res.kvs[0];
+      if (kv) got = { value: kv.value.toString(), modRevision: Number(kv.mod_revision) };
+    } catch (e) {
+      throw new Error(`${cause.message}; whether it was written is unknown (${(e as Error).message}): check 'xks-proxy credentials list' and remove ${accessKeyId} if it is listed`);
+    }
+    if (got?.value === text) {
+      this.o.log.warn('fleet credential write answered with an error but was committed; reporting it as created', { key, reason: cause.message });
+      return got.modRevision;
+    }
+    throw cause;
   }
 
   /**

@@ -280,6 +280,50 @@ describe('fleet credentials: sealed in the HSM, shared through a real etcd clust
     }
   });
 
+  it('a create whose write failed is reported by what etcd holds: committed after all, it is made; not committed, it is an error and nothing is left', async () => {
+    // Fault injection around the real client: the write's answer is lost, after the commit
+    // (etcd slower than the deadline, a connection broken after the commit) or before it.
+    let lose: 'after' | 'before' = 'after';
+    const losing = (c: Etcd3): Etcd3 =>
+      new Proxy(c, {
+        get: (t, p, r) =>
+          p === 'if'
+            ? (...a: Parameters<Etcd3['if']>) => {
+                const b = t.if(...a);
+                const proxy: typeof b = new Proxy(b, {
+                  get: (bt, bp, br) => {
+                    if (bp === 'then') return (...ops: Parameters<typeof b.then>) => (bt.then(...ops), proxy);
+                    if (bp === 'commit') return async () => {
+                      if (lose === 'after') await bt.commit();
+                      throw new Error('connection reset by peer');
+                    };
+                    return Reflect.get(bt, bp, br);
+                  },
+                });
+                return proxy;
+              }
+            : Reflect.get(t, p, r),
+      });
+    const hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
+    const client = new Etcd3({ hosts: etcd.endpoints });
+    const lostPrefix = `${prefix}lost/`;
+    const maker = new FleetCredentials(losing(client), hsm, { prefix: lostPrefix, wrapKeyLabel: WRAP_KEY, nodeId: 'maker', log: createSilentLogger(), callMs: 5000 });
+    try {
+      const made = await maker.create('r');
+      expect(await etcdClient.get(`${lostPrefix}credentials/r/${made.accessKeyId}`).string()).to.be.a('string');
+      expect(made.revision).to.be.above(0);
+      lose = 'before';
+      let err: Error | undefined;
+      await maker.create('r').catch((e: Error) => (err = e));
+      expect(err?.message).to.equal('connection reset by peer');
+      expect(Object.keys(await etcdClient.getAll().prefix(`${lostPrefix}credentials/r/`).strings())).to.deep.equal([`${lostPrefix}credentials/r/${made.accessKeyId}`]);
+    } finally {
+      await maker.close();
+      client.close();
+      await hsm.close();
+    }
+  });
+
   it('a value the HSM gave no verdict on (a busy pool) is not accepted at first, then read again and accepted', async () => {
     const hsm = await openPkcs11Backend(token.hsmConfig, token.pin, createSilentLogger());
     const client = new Etcd3({ hosts: etcd.endpoints });
