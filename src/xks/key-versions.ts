@@ -111,6 +111,8 @@ export class KeyVersionManager {
   async close(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
     await this.rotationsSettled();
+    // A block reserved ahead may still be on its way to the ledger file: let it land first.
+    await this.ledger.settled();
     this.flushQuietly();
   }
 

@@ -287,6 +287,11 @@ export class UsageLedger {
     }
   }
 
+  /** Resolves once the reservations in flight now (etcd, or the ledger file ahead of time) have ended, either way. */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.keys.values()].flatMap((l) => [...l.reserving.values()]));
+  }
+
   /**
    * tryEncrypt's reservation without blocking the event loop: the line is appended and flushed
    * (fdatasync) on libuv's thread pool, then the file is read up to it, as tryEncrypt does. Resolves
