@@ -35,7 +35,7 @@ import { PreAuthLimiter } from './http/pre-auth';
 import { OverloadGuard } from './http/overload';
 import { VERSION } from './version';
 import { HealthMonitor } from './xks/health-monitor';
-import { KeyVersionManager } from './xks/key-versions';
+import { KeyVersionManager, auditVersionEvents } from './xks/key-versions';
 import { KeyRetirement, type RetireRequest } from './xks/key-retirement';
 import { EtcdEncryptionCounter } from './control/etcd-encryption-counter';
 import { normalisePrefix } from './control/etcd-client';
@@ -139,8 +139,7 @@ export async function startProxy(loaded: LoadedConfig, opts: StartOptions = {}):
     throw new StartupError(`keyVersions.usageDir: ${(e as Error).message}`);
   }
   // Every version change this proxy makes or first sees is in its audit chain.
-  versions.onVersionEvent = (e) =>
-    audit.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
+  versions.onVersionEvent = auditVersionEvents(audit);
   versions.start();
   meter.bind({ keyVersions: () => versions.status() });
   // Fleet mode: xksProxyFleetSize is the live members with a healthy deep check (control/fleet.ts).

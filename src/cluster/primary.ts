@@ -29,7 +29,7 @@ import { StartupError } from '../errors/startup-error';
 import { openConfiguredHsm } from '../hsm/open-configured';
 import { LiveConfiguration, type ReloadResult } from '../reload';
 import { KeyRetirement, type RetireRequest } from '../xks/key-retirement';
-import { KeyVersionManager } from '../xks/key-versions';
+import { KeyVersionManager, auditVersionEvents } from '../xks/key-versions';
 import type { HsmBackend } from '../hsm/backend';
 import type { ControlAck, EngageAck, PrimaryMessage, ReloadAck, WorkerMessage } from './messages';
 
@@ -111,10 +111,7 @@ export async function startPrimary(loaded: LoadedConfig, log: AppLogger, workerA
   // versions and the shared usage ledger (keyVersions.usageDir, written by the workers) and
   // destroys through its own HSM session (src/xks/key-retirement.ts). No timers: the workers count.
   const versions = stateHsm ? new KeyVersionManager(stateHsm, config.keyVersions, log) : undefined;
-  if (versions) {
-    versions.onVersionEvent = (e) =>
-      adminSink.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
-  }
+  if (versions) versions.onVersionEvent = auditVersionEvents(adminSink);
   let retirement: KeyRetirement | undefined;
   const retireKeyVersion = (r: RetireRequest) => (retirement ? retirement.request(r) : Promise.reject(new Error('the proxy is still starting')));
   let control: RunningControl;

@@ -17,6 +17,7 @@ import type { ExternalKeyEntry } from '../auth/key-stores';
 import { XksError } from '../errors/xks-error';
 import type { HsmBackend } from '../hsm/backend';
 import type { KeyVersionObject } from '../hsm/key-versions';
+import type { AuditSink } from '../audit/records';
 import type { AppLogger } from '../log/logger';
 import type { KeyVersionsConfig } from './key-versions-config';
 import { UsageLedger, type VersionUsage } from './usage-ledger';
@@ -63,6 +64,15 @@ export interface KeyVersionEvent {
   detail?: string | undefined;
   /** Who made it, when an operator did (retired: the operator whose approval completed the quorum). */
   by?: string | undefined;
+}
+
+/**
+ * Every version change a process makes or first sees goes into its audit chain (the single process,
+ * and in a cluster the primary for retirements as well as each worker).
+ */
+export function auditVersionEvents(audit: Pick<AuditSink, 'writeAdmin'>): (e: KeyVersionEvent) => void {
+  return (e) =>
+    audit.writeAdmin({ operator: e.by ?? 'proxy', via: 'key-versions', action: `key-version.${e.event}`, scope: `hsmkey:${e.keyLabel}`, outcome: e.event === 'rotation-failed' ? 'error' : 'ok', detail: [`version ${e.version}`, e.detail].filter(Boolean).join('; ') });
 }
 
 export class KeyVersionManager {
