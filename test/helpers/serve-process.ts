@@ -15,7 +15,7 @@ import { generateSigningKeyPair } from '../../src/audit/signing';
 import { createKey } from '../../src/hsm/key-admin';
 import { makeTlsCert, writeCredential, type Credential } from './proxy-harness';
 import { signedHeaders } from './signer';
-import type { TestToken } from './softhsm-token';
+import { createTestToken, type TestToken } from './softhsm-token';
 
 export const DEFAULT_CLI = path.resolve(__dirname, '../../src/cli/index.js');
 
@@ -27,6 +27,18 @@ export interface ServeFixture {
   cred: Credential;
   ca: Buffer;
   env: NodeJS.ProcessEnv;
+}
+
+/**
+ * What a `serve` child process needs besides its config: a fresh token with the AES keys `labels`
+ * (xks-health among them, for the deep check), a TLS pair (and its certificate as the client's CA)
+ * and a SigV4 credential in token.dir/creds.
+ */
+export async function childProxyMaterial(labels: readonly string[]): Promise<{ token: TestToken; tls: { certFile: string; keyFile: string }; ca: Buffer; cred: Credential }> {
+  const token = createTestToken();
+  for (const label of labels) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
+  const tls = makeTlsCert(token.dir);
+  return { token, tls, ca: fs.readFileSync(tls.certFile), cred: writeCredential(path.join(token.dir, 'creds')) };
 }
 
 /** A config for `serve` on the token: key store "demo" with key "k1", audit log in dir/audit. */

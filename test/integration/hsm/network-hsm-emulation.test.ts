@@ -18,12 +18,11 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { latencyShimEnv, latencyShimModule, readShimStats, type ShimOptions } from '../../../bench/lib/latency-shim';
 import { formatHsmMetrics, readHsmMetrics } from '../../../src/checker/hsm-metrics';
-import { createKey } from '../../../src/hsm/key-admin';
-import { makeTlsCert, writeCredential, type Credential } from '../../helpers/proxy-harness';
-import { spawnServe } from '../../helpers/serve-process';
+import type { Credential } from '../../helpers/proxy-harness';
+import { childProxyMaterial, spawnServe } from '../../helpers/serve-process';
 import { signedHeaders } from '../../helpers/signer';
 import { sample } from '../../unit/metrics/exposition';
-import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import type { TestToken } from '../../helpers/softhsm-token';
 
 const KEY = 'net-key';
 
@@ -43,12 +42,7 @@ describe('emulated network HSM (bench/lib/latency-shim.c) in front of the real S
   const children: ChildProcess[] = [];
 
   before(async () => {
-    token = createTestToken();
-    await createKey(token.hsmConfig, token.pin, { label: 'xks-health', usage: 'encrypt-decrypt' });
-    await createKey(token.hsmConfig, token.pin, { label: KEY, usage: 'encrypt-decrypt' });
-    tls = makeTlsCert(token.dir);
-    ca = fs.readFileSync(tls.certFile);
-    cred = writeCredential(path.join(token.dir, 'creds'));
+    ({ token, tls, ca, cred } = await childProxyMaterial(['xks-health', KEY]));
   });
 
   after(async () => {

@@ -9,13 +9,12 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { createKey } from '../../../src/hsm/key-admin';
 import { collectResponse } from '../../../src/util/http-response';
 import { ledgerFile, UsageLedger } from '../../../src/xks/usage-ledger';
-import { makeTlsCert, writeCredential, type Credential } from '../../helpers/proxy-harness';
-import { spawnServe } from '../../helpers/serve-process';
+import type { Credential } from '../../helpers/proxy-harness';
+import { childProxyMaterial, spawnServe } from '../../helpers/serve-process';
 import { signedHeaders } from '../../helpers/signer';
-import { createTestToken, type TestToken } from '../../helpers/softhsm-token';
+import type { TestToken } from '../../helpers/softhsm-token';
 
 
 describe('key versions: counts across processes (workers, SIGKILL)', function () {
@@ -27,11 +26,7 @@ describe('key versions: counts across processes (workers, SIGKILL)', function ()
   const children: ChildProcess[] = [];
 
   before(async () => {
-    token = createTestToken();
-    for (const label of ['xks-health', 'shared', 'killed']) await createKey(token.hsmConfig, token.pin, { label, usage: 'encrypt-decrypt' });
-    tls = makeTlsCert(token.dir);
-    ca = fs.readFileSync(tls.certFile);
-    cred = writeCredential(path.join(token.dir, 'creds'));
+    ({ token, tls, ca, cred } = await childProxyMaterial(['xks-health', 'shared', 'killed']));
   });
 
   after(() => {
